@@ -1,1 +1,20 @@
-//! Placeholder.
+//! I/O engines over a file or block device, for the vhost-user-blk backend.
+//!
+//! This crate knows nothing about virtio: it moves bytes between memory the
+//! caller owns and a [`Backing`] store. An [`Engine`] is completion-oriented
+//! (submit, commit, then collect completions), so the synchronous engine and
+//! an asynchronous one (io_uring) look the same to the caller.
+//!
+//! One engine belongs to one queue worker; the [`Backing`] is shared between
+//! engines behind an `Arc` and holds no lock on the I/O path.
+#![warn(missing_docs)]
+
+mod backing;
+mod engine;
+mod error;
+mod sync;
+
+pub use backing::{Backing, BackingKind, OpenOptions};
+pub use engine::{Completion, Engine, IoBuf, Op, Request, SubmitError};
+pub use error::Error;
+pub use sync::SyncEngine;

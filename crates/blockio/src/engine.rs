@@ -1,0 +1,116 @@
+//! The engine interface shared by every I/O engine.
+
+use std::os::fd::RawFd;
+
+/// One contiguous piece of caller memory that a request reads into or writes from.
+///
+/// This is a raw `iovec`: the engine does not own the memory. Whoever submits
+/// a request guarantees the memory stays valid until its completion (see
+/// [`Engine::submit`]). Its layout is `struct iovec`, so a slice of them can
+/// be handed to `preadv`/`pwritev` or io_uring as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct IoBuf {
+    /// Start address.
+    pub addr: *mut u8,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+const _: () = assert!(std::mem::size_of::<IoBuf>() == std::mem::size_of::<libc::iovec>());
+const _: () = assert!(std::mem::align_of::<IoBuf>() == std::mem::align_of::<libc::iovec>());
+
+impl IoBuf {
+    /// Views this buffer as an `iovec`.
+    pub fn as_iovec(&self) -> libc::iovec {
+        libc::iovec {
+            iov_base: self.addr.cast(),
+            iov_len: self.len,
+        }
+    }
+}
+
+// SAFETY: an IoBuf is only an address and a length; the submitter of a
+// request guarantees the memory outlives the request, whichever thread runs it.
+unsafe impl Send for IoBuf {}
+
+/// What a request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Read `bufs` from `offset`.
+    Read,
+    /// Write `bufs` at `offset`.
+    Write,
+    /// Make earlier completed writes durable.
+    Flush,
+    /// Deallocate `len` bytes at `offset`; they may read back as anything (zeroes here).
+    Discard,
+    /// Make `len` bytes at `offset` read back as zeroes; `unmap` allows deallocating them.
+    WriteZeroes {
+        /// The range may be deallocated rather than written.
+        unmap: bool,
+    },
+}
+
+/// A request handed to an engine. Borrowed: the engine copies what it keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The operation.
+    pub op: Op,
+    /// Byte offset into the backing store (ignored by flush).
+    pub offset: u64,
+    /// Byte length for discard and write-zeroes (ignored otherwise).
+    pub len: u64,
+    /// Memory for read and write (empty otherwise).
+    pub bufs: &'a [IoBuf],
+}
+
+/// The outcome of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// The value given to [`Engine::submit`].
+    pub user_data: u64,
+    /// Bytes transferred, or the errno that failed the request.
+    pub result: Result<u32, i32>,
+}
+
+/// Why a request could not be submitted. The request was not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// Every slot is in flight: collect completions, then retry.
+    #[error("the I/O engine is full: collect completions and retry")]
+    Full,
+}
+
+/// A completion-oriented I/O engine owned by one queue worker.
+///
+/// Calling pattern: [`submit`](Engine::submit) each available request, then
+/// [`commit`](Engine::commit) once (this is where batching happens), then
+/// drain [`pop_completion`](Engine::pop_completion) until it returns `None`.
+/// Completions that arrive later signal [`completion_fd`](Engine::completion_fd)
+/// (an eventfd: read it, then drain again).
+pub trait Engine: Send {
+    /// A short name for logs ("sync", "io_uring").
+    fn name(&self) -> &'static str;
+
+    /// Queues a request; it may not start before [`commit`](Engine::commit).
+    ///
+    /// # Safety
+    /// The memory behind every [`IoBuf`] in `req.bufs` must stay valid (and,
+    /// for reads, not be accessed by anyone else) until the completion
+    /// carrying `user_data` has been returned by `pop_completion`.
+    unsafe fn submit(&mut self, req: &Request<'_>, user_data: u64) -> Result<(), SubmitError>;
+
+    /// Starts everything queued since the last commit.
+    fn commit(&mut self) -> std::io::Result<()>;
+
+    /// Returns one finished request, if any.
+    fn pop_completion(&mut self) -> Option<Completion>;
+
+    /// An fd that becomes readable when completions arrive after `commit`
+    /// returned; `None` when the engine always completes within `commit`.
+    fn completion_fd(&self) -> Option<RawFd>;
+
+    /// Requests submitted and not yet returned by `pop_completion`.
+    fn in_flight(&self) -> usize;
+}

@@ -1,0 +1,43 @@
+//! Errors raised while opening or inspecting a backing store.
+
+use std::path::PathBuf;
+
+/// What went wrong while opening or inspecting a backing store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The backing path could not be opened.
+    #[error(
+        "cannot open backing store {path}: check it exists and is readable (and writable unless read-only)"
+    )]
+    Open {
+        /// The path that was opened.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The backing path is neither a regular file nor a block device.
+    #[error("backing store {path} is neither a regular file nor a block device")]
+    NotFileOrBlockDevice {
+        /// The offending path.
+        path: PathBuf,
+    },
+    /// Querying the size or metadata of the backing store failed.
+    #[error("cannot read the size of backing store {path}")]
+    Size {
+        /// The backing path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An engine could not be created.
+    #[error("cannot create the {engine} I/O engine")]
+    Engine {
+        /// Which engine.
+        engine: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
