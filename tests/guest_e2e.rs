@@ -7,12 +7,14 @@ mod guest_support;
 
 use guest_support::{BackendKind, BootConfig, boot, run_boot};
 
-/// The reference backend: proves the harness and the guest checks.
+/// The reference backend: proves the harness and the guest checks; a second
+/// guest then reconnects to the same backend process.
 #[test]
 fn guest_e2e_qemu_storage_daemon() {
     run_boot(&BootConfig {
         kind: BackendKind::QemuStorageDaemon,
         num_queues: 1,
+        reconnect: true,
     });
 }
 
@@ -22,16 +24,19 @@ fn guest_e2e_qemu_storage_daemon_two_queues() {
     run_boot(&BootConfig {
         kind: BackendKind::QemuStorageDaemon,
         num_queues: 2,
+        reconnect: false,
     });
 }
 
-/// This project's daemon, `extstorage-vhost-user-blk serve`.
+/// This project's daemon, `extstorage-vhost-user-blk serve`; a second guest
+/// then reconnects to the same daemon process.
 #[test]
 #[ignore = "needs the vhost-user-blk daemon"]
 fn guest_e2e_ours() {
     run_boot(&BootConfig {
         kind: BackendKind::Ours,
         num_queues: 1,
+        reconnect: true,
     });
 }
 
@@ -42,6 +47,7 @@ fn guest_e2e_ours_two_queues() {
     run_boot(&BootConfig {
         kind: BackendKind::Ours,
         num_queues: 2,
+        reconnect: false,
     });
 }
 
@@ -52,6 +58,7 @@ fn guest_e2e_detects_discard_that_keeps_data() {
     let Some(outcome) = boot(&BootConfig {
         kind: BackendKind::QemuStorageDaemonIgnoringDiscard,
         num_queues: 1,
+        reconnect: false,
     }) else {
         return;
     };

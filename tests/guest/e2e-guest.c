@@ -10,6 +10,9 @@
  *   e2e.discard_zeroes=0|1  1: a discarded range must read back as zeroes
  *   e2e.resize_to=SECT      wait for the disk to grow to SECT sectors
  *   e2e.resize_timeout=S    how long to wait for the resize (default 60)
+ *   e2e.prior_seed=U64      with e2e.prior_ranges=OFF+LEN,...: those ranges
+ *                           must hold the pattern of that seed (data written
+ *                           by an earlier guest on the same backend)
  * Prints one line per check on stdout (the serial console):
  *   E2E-RESULT name=NAME status=ok|fail key=value ...
  * then E2E-DONE ok|fail. Exit status 0 when all checks pass, else 1.
@@ -554,6 +557,40 @@ static void check_resize(uint64_t old)
            (unsigned long long)cur, (unsigned long long)want, ranges[0] ? ranges : "none");
 }
 
+/* Data an earlier guest wrote through an earlier connection must be there. */
+static void check_prior(void)
+{
+    uint64_t prior = 0;
+    char list[512];
+    if (!param_u64("e2e.prior_seed", &prior))
+        return;
+    if (!param_str("e2e.prior_ranges", list, sizeof(list)) || !list[0]) {
+        result("prior", 0, "reason=e2e.prior_ranges-missing");
+        return;
+    }
+    uint64_t mine = seed, total = 0;
+    int fd = open_dev(), ok = fd >= 0, n = 0;
+    seed = prior;
+    for (char *tok = strtok(list, ","); ok && tok; tok = strtok(NULL, ",")) {
+        char *plus = strchr(tok, '+'), *end1, *end2;
+        if (!plus) {
+            ok = 0;
+            break;
+        }
+        *plus = 0;
+        uint64_t off = strtoull(tok, &end1, 10), len = strtoull(plus + 1, &end2, 10);
+        if (*end1 || *end2 || len == 0 || verify(fd, off, len, 0) != 0)
+            ok = 0;
+        total += len;
+        n++;
+    }
+    seed = mine;
+    if (fd >= 0)
+        close(fd);
+    result("prior", ok, "ranges_checked=%d bytes=%llu prior_seed=%llu", n, (unsigned long long)total,
+           (unsigned long long)prior);
+}
+
 int main(int argc, char **argv)
 {
     dev_path = argc > 1 ? argv[1] : "/dev/vda";
@@ -569,6 +606,7 @@ int main(int argc, char **argv)
     out("E2E-START dev=%s seed=%llu", dev_path, (unsigned long long)seed);
 
     uint64_t sectors = check_size();
+    check_prior();
     check_queues();
     check_serial();
     check_pattern(sectors);

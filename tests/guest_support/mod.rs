@@ -465,6 +465,8 @@ pub struct BootConfig {
     pub kind: BackendKind,
     /// Number of virtqueues (and guest vCPUs).
     pub num_queues: u32,
+    /// Boot a second guest on the same backend process afterwards.
+    pub reconnect: bool,
 }
 
 /// Every check the guest must report as `ok`.
@@ -507,9 +509,38 @@ fn parse_ranges(list: &str) -> Result<Vec<(u64, u64)>> {
         .collect()
 }
 
-/// Checks the backing file from the host: pattern ranges hold the pattern,
-/// zero ranges hold zeroes, the size is the grown size.
-fn verify_image(image: &Path, seed: u64, report: &GuestReport) -> Result<()> {
+/// `r` with only the pattern ranges that no check of `later` wrote over.
+fn not_overwritten(r: &CheckResult, later: &GuestReport) -> CheckResult {
+    let written: Vec<(u64, u64)> = later
+        .results
+        .values()
+        .flat_map(|c| ["ranges", "zero_ranges"].map(|k| c.fields.get(k)))
+        .flatten()
+        .filter_map(|l| parse_ranges(l).ok())
+        .flatten()
+        .collect();
+    let kept: Vec<String> = r
+        .fields
+        .get("ranges")
+        .and_then(|l| parse_ranges(l).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(o, n)| written.iter().all(|(wo, wn)| o + n <= *wo || wo + wn <= *o))
+        .map(|(o, n)| format!("{o}+{n}"))
+        .collect();
+    let mut fields = BTreeMap::new();
+    fields.insert("ranges".to_owned(), kept.join(","));
+    CheckResult {
+        name: format!("{} (earlier guest)", r.name),
+        status: r.status.clone(),
+        fields,
+    }
+}
+
+/// Checks the backing file from the host: it has the grown size, each
+/// check's `ranges=` hold the pattern of the given seed and its
+/// `zero_ranges=` hold zeroes.
+fn verify_image(image: &Path, expect: &[(u64, &CheckResult)]) -> Result<()> {
     let f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let len = f.metadata()?.len();
     ensure!(
@@ -517,7 +548,7 @@ fn verify_image(image: &Path, seed: u64, report: &GuestReport) -> Result<()> {
         "backing file is {len} bytes, expected the grown size {GROWN_SIZE}"
     );
     let mut checked = 0u64;
-    for r in report.results.values() {
+    for (seed, r) in expect {
         for (key, zero) in [("ranges", false), ("zero_ranges", true)] {
             let Some(list) = r.fields.get(key) else {
                 continue;
@@ -555,8 +586,10 @@ fn verify_image(image: &Path, seed: u64, report: &GuestReport) -> Result<()> {
 pub struct BootOutcome {
     /// Everything that went wrong; empty when the backend passed.
     pub problems: Vec<String>,
-    /// What the guest printed.
+    /// What the (first) guest printed.
     pub report: GuestReport,
+    /// What the second guest printed (with `reconnect`).
+    pub second: Option<GuestReport>,
     /// Console, backend log and QEMU stderr, for failure messages.
     pub diagnostics: String,
 }
@@ -576,13 +609,184 @@ pub fn run_boot(cfg: &BootConfig) {
         outcome.problems.join("\n  "),
         outcome.diagnostics
     );
-    for r in outcome.report.results.values() {
+    for r in outcome
+        .report
+        .results
+        .values()
+        .chain(outcome.second.iter().flat_map(|s| s.results.values()))
+    {
         eprintln!("guest check {} ok: {:?}", r.name, r.fields);
     }
 }
 
+/// One QEMU run against the running backend.
+#[derive(Debug)]
+struct GuestRun<'a> {
+    images: &'a GuestImages,
+    socket: &'a Path,
+    num_queues: u32,
+    append: String,
+    log: PathBuf,
+}
+
+/// Boots QEMU, follows the console until the guest powers off (or the
+/// deadline passes: then QEMU is killed), growing the disk on request.
+/// Returns the report and what went wrong at the QEMU level.
+fn run_guest(run: &GuestRun, backend: &Backend, deadline: Instant) -> (GuestReport, Vec<String>) {
+    let mut report = GuestReport::default();
+    let mut problems = Vec::new();
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-m", "512", "-smp"])
+        .arg(run.num_queues.to_string())
+        .args([
+            "-object",
+            "memory-backend-memfd,id=mem,size=512M,share=on",
+            "-numa",
+            "node,memdev=mem",
+            "-kernel",
+        ])
+        .arg(&run.images.vmlinuz)
+        .arg("-initrd")
+        .arg(&run.images.initrd)
+        .arg("-append")
+        .arg(&run.append)
+        .args([
+            "-nographic",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ])
+        .arg("-chardev")
+        .arg(format!("socket,id=c0,path={}", run.socket.display()))
+        .arg("-device")
+        .arg(format!(
+            "vhost-user-blk-pci,chardev=c0,num-queues={}",
+            run.num_queues
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    match File::create(&run.log) {
+        Ok(f) => cmd.stderr(f),
+        Err(e) => {
+            problems.push(format!("creating {}: {e}", run.log.display()));
+            return (report, problems);
+        }
+    };
+    eprintln!("booting: {cmd:?}");
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(format!("spawning qemu-system-x86_64: {e}"));
+            return (report, problems);
+        }
+    };
+    let Some(stdout) = child.stdout.take() else {
+        problems.push("qemu-system-x86_64 has no stdout pipe".to_owned());
+        return (report, problems);
+    };
+    let mut qemu = ChildGuard::new("qemu-system-x86_64", child);
+
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+
+    let mut failure: Option<String> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(l) => l,
+            Err(RecvTimeoutError::Timeout) => {
+                failure = Some(format!(
+                    "timed out (overall limit {:?}, {TIMEOUT_ENV})",
+                    timeout()
+                ));
+                break;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        report.console.push_str(&line);
+        let Some(e2e) = e2e_part(&line) else {
+            continue;
+        };
+        if let Some(rest) = e2e.strip_prefix("E2E-RESULT ") {
+            let mut fields = parse_fields(rest);
+            let name = fields.remove("name").unwrap_or_default();
+            let status = fields.remove("status").unwrap_or_default();
+            report.results.insert(
+                name.clone(),
+                CheckResult {
+                    name,
+                    status,
+                    fields,
+                },
+            );
+        } else if e2e.starts_with("E2E-WAIT-RESIZE") {
+            eprintln!("guest waits for the resize: growing to {GROWN_SIZE} bytes");
+            if let Err(e) = backend.resize(GROWN_SIZE) {
+                failure = Some(format!("resize failed: {e:#}"));
+                break;
+            }
+        } else if let Some(rest) = e2e.strip_prefix("E2E-DONE") {
+            report.done = rest.split_whitespace().next().map(str::to_owned);
+        }
+    }
+
+    if let Some(f) = failure {
+        problems.push(f);
+    } else {
+        match qemu.wait_for(Duration::from_secs(30)) {
+            Ok(st) if st.success() => {}
+            Ok(st) => problems.push(format!("qemu-system-x86_64 exited with {st}")),
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
+    drop(qemu);
+    let _ = reader.join();
+    if report.done.as_deref() != Some("ok") {
+        problems.push(format!(
+            "guest finished with E2E-DONE {:?}",
+            report.done.as_deref().unwrap_or("(never printed)")
+        ));
+    }
+    (report, problems)
+}
+
+/// Adds a problem for every check in `names` that is missing or not ok.
+fn require_checks(report: &GuestReport, names: &[&str], problems: &mut Vec<String>) {
+    for name in names {
+        match report.results.get(*name) {
+            Some(r) if r.status == "ok" => {}
+            Some(r) => problems.push(format!("check {name} failed: {:?}", r.fields)),
+            None => problems.push(format!("check {name} was not reported")),
+        }
+    }
+}
+
+fn qemu_log_text(path: &Path) -> String {
+    let mut text = String::new();
+    let _ = File::open(path).and_then(|mut f| f.read_to_string(&mut text));
+    text
+}
+
 /// Boots the guest against a fresh backend, then checks the guest's report
-/// and the backing file. `None` when the test must be skipped here.
+/// and the backing file. With `cfg.reconnect`, a second guest then connects
+/// to the same backend process and checks the first one's data is there.
+/// `None` when the test must be skipped here.
 pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
     // One guest at a time per test process: TCG on a shared 2-core machine.
     static SERIAL: Mutex<()> = Mutex::new(());
@@ -632,138 +836,35 @@ pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
         &serial,
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
+    let deadline = Instant::now() + timeout();
+    let common = |seed: u64, size: u64| {
+        format!(
+            "console=ttyS0 quiet panic=-1 e2e.seed={seed} e2e.expect_size={} e2e.queues={} \
+             e2e.serial={serial} e2e.discard_zeroes=1",
+            size / SECTOR,
+            cfg.num_queues,
+        )
+    };
 
-    let append = format!(
-        "console=ttyS0 quiet panic=-1 e2e.seed={seed} e2e.expect_size={} e2e.queues={} \
-         e2e.serial={serial} e2e.discard_zeroes=1 e2e.resize_to={} e2e.resize_timeout=60",
-        INITIAL_SIZE / SECTOR,
-        cfg.num_queues,
-        GROWN_SIZE / SECTOR
+    // First guest: all checks, and the disk grows while it runs.
+    let first_log = dir.path().join("qemu-1.log");
+    let (first, mut problems) = run_guest(
+        &GuestRun {
+            images: &images,
+            socket: &socket,
+            num_queues: cfg.num_queues,
+            append: format!(
+                "{} e2e.resize_to={} e2e.resize_timeout=60",
+                common(seed, INITIAL_SIZE),
+                GROWN_SIZE / SECTOR
+            ),
+            log: first_log.clone(),
+        },
+        &backend,
+        deadline,
     );
-    let qemu_log = dir.path().join("qemu.log");
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-m", "512", "-smp"])
-        .arg(cfg.num_queues.to_string())
-        .args([
-            "-object",
-            "memory-backend-memfd,id=mem,size=512M,share=on",
-            "-numa",
-            "node,memdev=mem",
-            "-kernel",
-        ])
-        .arg(&images.vmlinuz)
-        .arg("-initrd")
-        .arg(&images.initrd)
-        .arg("-append")
-        .arg(&append)
-        .args([
-            "-nographic",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-        ])
-        .arg("-chardev")
-        .arg(format!("socket,id=c0,path={}", socket.display()))
-        .arg("-device")
-        .arg(format!(
-            "vhost-user-blk-pci,chardev=c0,num-queues={}",
-            cfg.num_queues
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(File::create(&qemu_log).expect("creating qemu.log"));
-    eprintln!("booting: {cmd:?}");
-    let mut child = cmd.spawn().expect("spawning qemu-system-x86_64");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut qemu = ChildGuard::new("qemu-system-x86_64", child);
-
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-
-    let limit = timeout();
-    let deadline = Instant::now() + limit;
-    let mut report = GuestReport::default();
-    let mut failure: Option<String> = None;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = match rx.recv_timeout(left) {
-            Ok(l) => l,
-            Err(RecvTimeoutError::Timeout) => {
-                failure = Some(format!("timed out after {limit:?} ({TIMEOUT_ENV})"));
-                break;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        report.console.push_str(&line);
-        let Some(e2e) = e2e_part(&line) else {
-            continue;
-        };
-        if let Some(rest) = e2e.strip_prefix("E2E-RESULT ") {
-            let mut fields = parse_fields(rest);
-            let name = fields.remove("name").unwrap_or_default();
-            let status = fields.remove("status").unwrap_or_default();
-            report.results.insert(
-                name.clone(),
-                CheckResult {
-                    name,
-                    status,
-                    fields,
-                },
-            );
-        } else if e2e.starts_with("E2E-WAIT-RESIZE") {
-            eprintln!("guest waits for the resize: growing to {GROWN_SIZE} bytes");
-            if let Err(e) = backend.resize(GROWN_SIZE) {
-                failure = Some(format!("resize failed: {e:#}"));
-                break;
-            }
-        } else if let Some(rest) = e2e.strip_prefix("E2E-DONE") {
-            report.done = rest.split_whitespace().next().map(str::to_owned);
-        }
-    }
-
-    let mut problems = Vec::new();
-    if let Some(f) = failure {
-        problems.push(f);
-    } else {
-        match qemu.wait_for(Duration::from_secs(30)) {
-            Ok(st) if st.success() => {}
-            Ok(st) => problems.push(format!("qemu-system-x86_64 exited with {st}")),
-            Err(e) => problems.push(format!("{e:#}")),
-        }
-    }
-    drop(qemu);
-    let _ = reader.join();
-
-    if report.done.as_deref() != Some("ok") {
-        problems.push(format!(
-            "guest finished with E2E-DONE {:?}",
-            report.done.as_deref().unwrap_or("(never printed)")
-        ));
-    }
-    for name in REQUIRED_CHECKS {
-        match report.results.get(*name) {
-            Some(r) if r.status == "ok" => {}
-            Some(r) => problems.push(format!("check {name} failed: {:?}", r.fields)),
-            None => problems.push(format!("check {name} was not reported")),
-        }
-    }
-    if let Some(r) = report.results.get("resize") {
+    require_checks(&first, REQUIRED_CHECKS, &mut problems);
+    if let Some(r) = first.results.get("resize") {
         let want = (GROWN_SIZE / SECTOR).to_string();
         if r.fields.get("new") != Some(&want) {
             problems.push(format!(
@@ -773,28 +874,86 @@ pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
         }
     }
 
+    // Second guest on the same backend process: the backend must serve the
+    // next connection, with the grown size and the first guest's data.
+    let second_seed = splitmix64(seed) | 1;
+    let second_log = dir.path().join("qemu-2.log");
+    let mut second = None;
+    if cfg.reconnect && problems.is_empty() {
+        let prior = first
+            .results
+            .get("resize")
+            .and_then(|r| r.fields.get("ranges"))
+            .cloned()
+            .unwrap_or_default();
+        let (report, p) = run_guest(
+            &GuestRun {
+                images: &images,
+                socket: &socket,
+                num_queues: cfg.num_queues,
+                append: format!(
+                    "{} e2e.prior_seed={seed} e2e.prior_ranges={prior}",
+                    common(second_seed, GROWN_SIZE)
+                ),
+                log: second_log.clone(),
+            },
+            &backend,
+            deadline,
+        );
+        problems.extend(p.into_iter().map(|p| format!("second guest: {p}")));
+        let mut names: Vec<&str> = REQUIRED_CHECKS
+            .iter()
+            .copied()
+            .filter(|n| *n != "resize")
+            .collect();
+        names.push("prior");
+        let mut p = Vec::new();
+        require_checks(&report, &names, &mut p);
+        problems.extend(p.into_iter().map(|p| format!("second guest: {p}")));
+        second = Some(report);
+    }
+
     match backend.stop() {
         Ok(st) if st.success() => {}
         Ok(st) => problems.push(format!("backend exited with {st} on SIGTERM, expected 0")),
         Err(e) => problems.push(format!("stopping the backend: {e:#}")),
     }
-    if problems.is_empty()
-        && let Err(e) = verify_image(&image, seed, &report)
-    {
-        problems.push(format!("host check of the backing file: {e:#}"));
+    if problems.is_empty() {
+        // What the host must find in the file: the last guest's ranges, and
+        // of the first guest (when a second ran) the grown tail only.
+        let kept_tail = second
+            .as_ref()
+            .and_then(|s| first.results.get("resize").map(|r| not_overwritten(r, s)));
+        let mut expect: Vec<(u64, &CheckResult)> = Vec::new();
+        match &second {
+            Some(s) => {
+                expect.extend(kept_tail.as_ref().map(|r| (seed, r)));
+                expect.extend(s.results.values().map(|r| (second_seed, r)));
+            }
+            None => expect.extend(first.results.values().map(|r| (seed, r))),
+        }
+        if let Err(e) = verify_image(&image, &expect) {
+            problems.push(format!("host check of the backing file: {e:#}"));
+        }
     }
 
-    let mut qlog = String::new();
-    let _ = File::open(&qemu_log).and_then(|mut f| f.read_to_string(&mut qlog));
-    let diagnostics = format!(
-        "--- serial console ---\n{}\n--- backend log ---\n{}\n--- qemu stderr ---\n{}",
-        report.console,
-        backend.log_text(),
-        qlog
+    let mut diagnostics = format!(
+        "--- serial console ---\n{}\n--- qemu stderr ---\n{}\n",
+        first.console,
+        qemu_log_text(&first_log)
     );
+    if let Some(s) = &second {
+        diagnostics.push_str(&format!(
+            "--- second guest's serial console ---\n{}\n--- second qemu stderr ---\n{}\n",
+            s.console,
+            qemu_log_text(&second_log)
+        ));
+    }
+    diagnostics.push_str(&format!("--- backend log ---\n{}", backend.log_text()));
     Some(BootOutcome {
         problems,
-        report,
+        report: first,
+        second,
         diagnostics,
     })
 }
