@@ -13,6 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -208,6 +209,24 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Makes the child get SIGKILL when the thread that spawned it dies, so even
+/// a test process killed from outside (no destructors run) leaves no QEMU or
+/// backend behind. The spawning thread outlives its children here: each
+/// test reaps them before returning.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls prctl(2), which is async-signal-safe; it touches no memory of
+    // the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// True once a Unix socket is listening on `path` (from /proc/net/unix, so
 /// no probe connection steals the backend's frontend slot).
 fn unix_listening(path: &Path) -> bool {
@@ -298,6 +317,7 @@ impl Backend {
         cmd.stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf);
+        die_with_parent(&mut cmd);
         eprintln!("starting backend: {cmd:?}");
         let child = cmd
             .spawn()
@@ -674,6 +694,7 @@ fn run_guest(run: &GuestRun, backend: &Backend, deadline: Instant) -> (GuestRepo
             return (report, problems);
         }
     };
+    die_with_parent(&mut cmd);
     eprintln!("booting: {cmd:?}");
     let mut child = match cmd.spawn() {
         Ok(c) => c,
