@@ -15,6 +15,10 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 for p in fio busybox-static cpio gzip util-linux kmod e2fsprogs iproute2 python3; do
     have "$p" || need+=("$p")
 done
+# The end-to-end test guest (scripts/build-guest.sh): static C, module tools.
+for p in gcc libc6-dev xz-utils zstd; do
+    have "$p" || need+=("$p")
+done
 # Packages that must come from backports (QEMU 10).
 backports=()
 for p in qemu-system-x86 qemu-utils qemu-block-extra; do

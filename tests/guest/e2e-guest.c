@@ -1,0 +1,620 @@
+/*
+ * In-guest half of the vhost-user-blk end-to-end test (tests/guest_e2e.rs).
+ *
+ * Runs as a static binary from /init: e2e-guest /dev/vda
+ * Parameters come from the kernel command line (all optional):
+ *   e2e.seed=U64            pattern seed (the host verifies the image with it)
+ *   e2e.expect_size=SECT    expected disk size in 512-byte sectors
+ *   e2e.queues=N            expected number of virtio queues (blk-mq hw queues)
+ *   e2e.serial=TEXT         expected serial (GET_ID)
+ *   e2e.discard_zeroes=0|1  1: a discarded range must read back as zeroes
+ *   e2e.resize_to=SECT      wait for the disk to grow to SECT sectors
+ *   e2e.resize_timeout=S    how long to wait for the resize (default 60)
+ *   e2e.prior_seed=U64      with e2e.prior_ranges=OFF+LEN,...: those ranges
+ *                           must hold the pattern of that seed (data written
+ *                           by an earlier guest on the same backend)
+ * Prints one line per check on stdout (the serial console):
+ *   E2E-RESULT name=NAME status=ok|fail key=value ...
+ * then E2E-DONE ok|fail. Exit status 0 when all checks pass, else 1.
+ * Ranges written with the pattern or expected to be zero are printed as
+ * OFFSET+LENGTH lists so the host can check the backing file afterwards.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SECTOR 512ULL
+#define KIB 1024ULL
+#define MIB (1024ULL * 1024ULL)
+#define ALIGN 4096
+
+static const char *dev_path;
+static const char *dev_name;
+static uint64_t seed = 1;
+static int failures;
+
+/* One write(2) per line, so kernel messages cannot split it. */
+static void out(const char *fmt, ...)
+{
+    char line[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n > sizeof(line) - 2)
+        n = sizeof(line) - 2;
+    line[n++] = '\n';
+    ssize_t off = 0;
+    while (off < n) {
+        ssize_t w = write(1, line + off, (size_t)(n - off));
+        if (w <= 0)
+            return;
+        off += w;
+    }
+}
+
+static void result(const char *name, int ok, const char *fmt, ...)
+{
+    char extra[1800];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(extra, sizeof(extra), fmt, ap);
+    va_end(ap);
+    if (!ok)
+        failures++;
+    out("E2E-RESULT name=%s status=%s %s", name, ok ? "ok" : "fail", extra);
+}
+
+/* --- kernel command line ------------------------------------------------ */
+
+static char cmdline[4096];
+
+static const char *param(const char *key)
+{
+    size_t klen = strlen(key);
+    const char *p = cmdline;
+    while (*p) {
+        while (*p == ' ' || *p == '\n')
+            p++;
+        if (strncmp(p, key, klen) == 0 && p[klen] == '=')
+            return p + klen + 1;
+        while (*p && *p != ' ' && *p != '\n')
+            p++;
+    }
+    return NULL;
+}
+
+/* Copies a parameter's value (up to the next space) into buf; 0 if absent. */
+static int param_str(const char *key, char *buf, size_t len)
+{
+    const char *v = param(key);
+    if (!v || len == 0)
+        return 0;
+    size_t i = 0;
+    while (v[i] && v[i] != ' ' && v[i] != '\n' && i + 1 < len) {
+        buf[i] = v[i];
+        i++;
+    }
+    buf[i] = 0;
+    return 1;
+}
+
+/* Parses an unsigned parameter; returns 0 when absent or malformed. */
+static int param_u64(const char *key, uint64_t *val)
+{
+    char buf[32], *end;
+    if (!param_str(key, buf, sizeof(buf)) || !buf[0])
+        return 0;
+    errno = 0;
+    unsigned long long v = strtoull(buf, &end, 0);
+    if (errno || *end) {
+        out("E2E-LOG bad-parameter %s=%s", key, buf);
+        return 0;
+    }
+    *val = v;
+    return 1;
+}
+
+/* --- sysfs --------------------------------------------------------------- */
+
+static int read_sysfs(const char *rel, char *buf, size_t len)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "/sys/block/%s/%s", dev_name, rel);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, len - 1);
+    close(fd);
+    if (n < 0)
+        return -1;
+    buf[n] = 0;
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' '))
+        buf[--n] = 0;
+    return 0;
+}
+
+static int sysfs_u64(const char *rel, uint64_t *val)
+{
+    char buf[64];
+    if (read_sysfs(rel, buf, sizeof(buf)) < 0)
+        return -1;
+    char *end;
+    *val = strtoull(buf, &end, 10);
+    return end == buf ? -1 : 0;
+}
+
+/* --- the pattern ----------------------------------------------------------
+ * Each 8-byte word at byte offset o (8-aligned) of the disk holds
+ * splitmix64(seed ^ (o / 8)) little endian; the host computes the same. */
+
+static uint64_t splitmix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+static void fill_pattern(uint8_t *buf, uint64_t off, uint64_t len)
+{
+    for (uint64_t i = 0; i < len; i += 8) {
+        uint64_t w = splitmix64(seed ^ ((off + i) / 8));
+        for (int b = 0; b < 8; b++)
+            buf[i + (uint64_t)b] = (uint8_t)(w >> (8 * b));
+    }
+}
+
+static uint8_t *alloc_buf(uint64_t len)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, ALIGN, len ? len : ALIGN) != 0)
+        return NULL;
+    return p;
+}
+
+static int open_dev(void)
+{
+    int fd = open(dev_path, O_RDWR | O_DIRECT);
+    if (fd < 0)
+        out("E2E-LOG open %s: %s", dev_path, strerror(errno));
+    return fd;
+}
+
+static int pwrite_all(int fd, const uint8_t *buf, uint64_t len, uint64_t off)
+{
+    uint64_t done = 0;
+    while (done < len) {
+        ssize_t n = pwrite(fd, buf + done, len - done, (off_t)(off + done));
+        if (n <= 0) {
+            out("E2E-LOG pwrite off=%llu len=%llu: %s", (unsigned long long)(off + done),
+                (unsigned long long)(len - done), n < 0 ? strerror(errno) : "short write");
+            return -1;
+        }
+        done += (uint64_t)n;
+    }
+    return 0;
+}
+
+static int pread_all(int fd, uint8_t *buf, uint64_t len, uint64_t off)
+{
+    uint64_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(fd, buf + done, len - done, (off_t)(off + done));
+        if (n <= 0) {
+            out("E2E-LOG pread off=%llu len=%llu: %s", (unsigned long long)(off + done),
+                (unsigned long long)(len - done), n < 0 ? strerror(errno) : "unexpected EOF");
+            return -1;
+        }
+        done += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Writes the pattern to [off, off+len) with O_DIRECT and flushes. */
+static int write_pattern(int fd, uint64_t off, uint64_t len)
+{
+    uint8_t *buf = alloc_buf(len);
+    if (!buf)
+        return -1;
+    fill_pattern(buf, off, len);
+    int rc = pwrite_all(fd, buf, len, off);
+    free(buf);
+    if (rc == 0 && fdatasync(fd) != 0) {
+        out("E2E-LOG fdatasync: %s", strerror(errno));
+        rc = -1;
+    }
+    return rc;
+}
+
+/* Reads [off, off+len) with O_DIRECT into a poisoned buffer and compares it
+ * with the pattern (want_zero=0) or with zeroes (want_zero=1). Returns 0 on a
+ * match, 1 on a mismatch (logged), -1 on an I/O error. */
+static int verify(int fd, uint64_t off, uint64_t len, int want_zero)
+{
+    uint8_t *buf = alloc_buf(len), *want = malloc(len ? len : 1);
+    int rc = -1;
+    if (!buf || !want)
+        goto outfree;
+    memset(buf, 0xa5, len);
+    if (want_zero)
+        memset(want, 0, len);
+    else
+        fill_pattern(want, off, len);
+    if (pread_all(fd, buf, len, off) != 0)
+        goto outfree;
+    rc = 0;
+    for (uint64_t i = 0; i < len; i++) {
+        if (buf[i] != want[i]) {
+            out("E2E-LOG mismatch at byte %llu: got 0x%02x want 0x%02x (%s)",
+                (unsigned long long)(off + i), buf[i], want[i], want_zero ? "zero" : "pattern");
+            rc = 1;
+            break;
+        }
+    }
+outfree:
+    free(buf);
+    free(want);
+    return rc;
+}
+
+/* Appends "off+len" to a comma-separated list. */
+static void add_range(char *list, size_t cap, uint64_t off, uint64_t len)
+{
+    size_t used = strlen(list);
+    snprintf(list + used, cap - used, "%s%llu+%llu", used ? "," : "", (unsigned long long)off,
+             (unsigned long long)len);
+}
+
+/* --- checks -------------------------------------------------------------- */
+
+static uint64_t disk_sectors(void)
+{
+    uint64_t s = 0;
+    if (sysfs_u64("size", &s) < 0)
+        return 0;
+    return s;
+}
+
+static uint64_t check_size(void)
+{
+    uint64_t sectors = disk_sectors(), expect = 0, bytes = 0;
+    int fd = open(dev_path, O_RDONLY);
+    int ioctl_ok = fd >= 0 && ioctl(fd, BLKGETSIZE64, &bytes) == 0;
+    if (fd >= 0)
+        close(fd);
+    int have_expect = param_u64("e2e.expect_size", &expect);
+    int ok = sectors > 0 && ioctl_ok && bytes == sectors * SECTOR && (!have_expect || sectors == expect);
+    char lbs[32] = "?", wc[32] = "?";
+    read_sysfs("queue/logical_block_size", lbs, sizeof(lbs));
+    read_sysfs("queue/write_cache", wc, sizeof(wc));
+    for (char *c = wc; *c; c++)
+        if (*c == ' ')
+            *c = '-';
+    result("size", ok, "sectors=%llu bytes=%llu expect=%s%llu logical_block_size=%s write_cache=%s",
+           (unsigned long long)sectors, (unsigned long long)bytes, have_expect ? "" : "any/",
+           (unsigned long long)expect, lbs, wc);
+    return sectors;
+}
+
+static void check_queues(void)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "/sys/block/%s/mq", dev_name);
+    DIR *d = opendir(path);
+    uint64_t n = 0, expect = 0;
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)))
+            if (e->d_name[0] != '.')
+                n++;
+        closedir(d);
+    }
+    int have = param_u64("e2e.queues", &expect);
+    result("queues", n > 0 && (!have || n == expect), "hw_queues=%llu expect=%s%llu cpus=%ld",
+           (unsigned long long)n, have ? "" : "any/", (unsigned long long)expect,
+           sysconf(_SC_NPROCESSORS_ONLN));
+}
+
+static void check_serial(void)
+{
+    char serial[64] = "", expect[64] = "";
+    int have_serial = read_sysfs("serial", serial, sizeof(serial)) == 0;
+    int have_expect = param_str("e2e.serial", expect, sizeof(expect));
+    for (char *c = serial; *c; c++)
+        if (*c == ' ' || *c < 0x20 || *c > 0x7e)
+            *c = '_';
+    int ok = have_expect ? (have_serial && strcmp(serial, expect) == 0) : 1;
+    result("serial", ok, "serial=%s expect=%s", have_serial ? (serial[0] ? serial : "(empty)") : "(none)",
+           have_expect ? expect : "(any)");
+}
+
+/* O_DIRECT write and read back at several offsets and sizes, including
+ * sub-page, page-unaligned multi-page, large (split into several requests)
+ * and the last bytes of the disk. */
+static void check_pattern(uint64_t sectors)
+{
+    uint64_t size = sectors * SECTOR;
+    if (size < 16 * MIB) {
+        result("pattern", 0, "reason=disk-smaller-than-16MiB");
+        return;
+    }
+    const uint64_t cases[][2] = {
+        {0, 512},
+        {7 * SECTOR, 3 * SECTOR},            /* sub-page, not page aligned */
+        {4 * KIB, 4 * KIB},                  /* one page */
+        {64 * KIB, 64 * KIB},                /* multi-page */
+        {MIB + SECTOR, 256 * KIB + SECTOR},  /* multi-page, not page aligned */
+        {4 * MIB, 4 * MIB},                  /* larger than one request */
+        {size - 8 * KIB, 8 * KIB},           /* the end of the disk */
+    };
+    char ranges[1024] = "";
+    int fd = open_dev(), ok = fd >= 0;
+    uint64_t total = 0;
+    for (size_t i = 0; ok && i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (write_pattern(fd, cases[i][0], cases[i][1]) != 0 || verify(fd, cases[i][0], cases[i][1], 0) != 0)
+            ok = 0;
+        add_range(ranges, sizeof(ranges), cases[i][0], cases[i][1]);
+        total += cases[i][1];
+    }
+    /* Read everything again through a fresh descriptor. */
+    if (fd >= 0)
+        close(fd);
+    fd = ok ? open_dev() : -1;
+    for (size_t i = 0; fd >= 0 && ok && i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (verify(fd, cases[i][0], cases[i][1], 0) != 0)
+            ok = 0;
+    if (fd >= 0)
+        close(fd);
+    result("pattern", ok, "bytes=%llu ranges=%s", (unsigned long long)total, ranges);
+}
+
+/* Runs busybox blkdiscard on a range written with the pattern; the range
+ * must read back as zeroes when e2e.discard_zeroes=1, and the pages around
+ * it must keep the pattern. */
+static void check_discard(void)
+{
+    const uint64_t off = 8 * MIB, len = 2 * MIB, guard = 4 * KIB;
+    uint64_t max = 0, want_zero = 0;
+    sysfs_u64("queue/discard_max_bytes", &max);
+    param_u64("e2e.discard_zeroes", &want_zero);
+    if (max == 0) {
+        result("discard", 0, "reason=device-does-not-support-discard discard_max_bytes=0");
+        return;
+    }
+    int fd = open_dev();
+    if (fd < 0 || write_pattern(fd, off - guard, len + 2 * guard) != 0) {
+        result("discard", 0, "reason=cannot-write-pattern");
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    char o[32], l[32];
+    snprintf(o, sizeof(o), "%llu", (unsigned long long)off);
+    snprintf(l, sizeof(l), "%llu", (unsigned long long)len);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/bin/blkdiscard", "blkdiscard", "-o", o, "-l", l, dev_path, (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        result("discard", 0, "reason=blkdiscard-failed status=%d", status);
+        close(fd);
+        return;
+    }
+    int zero = verify(fd, off, len, 1);
+    int guards = verify(fd, off - guard, guard, 0) == 0 && verify(fd, off + len, guard, 0) == 0;
+    close(fd);
+    int ok = zero >= 0 && guards && (!want_zero || zero == 0);
+    char zr[64] = "", pr[64] = "";
+    add_range(zr, sizeof(zr), off, len);
+    add_range(pr, sizeof(pr), off - guard, guard);
+    add_range(pr, sizeof(pr), off + len, guard);
+    result("discard", ok, "discard_max_bytes=%llu zeroed=%s required=%s guards_intact=%s %s=%s ranges=%s",
+           (unsigned long long)max, zero == 0 ? "yes" : "no", want_zero ? "yes" : "no", guards ? "yes" : "no",
+           zero == 0 ? "zero_ranges" : "discarded", zr, pr);
+}
+
+/* BLKZEROOUT (write zeroes; offloaded when the device offers WRITE_ZEROES). */
+static void check_write_zeroes(void)
+{
+    const uint64_t off = 12 * MIB, len = MIB, guard = 4 * KIB;
+    uint64_t max = 0;
+    sysfs_u64("queue/write_zeroes_max_bytes", &max);
+    int fd = open_dev();
+    if (fd < 0 || write_pattern(fd, off - guard, len + 2 * guard) != 0) {
+        result("write_zeroes", 0, "reason=cannot-write-pattern");
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    uint64_t range[2] = {off, len};
+    if (ioctl(fd, BLKZEROOUT, range) != 0) {
+        result("write_zeroes", 0, "reason=BLKZEROOUT-failed errno=%s", strerror(errno));
+        close(fd);
+        return;
+    }
+    int zero = verify(fd, off, len, 1);
+    int guards = verify(fd, off - guard, guard, 0) == 0 && verify(fd, off + len, guard, 0) == 0;
+    close(fd);
+    char zr[64] = "", pr[64] = "";
+    add_range(zr, sizeof(zr), off, len);
+    add_range(pr, sizeof(pr), off - guard, guard);
+    add_range(pr, sizeof(pr), off + len, guard);
+    result("write_zeroes", zero == 0 && guards, "offloaded=%s write_zeroes_max_bytes=%llu zero_ranges=%s ranges=%s",
+           max ? "yes" : "no", (unsigned long long)max, zr, pr);
+}
+
+/* One process per CPU, each pinned, writes and verifies its own region: with
+ * several queues each CPU submits on its own virtqueue. */
+static void check_parallel(void)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cpus < 1)
+        cpus = 1;
+    if (cpus > 16)
+        cpus = 16;
+    const uint64_t base = 16 * MIB, stride = MIB, len = 512 * KIB, rounds = 8;
+    pid_t pids[16];
+    for (long c = 0; c < cpus; c++) {
+        pids[c] = fork();
+        if (pids[c] == 0) {
+            cpu_set_t set;
+            CPU_ZERO(&set);
+            CPU_SET((int)c, &set);
+            sched_setaffinity(0, sizeof(set), &set);
+            int fd = open_dev();
+            if (fd < 0)
+                _exit(1);
+            uint64_t off = base + (uint64_t)c * stride;
+            for (uint64_t r = 0; r < rounds; r++) {
+                uint64_t chunk = len / rounds, o = off + r * chunk;
+                if (write_pattern(fd, o, chunk) != 0 || verify(fd, o, chunk, 0) != 0)
+                    _exit(1);
+            }
+            if (verify(fd, off, len, 0) != 0)
+                _exit(1);
+            _exit(0);
+        }
+    }
+    int ok = 1;
+    char ranges[512] = "";
+    for (long c = 0; c < cpus; c++) {
+        int status = 0;
+        if (pids[c] < 0 || waitpid(pids[c], &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+            ok = 0;
+        add_range(ranges, sizeof(ranges), base + (uint64_t)c * stride, len);
+    }
+    result("parallel", ok, "workers=%ld ranges=%s", cpus, ranges);
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Announces the current size, waits (bounded) for the host to grow the disk,
+ * then uses the new tail. */
+static void check_resize(uint64_t old)
+{
+    uint64_t want = 0, timeout = 60;
+    if (!param_u64("e2e.resize_to", &want))
+        return;
+    param_u64("e2e.resize_timeout", &timeout);
+    out("E2E-WAIT-RESIZE old=%llu", (unsigned long long)old);
+    double start = now();
+    uint64_t cur = old;
+    while (cur == old && now() - start < (double)timeout) {
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        cur = disk_sectors();
+    }
+    if (cur == old) {
+        result("resize", 0, "old=%llu new=%llu expect=%llu reason=no-size-change-within-%llus",
+               (unsigned long long)old, (unsigned long long)cur, (unsigned long long)want,
+               (unsigned long long)timeout);
+        return;
+    }
+    /* The size may move in steps; give it a moment to settle on the target. */
+    while (cur != want && now() - start < (double)timeout) {
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        cur = disk_sectors();
+    }
+    int ok = cur == want;
+    char ranges[128] = "";
+    if (ok && cur > old) {
+        uint64_t o = old * SECTOR, n = cur * SECTOR;
+        uint64_t first = n - o < 64 * KIB ? n - o : 64 * KIB;
+        int fd = open_dev();
+        ok = fd >= 0 && write_pattern(fd, o, first) == 0 && verify(fd, o, first, 0) == 0 &&
+             write_pattern(fd, n - 4 * KIB, 4 * KIB) == 0 && verify(fd, n - 4 * KIB, 4 * KIB, 0) == 0;
+        if (fd >= 0)
+            close(fd);
+        add_range(ranges, sizeof(ranges), o, first);
+        add_range(ranges, sizeof(ranges), n - 4 * KIB, 4 * KIB);
+    }
+    result("resize", ok, "old=%llu new=%llu expect=%llu ranges=%s", (unsigned long long)old,
+           (unsigned long long)cur, (unsigned long long)want, ranges[0] ? ranges : "none");
+}
+
+/* Data an earlier guest wrote through an earlier connection must be there. */
+static void check_prior(void)
+{
+    uint64_t prior = 0;
+    char list[512];
+    if (!param_u64("e2e.prior_seed", &prior))
+        return;
+    if (!param_str("e2e.prior_ranges", list, sizeof(list)) || !list[0]) {
+        result("prior", 0, "reason=e2e.prior_ranges-missing");
+        return;
+    }
+    uint64_t mine = seed, total = 0;
+    int fd = open_dev(), ok = fd >= 0, n = 0;
+    seed = prior;
+    for (char *tok = strtok(list, ","); ok && tok; tok = strtok(NULL, ",")) {
+        char *plus = strchr(tok, '+'), *end1, *end2;
+        if (!plus) {
+            ok = 0;
+            break;
+        }
+        *plus = 0;
+        uint64_t off = strtoull(tok, &end1, 10), len = strtoull(plus + 1, &end2, 10);
+        if (*end1 || *end2 || len == 0 || verify(fd, off, len, 0) != 0)
+            ok = 0;
+        total += len;
+        n++;
+    }
+    seed = mine;
+    if (fd >= 0)
+        close(fd);
+    result("prior", ok, "ranges_checked=%d bytes=%llu prior_seed=%llu", n, (unsigned long long)total,
+           (unsigned long long)prior);
+}
+
+int main(int argc, char **argv)
+{
+    dev_path = argc > 1 ? argv[1] : "/dev/vda";
+    const char *slash = strrchr(dev_path, '/');
+    dev_name = slash ? slash + 1 : dev_path;
+    int fd = open("/proc/cmdline", O_RDONLY);
+    if (fd >= 0) {
+        ssize_t n = read(fd, cmdline, sizeof(cmdline) - 1);
+        cmdline[n > 0 ? n : 0] = 0;
+        close(fd);
+    }
+    param_u64("e2e.seed", &seed);
+    out("E2E-START dev=%s seed=%llu", dev_path, (unsigned long long)seed);
+
+    uint64_t sectors = check_size();
+    check_prior();
+    check_queues();
+    check_serial();
+    check_pattern(sectors);
+    check_discard();
+    check_write_zeroes();
+    check_parallel();
+    check_resize(sectors);
+
+    out("E2E-DONE %s failures=%d", failures ? "fail" : "ok", failures);
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,980 @@
+//! Harness for the real-guest end-to-end test (`tests/guest_e2e.rs`).
+//!
+//! Builds the guest with `scripts/build-guest.sh`, starts a vhost-user-blk
+//! backend on a backing file, boots `qemu-system-x86_64` (TCG) with a
+//! `vhost-user-blk-pci` device on the backend's socket, follows the guest's
+//! serial console line by line, grows the disk when the guest asks for it,
+//! and finally checks the backing file from the host side. Every child
+//! process sits in a [`ChildGuard`] that kills it on drop, so a failed or
+//! timed-out test leaves nothing running.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Exit code of `scripts/build-guest.sh` meaning "a prerequisite is missing".
+const BUILD_SKIP: i32 = 77;
+/// Set to 1 to turn every skip into a failure (for CI, where it must run).
+const REQUIRE_ENV: &str = "EXTSTORAGE_GUEST_E2E_REQUIRE";
+/// Overall limit for one boot, in seconds (default [`DEFAULT_TIMEOUT`]).
+const TIMEOUT_ENV: &str = "EXTSTORAGE_GUEST_TIMEOUT_SECS";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(240);
+/// Initial disk size and the size the host grows it to while the guest runs.
+const INITIAL_SIZE: u64 = 64 << 20;
+const GROWN_SIZE: u64 = 96 << 20;
+const SECTOR: u64 = 512;
+
+/// Which vhost-user-blk backend serves the guest's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// qemu-storage-daemon's vhost-user-blk export: the reference.
+    QemuStorageDaemon,
+    /// qemu-storage-daemon with `discard=ignore`: discards succeed but
+    /// leave the data in place. A negative control: the guest's discard
+    /// check must catch it.
+    QemuStorageDaemonIgnoringDiscard,
+    /// This project's `extstorage-vhost-user-blk serve`.
+    Ours,
+}
+
+impl BackendKind {
+    fn is_qsd(self) -> bool {
+        matches!(
+            self,
+            Self::QemuStorageDaemon | Self::QemuStorageDaemonIgnoringDiscard
+        )
+    }
+}
+
+/// Kernel and initramfs produced by `scripts/build-guest.sh`.
+#[derive(Debug, Clone)]
+pub struct GuestImages {
+    /// The guest kernel.
+    pub vmlinuz: PathBuf,
+    /// The initramfs with busybox, modules, /init and the test program.
+    pub initrd: PathBuf,
+}
+
+/// Outcome of a setup step that may legitimately be impossible here.
+#[derive(Debug, Clone)]
+pub enum Prepared<T> {
+    /// Ready to use.
+    Ready(T),
+    /// Cannot run on this machine; the message says why and what to install.
+    Skip(String),
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn require() -> bool {
+    std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Builds (or reuses) the guest once per test process.
+pub fn guest_images() -> Prepared<GuestImages> {
+    static BUILT: OnceLock<Prepared<GuestImages>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = repo_root().join(".work/guest");
+            let script = repo_root().join("scripts/build-guest.sh");
+            let res = Command::new("bash")
+                .arg(&script)
+                .arg(&out)
+                .stdin(Stdio::null())
+                .output();
+            let output = match res {
+                Ok(o) => o,
+                Err(e) => {
+                    return Prepared::Skip(format!("cannot run bash {}: {e}", script.display()));
+                }
+            };
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            eprint!("{text}");
+            match output.status.code() {
+                Some(0) => Prepared::Ready(GuestImages {
+                    vmlinuz: out.join("vmlinuz"),
+                    initrd: out.join("initramfs.cpio.gz"),
+                }),
+                Some(BUILD_SKIP) => Prepared::Skip(format!(
+                    "scripts/build-guest.sh cannot build the guest here:\n{text}"
+                )),
+                _ => panic!(
+                    "scripts/build-guest.sh failed ({}); fix the script or the machine:\n{text}",
+                    output.status
+                ),
+            }
+        })
+        .clone()
+}
+
+/// Finds a program on PATH.
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Prints why the test is skipped or, with
+/// `EXTSTORAGE_GUEST_E2E_REQUIRE=1`, fails.
+pub fn skip_or_fail(reason: &str) {
+    assert!(
+        !require(),
+        "{REQUIRE_ENV}=1 but the guest test cannot run: {reason}"
+    );
+    eprintln!("SKIPPED guest end-to-end test: {reason}");
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, unless it has
+/// already been waited for.
+#[derive(Debug)]
+pub struct ChildGuard {
+    name: String,
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    fn new(name: &str, child: Child) -> Self {
+        Self {
+            name: name.to_owned(),
+            child: Some(child),
+        }
+    }
+
+    fn pid(&self) -> Option<Pid> {
+        self.child
+            .as_ref()
+            .and_then(|c| i32::try_from(c.id()).ok())
+            .map(Pid::from_raw)
+    }
+
+    /// Returns the exit status if the process has exited.
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => c
+                .try_wait()
+                .with_context(|| format!("waiting for {}", self.name)),
+            None => bail!("{} was already reaped", self.name),
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit on its own.
+    fn wait_for(&mut self, limit: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.try_wait()? {
+                self.child = None;
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                bail!("{} did not exit within {limit:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit.
+    fn terminate(&mut self, limit: Duration) -> Result<ExitStatus> {
+        if let Some(pid) = self.pid() {
+            kill(pid, Signal::SIGTERM).with_context(|| format!("SIGTERM to {}", self.name))?;
+        }
+        self.wait_for(limit)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Makes the child get SIGKILL when the thread that spawned it dies, so even
+/// a test process killed from outside (no destructors run) leaves no QEMU or
+/// backend behind. The spawning thread outlives its children here: each
+/// test reaps them before returning.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls prctl(2), which is async-signal-safe; it touches no memory of
+    // the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// True once a Unix socket is listening on `path` (from /proc/net/unix, so
+/// no probe connection steals the backend's frontend slot).
+fn unix_listening(path: &Path) -> bool {
+    const ACCEPTCON: u32 = 0x0001_0000;
+    let Ok(table) = fs::read_to_string("/proc/net/unix") else {
+        return path.exists();
+    };
+    let want = path.to_string_lossy();
+    table.lines().skip(1).any(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        cols.len() >= 8
+            && cols[7] == want
+            && u32::from_str_radix(cols[3], 16).is_ok_and(|f| f & ACCEPTCON != 0)
+    })
+}
+
+/// A running backend exporting `image` on `socket`.
+#[derive(Debug)]
+pub struct Backend {
+    kind: BackendKind,
+    guard: ChildGuard,
+    image: PathBuf,
+    qmp: PathBuf,
+    control: PathBuf,
+    log: PathBuf,
+}
+
+impl Backend {
+    /// Starts the backend and waits (bounded) until its socket listens.
+    pub fn start(
+        kind: BackendKind,
+        dir: &Path,
+        image: &Path,
+        socket: &Path,
+        num_queues: u32,
+        serial: &str,
+    ) -> Result<Self> {
+        let log = dir.join("backend.log");
+        let qmp = dir.join("qmp.sock");
+        let control = dir.join("control.sock");
+        let mut cmd = match kind {
+            BackendKind::QemuStorageDaemon | BackendKind::QemuStorageDaemonIgnoringDiscard => {
+                let discard = if kind == BackendKind::QemuStorageDaemon {
+                    "unmap"
+                } else {
+                    "ignore"
+                };
+                let mut c = Command::new("qemu-storage-daemon");
+                c.arg("--blockdev")
+                    .arg(format!(
+                        "driver=file,node-name=f0,filename={},discard={discard}",
+                        image.display()
+                    ))
+                    .arg("--export")
+                    .arg(format!(
+                        "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path={},writable=on,num-queues={num_queues}",
+                        socket.display()
+                    ))
+                    .arg("--chardev")
+                    .arg(format!(
+                        "socket,id=m,path={},server=on,wait=off",
+                        qmp.display()
+                    ))
+                    .arg("--monitor")
+                    .arg("chardev=m");
+                c
+            }
+            BackendKind::Ours => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_extstorage-vhost-user-blk"));
+                c.arg("serve")
+                    .arg("--path")
+                    .arg(image)
+                    .arg("--socket")
+                    .arg(socket)
+                    .arg("--num-queues")
+                    .arg(num_queues.to_string())
+                    .arg("--control-socket")
+                    .arg(&control)
+                    .arg("--serial")
+                    .arg(serial);
+                if std::env::var_os("RUST_LOG").is_none() {
+                    c.env("RUST_LOG", "info");
+                }
+                c
+            }
+        };
+        let logf = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf);
+        die_with_parent(&mut cmd);
+        eprintln!("starting backend: {cmd:?}");
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
+        let mut backend = Self {
+            kind,
+            guard: ChildGuard::new(&format!("{kind:?} backend"), child),
+            image: image.to_owned(),
+            qmp,
+            control,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !unix_listening(socket) {
+            if let Some(st) = backend.guard.try_wait()? {
+                bail!(
+                    "backend exited ({st}) before listening on {}:\n{}",
+                    socket.display(),
+                    backend.log_text()
+                );
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "backend did not listen on {} within 30 s:\n{}",
+                socket.display(),
+                backend.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(backend)
+    }
+
+    /// The backend's stdout and stderr so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+
+    /// Grows the backing store to `new_size` bytes and makes the backend
+    /// notify the frontend (config change).
+    pub fn resize(&self, new_size: u64) -> Result<()> {
+        match self.kind {
+            BackendKind::QemuStorageDaemon | BackendKind::QemuStorageDaemonIgnoringDiscard => {
+                let mut qmp = Qmp::connect(&self.qmp)?;
+                qmp.execute(
+                    "block_resize",
+                    &serde_json::json!({"node-name": "f0", "size": new_size}),
+                )?;
+            }
+            BackendKind::Ours => {
+                OpenOptions::new()
+                    .write(true)
+                    .open(&self.image)
+                    .and_then(|f| f.set_len(new_size))
+                    .with_context(|| format!("growing {}", self.image.display()))?;
+                let out = Command::new(env!("CARGO_BIN_EXE_extstorage-vhost-user-blk"))
+                    .arg("resize")
+                    .arg("--control-socket")
+                    .arg(&self.control)
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("running extstorage-vhost-user-blk resize")?;
+                ensure!(
+                    out.status.success(),
+                    "extstorage-vhost-user-blk resize failed ({}): {}{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                eprintln!(
+                    "resize: {}",
+                    String::from_utf8_lossy(&out.stdout).trim_end()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then a bounded wait for a clean exit.
+    pub fn stop(&mut self) -> Result<ExitStatus> {
+        self.guard.terminate(Duration::from_secs(30))
+    }
+}
+
+/// A minimal QMP client (one command at a time, events skipped).
+#[derive(Debug)]
+struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Qmp {
+    fn connect(path: &Path) -> Result<Self> {
+        let s = UnixStream::connect(path).with_context(|| format!("QMP {}", path.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut q = Self {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+        };
+        let greeting = q.read_msg()?;
+        ensure!(greeting.get("QMP").is_some(), "no QMP greeting: {greeting}");
+        q.execute("qmp_capabilities", &serde_json::json!({}))?;
+        Ok(q)
+    }
+
+    fn read_msg(&mut self) -> Result<serde_json::Value> {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).context("reading QMP")?;
+        ensure!(n > 0, "QMP connection closed");
+        serde_json::from_str(&line).with_context(|| format!("bad QMP message {line:?}"))
+    }
+
+    fn execute(&mut self, cmd: &str, args: &serde_json::Value) -> Result<serde_json::Value> {
+        let msg = serde_json::json!({"execute": cmd, "arguments": args});
+        writeln!(self.writer, "{msg}").context("writing QMP")?;
+        loop {
+            let v = self.read_msg()?;
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                bail!("QMP {cmd} failed: {e}");
+            }
+        }
+    }
+}
+
+/// One `E2E-RESULT` line: `name`, `status` and the other key=value fields.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    /// The check's name.
+    pub name: String,
+    /// `ok` or `fail`.
+    pub status: String,
+    /// Every key=value field of the line.
+    pub fields: BTreeMap<String, String>,
+}
+
+/// What the guest reported.
+#[derive(Debug, Default)]
+pub struct GuestReport {
+    /// The `E2E-RESULT` lines by check name.
+    pub results: BTreeMap<String, CheckResult>,
+    /// The word after `E2E-DONE` (`ok` or `fail`), if the guest got there.
+    pub done: Option<String>,
+    /// The whole serial console output.
+    pub console: String,
+}
+
+/// The `E2E-...` part of a console line (SeaBIOS escape codes may precede it).
+fn e2e_part(line: &str) -> Option<&str> {
+    line.find("E2E-").map(|i| line[i..].trim_end())
+}
+
+fn parse_fields(rest: &str) -> BTreeMap<String, String> {
+    rest.split_whitespace()
+        .filter_map(|t| t.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Parameters of one boot.
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    /// Backend under test.
+    pub kind: BackendKind,
+    /// Number of virtqueues (and guest vCPUs).
+    pub num_queues: u32,
+    /// Boot a second guest on the same backend process afterwards.
+    pub reconnect: bool,
+}
+
+/// Every check the guest must report as `ok`.
+pub const REQUIRED_CHECKS: &[&str] = &[
+    "size",
+    "queues",
+    "serial",
+    "pattern",
+    "discard",
+    "write_zeroes",
+    "parallel",
+    "resize",
+];
+
+fn timeout() -> Duration {
+    std::env::var(TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+}
+
+/// The pattern the guest writes: word at byte offset `o` is
+/// `splitmix64(seed ^ o/8)`, little endian (see tests/guest/e2e-guest.c).
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn parse_ranges(list: &str) -> Result<Vec<(u64, u64)>> {
+    list.split(',')
+        .filter(|s| !s.is_empty() && *s != "none")
+        .map(|r| {
+            let (o, l) = r
+                .split_once('+')
+                .ok_or_else(|| anyhow!("bad range {r:?}"))?;
+            Ok((o.parse()?, l.parse()?))
+        })
+        .collect()
+}
+
+/// `r` with only the pattern ranges that no check of `later` wrote over.
+fn not_overwritten(r: &CheckResult, later: &GuestReport) -> CheckResult {
+    let written: Vec<(u64, u64)> = later
+        .results
+        .values()
+        .flat_map(|c| ["ranges", "zero_ranges"].map(|k| c.fields.get(k)))
+        .flatten()
+        .filter_map(|l| parse_ranges(l).ok())
+        .flatten()
+        .collect();
+    let kept: Vec<String> = r
+        .fields
+        .get("ranges")
+        .and_then(|l| parse_ranges(l).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(o, n)| written.iter().all(|(wo, wn)| o + n <= *wo || wo + wn <= *o))
+        .map(|(o, n)| format!("{o}+{n}"))
+        .collect();
+    let mut fields = BTreeMap::new();
+    fields.insert("ranges".to_owned(), kept.join(","));
+    CheckResult {
+        name: format!("{} (earlier guest)", r.name),
+        status: r.status.clone(),
+        fields,
+    }
+}
+
+/// Checks the backing file from the host: it has the grown size, each
+/// check's `ranges=` hold the pattern of the given seed and its
+/// `zero_ranges=` hold zeroes.
+fn verify_image(image: &Path, expect: &[(u64, &CheckResult)]) -> Result<()> {
+    let f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let len = f.metadata()?.len();
+    ensure!(
+        len == GROWN_SIZE,
+        "backing file is {len} bytes, expected the grown size {GROWN_SIZE}"
+    );
+    let mut checked = 0u64;
+    for (seed, r) in expect {
+        for (key, zero) in [("ranges", false), ("zero_ranges", true)] {
+            let Some(list) = r.fields.get(key) else {
+                continue;
+            };
+            for (off, n) in parse_ranges(list)? {
+                ensure!(
+                    off % 8 == 0 && n % 8 == 0,
+                    "unaligned range {off}+{n} in {}",
+                    r.name
+                );
+                let mut buf = vec![0u8; usize::try_from(n)?];
+                f.read_exact_at(&mut buf, off)
+                    .with_context(|| format!("reading {off}+{n} of the image"))?;
+                for (i, chunk) in buf.chunks_exact(8).enumerate() {
+                    let at = off + 8 * u64::try_from(i)?;
+                    let want = if zero { 0 } else { splitmix64(seed ^ (at / 8)) };
+                    let got = u64::from_le_bytes(chunk.try_into()?);
+                    ensure!(
+                        got == want,
+                        "image word at byte {at} ({} {key}) is {got:#018x}, expected {want:#018x}",
+                        r.name
+                    );
+                }
+                checked += n;
+            }
+        }
+    }
+    ensure!(checked > 0, "the guest reported no ranges to check");
+    eprintln!("host verified {checked} bytes of the backing file");
+    Ok(())
+}
+
+/// What one boot found.
+#[derive(Debug)]
+pub struct BootOutcome {
+    /// Everything that went wrong; empty when the backend passed.
+    pub problems: Vec<String>,
+    /// What the (first) guest printed.
+    pub report: GuestReport,
+    /// What the second guest printed (with `reconnect`).
+    pub second: Option<GuestReport>,
+    /// Console, backend log and QEMU stderr, for failure messages.
+    pub diagnostics: String,
+}
+
+/// Boots the guest against a fresh backend, and panics (with the console and
+/// backend logs) on any failure; returns early with a message when it must
+/// skip.
+pub fn run_boot(cfg: &BootConfig) {
+    let Some(outcome) = boot(cfg) else {
+        return;
+    };
+    assert!(
+        outcome.problems.is_empty(),
+        "guest end-to-end test with {:?}, {} queue(s) failed:\n  {}\n{}",
+        cfg.kind,
+        cfg.num_queues,
+        outcome.problems.join("\n  "),
+        outcome.diagnostics
+    );
+    for r in outcome
+        .report
+        .results
+        .values()
+        .chain(outcome.second.iter().flat_map(|s| s.results.values()))
+    {
+        eprintln!("guest check {} ok: {:?}", r.name, r.fields);
+    }
+}
+
+/// One QEMU run against the running backend.
+#[derive(Debug)]
+struct GuestRun<'a> {
+    images: &'a GuestImages,
+    socket: &'a Path,
+    num_queues: u32,
+    append: String,
+    log: PathBuf,
+}
+
+/// Boots QEMU, follows the console until the guest powers off (or the
+/// deadline passes: then QEMU is killed), growing the disk on request.
+/// Returns the report and what went wrong at the QEMU level.
+fn run_guest(run: &GuestRun, backend: &Backend, deadline: Instant) -> (GuestReport, Vec<String>) {
+    let mut report = GuestReport::default();
+    let mut problems = Vec::new();
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-m", "512", "-smp"])
+        .arg(run.num_queues.to_string())
+        .args([
+            "-object",
+            "memory-backend-memfd,id=mem,size=512M,share=on",
+            "-numa",
+            "node,memdev=mem",
+            "-kernel",
+        ])
+        .arg(&run.images.vmlinuz)
+        .arg("-initrd")
+        .arg(&run.images.initrd)
+        .arg("-append")
+        .arg(&run.append)
+        .args([
+            "-nographic",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ])
+        .arg("-chardev")
+        .arg(format!("socket,id=c0,path={}", run.socket.display()))
+        .arg("-device")
+        .arg(format!(
+            "vhost-user-blk-pci,chardev=c0,num-queues={}",
+            run.num_queues
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    match File::create(&run.log) {
+        Ok(f) => cmd.stderr(f),
+        Err(e) => {
+            problems.push(format!("creating {}: {e}", run.log.display()));
+            return (report, problems);
+        }
+    };
+    die_with_parent(&mut cmd);
+    eprintln!("booting: {cmd:?}");
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(format!("spawning qemu-system-x86_64: {e}"));
+            return (report, problems);
+        }
+    };
+    let Some(stdout) = child.stdout.take() else {
+        problems.push("qemu-system-x86_64 has no stdout pipe".to_owned());
+        return (report, problems);
+    };
+    let mut qemu = ChildGuard::new("qemu-system-x86_64", child);
+
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+
+    let mut failure: Option<String> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(l) => l,
+            Err(RecvTimeoutError::Timeout) => {
+                failure = Some(format!(
+                    "timed out (overall limit {:?}, {TIMEOUT_ENV})",
+                    timeout()
+                ));
+                break;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        report.console.push_str(&line);
+        let Some(e2e) = e2e_part(&line) else {
+            continue;
+        };
+        if let Some(rest) = e2e.strip_prefix("E2E-RESULT ") {
+            let mut fields = parse_fields(rest);
+            let name = fields.remove("name").unwrap_or_default();
+            let status = fields.remove("status").unwrap_or_default();
+            report.results.insert(
+                name.clone(),
+                CheckResult {
+                    name,
+                    status,
+                    fields,
+                },
+            );
+        } else if e2e.starts_with("E2E-WAIT-RESIZE") {
+            eprintln!("guest waits for the resize: growing to {GROWN_SIZE} bytes");
+            if let Err(e) = backend.resize(GROWN_SIZE) {
+                failure = Some(format!("resize failed: {e:#}"));
+                break;
+            }
+        } else if let Some(rest) = e2e.strip_prefix("E2E-DONE") {
+            report.done = rest.split_whitespace().next().map(str::to_owned);
+        }
+    }
+
+    if let Some(f) = failure {
+        problems.push(f);
+    } else {
+        match qemu.wait_for(Duration::from_secs(30)) {
+            Ok(st) if st.success() => {}
+            Ok(st) => problems.push(format!("qemu-system-x86_64 exited with {st}")),
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
+    drop(qemu);
+    let _ = reader.join();
+    if report.done.as_deref() != Some("ok") {
+        problems.push(format!(
+            "guest finished with E2E-DONE {:?}",
+            report.done.as_deref().unwrap_or("(never printed)")
+        ));
+    }
+    (report, problems)
+}
+
+/// Adds a problem for every check in `names` that is missing or not ok.
+fn require_checks(report: &GuestReport, names: &[&str], problems: &mut Vec<String>) {
+    for name in names {
+        match report.results.get(*name) {
+            Some(r) if r.status == "ok" => {}
+            Some(r) => problems.push(format!("check {name} failed: {:?}", r.fields)),
+            None => problems.push(format!("check {name} was not reported")),
+        }
+    }
+}
+
+fn qemu_log_text(path: &Path) -> String {
+    let mut text = String::new();
+    let _ = File::open(path).and_then(|mut f| f.read_to_string(&mut text));
+    text
+}
+
+/// Boots the guest against a fresh backend, then checks the guest's report
+/// and the backing file. With `cfg.reconnect`, a second guest then connects
+/// to the same backend process and checks the first one's data is there.
+/// `None` when the test must be skipped here.
+pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
+    // One guest at a time per test process: TCG on a shared 2-core machine.
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+
+    let images = match guest_images() {
+        Prepared::Ready(i) => i,
+        Prepared::Skip(why) => {
+            skip_or_fail(&why);
+            return None;
+        }
+    };
+    for prog in ["qemu-system-x86_64", "qemu-storage-daemon"] {
+        if (prog == "qemu-system-x86_64" || cfg.kind.is_qsd()) && which(prog).is_none() {
+            skip_or_fail(&format!("{prog} not found; run scripts/install-deps.sh"));
+            return None;
+        }
+    }
+
+    let dir = tempfile::Builder::new()
+        .prefix("guest-e2e-")
+        .tempdir()
+        .expect("creating a temporary directory");
+    let image = dir.path().join("disk.img");
+    let socket = dir.path().join("vhost.sock");
+    File::create(&image)
+        .and_then(|f| f.set_len(INITIAL_SIZE))
+        .expect("creating the backing file");
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()) << 32
+        | 1;
+    let serial = if cfg.kind.is_qsd() {
+        // qemu-storage-daemon answers GET_ID with a fixed string.
+        "vhost_user_blk".to_owned()
+    } else {
+        format!("e2e-{:08x}", seed as u32)
+    };
+
+    let mut backend = Backend::start(
+        cfg.kind,
+        dir.path(),
+        &image,
+        &socket,
+        cfg.num_queues,
+        &serial,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let deadline = Instant::now() + timeout();
+    let common = |seed: u64, size: u64| {
+        format!(
+            "console=ttyS0 quiet panic=-1 e2e.seed={seed} e2e.expect_size={} e2e.queues={} \
+             e2e.serial={serial} e2e.discard_zeroes=1",
+            size / SECTOR,
+            cfg.num_queues,
+        )
+    };
+
+    // First guest: all checks, and the disk grows while it runs.
+    let first_log = dir.path().join("qemu-1.log");
+    let (first, mut problems) = run_guest(
+        &GuestRun {
+            images: &images,
+            socket: &socket,
+            num_queues: cfg.num_queues,
+            append: format!(
+                "{} e2e.resize_to={} e2e.resize_timeout=60",
+                common(seed, INITIAL_SIZE),
+                GROWN_SIZE / SECTOR
+            ),
+            log: first_log.clone(),
+        },
+        &backend,
+        deadline,
+    );
+    require_checks(&first, REQUIRED_CHECKS, &mut problems);
+    if let Some(r) = first.results.get("resize") {
+        let want = (GROWN_SIZE / SECTOR).to_string();
+        if r.fields.get("new") != Some(&want) {
+            problems.push(format!(
+                "guest saw new size {:?}, expected {want}",
+                r.fields.get("new")
+            ));
+        }
+    }
+
+    // Second guest on the same backend process: the backend must serve the
+    // next connection, with the grown size and the first guest's data.
+    let second_seed = splitmix64(seed) | 1;
+    let second_log = dir.path().join("qemu-2.log");
+    let mut second = None;
+    if cfg.reconnect && problems.is_empty() {
+        let prior = first
+            .results
+            .get("resize")
+            .and_then(|r| r.fields.get("ranges"))
+            .cloned()
+            .unwrap_or_default();
+        let (report, p) = run_guest(
+            &GuestRun {
+                images: &images,
+                socket: &socket,
+                num_queues: cfg.num_queues,
+                append: format!(
+                    "{} e2e.prior_seed={seed} e2e.prior_ranges={prior}",
+                    common(second_seed, GROWN_SIZE)
+                ),
+                log: second_log.clone(),
+            },
+            &backend,
+            deadline,
+        );
+        problems.extend(p.into_iter().map(|p| format!("second guest: {p}")));
+        let mut names: Vec<&str> = REQUIRED_CHECKS
+            .iter()
+            .copied()
+            .filter(|n| *n != "resize")
+            .collect();
+        names.push("prior");
+        let mut p = Vec::new();
+        require_checks(&report, &names, &mut p);
+        problems.extend(p.into_iter().map(|p| format!("second guest: {p}")));
+        second = Some(report);
+    }
+
+    match backend.stop() {
+        Ok(st) if st.success() => {}
+        Ok(st) => problems.push(format!("backend exited with {st} on SIGTERM, expected 0")),
+        Err(e) => problems.push(format!("stopping the backend: {e:#}")),
+    }
+    if problems.is_empty() {
+        // What the host must find in the file: the last guest's ranges, and
+        // of the first guest (when a second ran) the grown tail only.
+        let kept_tail = second
+            .as_ref()
+            .and_then(|s| first.results.get("resize").map(|r| not_overwritten(r, s)));
+        let mut expect: Vec<(u64, &CheckResult)> = Vec::new();
+        match &second {
+            Some(s) => {
+                expect.extend(kept_tail.as_ref().map(|r| (seed, r)));
+                expect.extend(s.results.values().map(|r| (second_seed, r)));
+            }
+            None => expect.extend(first.results.values().map(|r| (seed, r))),
+        }
+        if let Err(e) = verify_image(&image, &expect) {
+            problems.push(format!("host check of the backing file: {e:#}"));
+        }
+    }
+
+    let mut diagnostics = format!(
+        "--- serial console ---\n{}\n--- qemu stderr ---\n{}\n",
+        first.console,
+        qemu_log_text(&first_log)
+    );
+    if let Some(s) = &second {
+        diagnostics.push_str(&format!(
+            "--- second guest's serial console ---\n{}\n--- second qemu stderr ---\n{}\n",
+            s.console,
+            qemu_log_text(&second_log)
+        ));
+    }
+    diagnostics.push_str(&format!("--- backend log ---\n{}", backend.log_text()));
+    Some(BootOutcome {
+        problems,
+        report: first,
+        second,
+        diagnostics,
+    })
+}
