@@ -7,6 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Tests that need the guest image, QEMU or Ceph fail instead of skipping:
+# everything they need is installed by scripts/install-deps.sh.
+export EXTSTORAGE_GUEST_E2E_REQUIRE="${EXTSTORAGE_GUEST_E2E_REQUIRE:-1}"
+
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     scripts/install-deps.sh
 fi
