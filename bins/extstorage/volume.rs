@@ -96,7 +96,7 @@ pub enum VolumeCommand {
         #[command(flatten)]
         vol: VolumeArgs,
         /// Metadata text, e.g. originstname+inst1.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         metadata: String,
     },
     /// Run snapshot (VOL_SNAPSHOT_NAME, VOL_SNAPSHOT_SIZE).

@@ -184,8 +184,13 @@ pub struct Diagnosis {
 }
 
 impl SearchPath {
-    /// A search path over `dirs`, searched in order.
+    /// A search path over `dirs`, searched in order. Relative directories
+    /// are made absolute (scripts run with the provider directory as cwd).
     pub fn new(dirs: Vec<PathBuf>) -> SearchPath {
+        let dirs = dirs
+            .into_iter()
+            .map(|d| std::path::absolute(&d).unwrap_or(d))
+            .collect();
         SearchPath { dirs }
     }
 

@@ -538,7 +538,7 @@ impl Volume<'_> {
     /// Rename is not supported by the ExtStorage interface.
     pub fn rename(&mut self, _new_name: &str) -> Result<()> {
         Err(Error::NotSupported {
-            operation: "rename (the ExtStorage interface has no rename script)",
+            operation: "rename",
             provider: self.provider.name.clone(),
         })
     }
