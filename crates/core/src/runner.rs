@@ -98,13 +98,33 @@ struct Tail {
 
 impl Tail {
     fn feed(&mut self, stream: usize, data: &[u8]) {
-        for &b in data {
+        // Only the last TAIL_LINES complete lines of a chunk (and what
+        // follows them) can survive, so skip everything before them.
+        let mut start = 0;
+        let mut newlines = 0;
+        for (i, &b) in data.iter().enumerate().rev() {
             if b == b'\n' {
+                newlines += 1;
+                if newlines > TAIL_LINES {
+                    start = i + 1;
+                    self.partial[stream].clear();
+                    break;
+                }
+            }
+        }
+        let mut rest = &data[start..];
+        while !rest.is_empty() {
+            let (piece, done, next) = match rest.iter().position(|&b| b == b'\n') {
+                Some(n) => (&rest[..n], true, &rest[n + 1..]),
+                None => (rest, false, &rest[rest.len()..]),
+            };
+            let room = TAIL_LINE_MAX.saturating_sub(self.partial[stream].len());
+            self.partial[stream].extend_from_slice(&piece[..room.min(piece.len())]);
+            if done {
                 let line = std::mem::take(&mut self.partial[stream]);
                 self.push(&line);
-            } else if self.partial[stream].len() < TAIL_LINE_MAX {
-                self.partial[stream].push(b);
             }
+            rest = next;
         }
     }
 
@@ -275,6 +295,14 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
         }
     });
     let tail = tail.finish();
+    if log.truncated {
+        let mut end = String::from("[extstorage: last lines of output]\n");
+        for line in &tail {
+            end.push_str(line);
+            end.push('\n');
+        }
+        let _ = log.file.write_all(end.as_bytes());
+    }
     let status = match outcome {
         Ok(status) => status,
         Err(Pumped::TimedOut) => {
