@@ -357,16 +357,9 @@ fn unsafe_names_are_rejected_before_anything_runs() {
     recorder(&w);
     let out = format!("out={}", w.out().display());
     for vol in ["../x", "a/b", "", ".", "..", "-rf", "a b", "x\ny"] {
+        let vol_arg = format!("--volume={vol}");
         let r = w
-            .run(&[
-                "attach",
-                "--provider",
-                "recorder",
-                "--volume",
-                vol,
-                "-p",
-                &out,
-            ])
+            .run(&["attach", "--provider", "recorder", &vol_arg, "-p", &out])
             .code(2);
         assert!(
             r.stderr.contains("invalid volume name"),
