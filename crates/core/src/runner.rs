@@ -306,7 +306,7 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
     let status = match outcome {
         Ok(status) => status,
         Err(Pumped::TimedOut) => {
-            tracing::error!(action = run.action, provider, volume = run.volume, timeout = ?cfg.timeout, "script timed out, process group killed");
+            tracing::debug!(action = run.action, provider, volume = run.volume, timeout = ?cfg.timeout, "script timed out, process group killed");
             return Err(Error::Timeout {
                 action: run.action.to_owned(),
                 provider: provider.to_owned(),
@@ -321,7 +321,7 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
     };
     if !status.success() {
         let status = describe_status(status);
-        tracing::error!(action = run.action, provider, volume = run.volume, status = %status, log = %log_path.display(), "script failed");
+        tracing::debug!(action = run.action, provider, volume = run.volume, status = %status, log = %log_path.display(), "script failed");
         return Err(Error::ScriptFailed {
             action: run.action.to_owned(),
             provider: provider.to_owned(),
