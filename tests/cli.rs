@@ -764,3 +764,21 @@ fn concurrent_operations_on_one_volume_are_serialised() {
     other[3] = "other-volume".into();
     w.run(&with("verify", &other, &[])).ok();
 }
+
+#[test]
+fn help_documents_exit_codes_and_examples() {
+    let w = World::new();
+    let r = w.run(&["--help"]).ok();
+    for want in [
+        "Exit codes:",
+        "3  a script timed out",
+        "4  the volume is locked",
+        "Examples:",
+        "uri-lookup",
+        "export-command",
+    ] {
+        assert!(r.stdout.contains(want), "{want}: {}", r.stdout);
+    }
+    let r = w.run(&["--timeout", "nan", "providers"]).code(2);
+    assert!(r.stderr.contains("--timeout"), "{}", r.stderr);
+}

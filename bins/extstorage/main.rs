@@ -63,14 +63,15 @@ struct Cli {
         value_name = "DIR",
         env = "EXTSTORAGE_SEARCH_PATH",
         value_delimiter = ':',
-        global = true
+        global = true,
+        help_heading = "Global options"
     )]
     search_path: Vec<PathBuf>,
     /// Directory for per-action script logs (created on demand).
-    #[arg(long, value_name = "DIR", env = "EXTSTORAGE_LOG_DIR", default_value = extstorage_core::runner::DEFAULT_LOG_DIR, global = true)]
+    #[arg(long, value_name = "DIR", env = "EXTSTORAGE_LOG_DIR", default_value = extstorage_core::runner::DEFAULT_LOG_DIR, global = true, help_heading = "Global options")]
     log_dir: PathBuf,
     /// Directory for per-volume lock files (created on demand).
-    #[arg(long, value_name = "DIR", env = "EXTSTORAGE_LOCK_DIR", default_value = extstorage_core::lock::DEFAULT_LOCK_DIR, global = true)]
+    #[arg(long, value_name = "DIR", env = "EXTSTORAGE_LOCK_DIR", default_value = extstorage_core::lock::DEFAULT_LOCK_DIR, global = true, help_heading = "Global options")]
     lock_dir: PathBuf,
     /// Time limit for each script run, in seconds.
     #[arg(
@@ -78,7 +79,8 @@ struct Cli {
         value_name = "SECS",
         env = "EXTSTORAGE_TIMEOUT",
         default_value_t = 300.0,
-        global = true
+        global = true,
+        help_heading = "Global options"
     )]
     timeout: f64,
     /// How long to wait for a volume locked by another operation, in seconds.
@@ -87,14 +89,15 @@ struct Cli {
         value_name = "SECS",
         env = "EXTSTORAGE_LOCK_TIMEOUT",
         default_value_t = 60.0,
-        global = true
+        global = true,
+        help_heading = "Global options"
     )]
     lock_timeout: f64,
     /// Print results (and errors) as JSON on stdout.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
     verbose: u8,
     #[command(subcommand)]
     command: Command,
