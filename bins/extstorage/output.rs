@@ -1,5 +1,7 @@
 //! Printing results: human-readable by default, JSON with `--json`.
 
+use std::io::Write;
+
 use serde::Serialize;
 
 /// Where and how results are printed.
@@ -14,13 +16,13 @@ impl Output {
     pub fn print<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
         if self.json {
             match serde_json::to_string_pretty(value) {
-                Ok(s) => println!("{s}"),
+                Ok(s) => stdout_line(&s),
                 Err(e) => eprintln!("extstorage: cannot render JSON: {e}"),
             }
         } else {
             let text = human();
             if !text.is_empty() {
-                println!("{text}");
+                stdout_line(&text);
             }
         }
     }
@@ -34,7 +36,12 @@ impl Output {
                 "error": format!("{err:#}"),
                 "exit_code": code,
             });
-            println!("{value}");
+            stdout_line(&value.to_string());
         }
     }
+}
+
+/// Writes a line to stdout; a closed stdout (`| head`) is not an error.
+fn stdout_line(text: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }

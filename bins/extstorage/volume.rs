@@ -103,7 +103,7 @@ pub enum VolumeCommand {
     Snapshot {
         #[command(flatten)]
         vol: VolumeArgs,
-        /// Snapshot name [default: <volume>.snap].
+        /// Snapshot name [default: VOLUME.snap].
         #[arg(long)]
         snapshot_name: Option<String>,
         /// Snapshot size [default: the volume size].

@@ -49,7 +49,7 @@ pub fn lock_volume(
         )
     })?;
     let path = lock_path(lock_dir, provider, volume);
-    let deadline = Instant::now() + wait;
+    let start = Instant::now();
     let mut logged = false;
     loop {
         let file = OpenOptions::new()
@@ -64,7 +64,7 @@ pub fn lock_volume(
                 return Ok(VolumeLock { _lock: lock, path });
             }
             Err((_, Errno::EWOULDBLOCK)) | Err((_, Errno::EINTR)) => {
-                if Instant::now() >= deadline {
+                if start.elapsed() >= wait {
                     return Err(Error::LockBusy {
                         provider: provider.to_owned(),
                         volume: volume.to_owned(),

@@ -360,7 +360,8 @@ fn pump(
     mut sink: impl FnMut(usize, &[u8]),
 ) -> std::result::Result<ExitStatus, Pumped> {
     let start = Instant::now();
-    let deadline = start + cfg.timeout;
+    // A limit too large to represent means no limit.
+    let deadline = start.checked_add(cfg.timeout);
     let mut open = [true, true];
     let mut status: Option<ExitStatus> = None;
     let mut drain_until: Option<Instant> = None;
@@ -375,7 +376,7 @@ fn pump(
             if !open[0] && !open[1] {
                 return Ok(st);
             }
-            let until = *drain_until.get_or_insert(now + cfg.drain_grace);
+            let until = *drain_until.get_or_insert(now.checked_add(cfg.drain_grace).unwrap_or(now));
             if now >= until {
                 tracing::warn!(
                     pid = pgid.as_raw(),
@@ -383,7 +384,7 @@ fn pump(
                 );
                 return Ok(st);
             }
-        } else if now >= deadline {
+        } else if deadline.is_some_and(|d| now >= d) {
             kill_group(cfg, child, pgid);
             return Err(Pumped::TimedOut);
         }
@@ -435,8 +436,8 @@ fn pump(
 /// whole group (children that ignored SIGTERM included) and reap the script.
 fn kill_group(cfg: &RunnerConfig, child: &mut Child, pgid: Pid) {
     let _ = killpg(pgid, Signal::SIGTERM);
-    let until = Instant::now() + cfg.kill_grace;
-    while Instant::now() < until {
+    let start = Instant::now();
+    while start.elapsed() < cfg.kill_grace {
         if matches!(child.try_wait(), Ok(Some(_))) {
             break;
         }

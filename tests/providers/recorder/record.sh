@@ -18,3 +18,4 @@ if [ "$action" = attach ]; then
 else
     echo "recorder $action stdout"
 fi
+: > "$EXTP_OUT/$action.done"
