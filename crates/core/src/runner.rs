@@ -451,6 +451,115 @@ fn kill_group(cfg: &RunnerConfig, child: &mut Child, pgid: Pid) {
 mod tests {
     use super::*;
 
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A provider directory whose `action` script has `body`.
+    fn provider_with(dir: &Path, action: &str, body: &str) -> Provider {
+        let path = dir.join("prov");
+        fs::create_dir_all(&path).unwrap();
+        let script = path.join(action);
+        fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        Provider {
+            name: "prov".into(),
+            path,
+            parameters: Vec::new(),
+            optional: Default::default(),
+        }
+    }
+
+    fn run(dir: &Path, body: &str, timeout: Duration, result: bool) -> Result<ScriptOutput> {
+        let provider = provider_with(dir, "verify", body);
+        let cfg = RunnerConfig {
+            log_dir: dir.join("log"),
+            timeout,
+            kill_grace: Duration::from_millis(200),
+            ..RunnerConfig::default()
+        };
+        run_script(
+            &cfg,
+            &ScriptRun {
+                provider: &provider,
+                action: "verify",
+                volume: "vol",
+                env: vec![("VOL_NAME".into(), "vol".into())],
+                args: Vec::new(),
+                stdout_is_result: result,
+            },
+        )
+    }
+
+    #[test]
+    fn success_captures_result_and_logs_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(
+            dir.path(),
+            "echo \"$VOL_NAME $LC_ALL $(pwd)\"; echo note >&2",
+            Duration::from_secs(60),
+            true,
+        )
+        .unwrap();
+        let want = format!("vol C {}\n", dir.path().join("prov").display());
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), want);
+        assert_eq!(fs::read_to_string(&out.log_path).unwrap(), "note\n");
+    }
+
+    #[test]
+    fn failure_by_exit_code_and_by_signal() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = run(
+            dir.path(),
+            "echo bad; exit 7",
+            Duration::from_secs(60),
+            false,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("verify script failed (exit status 7)"),
+            "{text}"
+        );
+        assert!(text.ends_with("\nbad"), "{text}");
+        let err = run(dir.path(), "kill -KILL $$", Duration::from_secs(60), false).unwrap_err();
+        assert!(
+            err.to_string().contains("killed by signal SIGKILL"),
+            "{err}"
+        );
+        assert_eq!(err.kind(), crate::ErrorKind::Failed);
+    }
+
+    #[test]
+    fn timeout_kills_script_that_ignores_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = run(
+            dir.path(),
+            "trap '' TERM; echo started; while :; do sleep 1; done",
+            Duration::from_millis(300),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Timeout, "{err}");
+        assert!(err.to_string().contains("started"), "{err}");
+    }
+
+    #[test]
+    fn background_child_holding_the_pipes_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("bg.pid");
+        let out = run(
+            dir.path(),
+            &format!(
+                "sleep 300 & echo $! > {}; echo /dev/null",
+                pid_file.display()
+            ),
+            Duration::from_secs(60),
+            true,
+        );
+        let pid = fs::read_to_string(&pid_file).unwrap();
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid.trim().parse().unwrap()), Signal::SIGKILL);
+        assert_eq!(out.unwrap().stdout, b"/dev/null\n");
+    }
+
     #[test]
     fn timestamps() {
         assert_eq!(log_timestamp(UNIX_EPOCH), "1970-01-01_00_00_00");
