@@ -366,6 +366,7 @@ fn pump(
     let mut status: Option<ExitStatus> = None;
     let mut drain_until: Option<Instant> = None;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut idle = Duration::from_micros(200);
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     loop {
         if status.is_none() {
@@ -388,9 +389,11 @@ fn pump(
             kill_group(cfg, child, pgid);
             return Err(Pumped::TimedOut);
         }
-        let wait = Duration::from_millis(50);
         if !open[0] && !open[1] {
-            std::thread::sleep(wait);
+            // The pipes closed, so the script is exiting (or a child of it
+            // closed them): poll for its status, quickly at first.
+            std::thread::sleep(idle);
+            idle = (idle * 2).min(Duration::from_millis(50));
             continue;
         }
         let ready = {
