@@ -1,4 +1,180 @@
 //! `extstorage`: run Ganeti ExtStorage provider scripts from the command line.
-fn main() {
-    println!("extstorage: not yet implemented");
+//!
+//! The binary parses arguments, calls `extstorage-core` and prints; each
+//! subcommand family lives in its own module (`providers`, `volume`).
+
+mod output;
+mod providers;
+mod volume;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use extstorage_core::{Config, ErrorKind, ExtStorage, RunnerConfig, SearchPath};
+
+use crate::output::Output;
+
+/// Exit codes, documented in `--help` and docs/extstorage.md.
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// The operation failed: a script failed, bad attach output, not supported.
+    pub const FAILED: u8 = 1;
+    /// Usage or validation error: bad arguments, names, parameters, provider files.
+    pub const USAGE: u8 = 2;
+    /// A script timed out; its process group was killed.
+    pub const TIMEOUT: u8 = 3;
+    /// The volume lock was busy for longer than --lock-timeout.
+    pub const LOCK_BUSY: u8 = 4;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  operation failed (script failed, bad attach output, not supported)
+  2  usage or validation error (arguments, names, unknown parameter, invalid provider)
+  3  a script timed out (its whole process group was killed)
+  4  the volume is locked by another operation (after --lock-timeout)
+
+Examples:
+  extstorage --search-path ./providers providers
+  extstorage --search-path ./providers create --provider loopfile --volume vol1 --size 64M -p dir=/srv/vols
+  extstorage --search-path ./providers attach --provider loopfile --volume vol1 -p dir=/srv/vols
+  extstorage --search-path ./providers grow --provider loopfile --volume vol1 -p dir=/srv/vols --size 64 --amount 32M
+  extstorage --json --search-path ./providers uri-lookup --provider qemunbd --volume vol1 -p dir=/srv/vols --hypervisor kvm
+  extstorage --search-path ./providers remove --provider loopfile --volume vol1 -p dir=/srv/vols
+
+Scripts run with no arguments, in the provider directory, with only PATH, LC_ALL=C and
+the ExtStorage variables (VOL_NAME, VOL_SIZE, EXTP_<NAME>, ...) in their environment.
+See docs/extstorage.md.";
+
+/// Run Ganeti ExtStorage provider scripts: create, attach, grow, snapshot and
+/// remove volumes, with timeouts, locking and logs.
+#[derive(Debug, Parser)]
+#[command(name = "extstorage", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// Directory holding provider directories; repeat for an ordered search
+    /// path (the environment variable is colon-separated).
+    /// [default: /srv/ganeti/extstorage]
+    #[arg(
+        long = "search-path",
+        value_name = "DIR",
+        env = "EXTSTORAGE_SEARCH_PATH",
+        value_delimiter = ':',
+        global = true,
+        help_heading = "Global options"
+    )]
+    search_path: Vec<PathBuf>,
+    /// Directory for per-action script logs (created on demand).
+    #[arg(long, value_name = "DIR", env = "EXTSTORAGE_LOG_DIR", default_value = extstorage_core::runner::DEFAULT_LOG_DIR, global = true, help_heading = "Global options")]
+    log_dir: PathBuf,
+    /// Directory for per-volume lock files (created on demand).
+    #[arg(long, value_name = "DIR", env = "EXTSTORAGE_LOCK_DIR", default_value = extstorage_core::lock::DEFAULT_LOCK_DIR, global = true, help_heading = "Global options")]
+    lock_dir: PathBuf,
+    /// Time limit for each script run, in seconds.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "EXTSTORAGE_TIMEOUT",
+        default_value_t = 300.0,
+        global = true,
+        help_heading = "Global options"
+    )]
+    timeout: f64,
+    /// How long to wait for a volume locked by another operation, in seconds.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "EXTSTORAGE_LOCK_TIMEOUT",
+        default_value_t = 60.0,
+        global = true,
+        help_heading = "Global options"
+    )]
+    lock_timeout: f64,
+    /// Print results (and errors) as JSON on stdout.
+    #[arg(long, global = true, help_heading = "Global options")]
+    json: bool,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List every provider in the search path, valid or not, with the reason.
+    Providers(providers::ProvidersArgs),
+    #[command(flatten)]
+    Volume(volume::VolumeCommand),
+}
+
+fn seconds(what: &str, secs: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{what} {secs} is not a valid number of seconds (use e.g. 30 or 0.5)"))
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let out = Output { json: cli.json };
+    match run(cli, &out) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            let code = match err
+                .downcast_ref::<extstorage_core::Error>()
+                .map(|e| e.kind())
+            {
+                Some(ErrorKind::Failed) => exit::FAILED,
+                Some(ErrorKind::Invalid) | None => exit::USAGE,
+                Some(ErrorKind::Timeout) => exit::TIMEOUT,
+                Some(ErrorKind::LockBusy) => exit::LOCK_BUSY,
+            };
+            out.error(&err, code);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
+    let mut dirs = cli.search_path;
+    dirs.retain(|d| !d.as_os_str().is_empty());
+    if dirs.is_empty() {
+        dirs.push(PathBuf::from(
+            extstorage_core::provider::DEFAULT_SEARCH_PATH,
+        ));
+    }
+    let config = Config {
+        search_path: SearchPath::new(dirs),
+        runner: RunnerConfig {
+            log_dir: cli.log_dir,
+            timeout: seconds("--timeout", cli.timeout).map_err(anyhow::Error::msg)?,
+            ..RunnerConfig::default()
+        },
+        lock_dir: cli.lock_dir,
+        lock_wait: seconds("--lock-timeout", cli.lock_timeout).map_err(anyhow::Error::msg)?,
+    };
+    let es = ExtStorage::new(config);
+    match cli.command {
+        Command::Providers(args) => providers::run(&es, &args, out),
+        Command::Volume(cmd) => volume::run(&es, cmd, out),
+    }
 }

@@ -1,1 +1,38 @@
-//! Placeholder.
+//! `extstorage-core`: Ganeti's ExtStorage interface in Rust.
+//!
+//! A *provider* is a directory of scripts found in an ordered search path
+//! ([`SearchPath`]); a [`Volume`] runs those scripts with the environment
+//! Ganeti defines (`VOL_NAME`, `VOL_SIZE`, `EXTP_<NAME>`, ...), a clean
+//! environment, a per-action timeout that kills the script's process group,
+//! bounded output capture, per-action log files and a per-volume lock.
+//!
+//! ```no_run
+//! use extstorage_core::{Config, ExtStorage, VolumeSpec};
+//! let es = ExtStorage::new(Config::default());
+//! let mut vol = es.volume(VolumeSpec {
+//!     provider: "loopfile".into(),
+//!     name: "vol1".into(),
+//!     params: vec![("dir".into(), "/srv/vols".into())],
+//!     ..Default::default()
+//! })?;
+//! let info = vol.create(64)?;
+//! println!("{:?}", info.dev_path);
+//! # Ok::<(), extstorage_core::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod lock;
+pub mod names;
+pub mod provider;
+pub mod runner;
+pub mod size;
+pub mod volume;
+
+pub use error::{Error, ErrorKind, Result};
+pub use provider::{Diagnosis, Parameter, Provider, SearchPath};
+pub use runner::RunnerConfig;
+pub use size::parse_size_mib;
+pub use volume::{
+    Access, AttachInfo, Config, Dimensions, ExtStorage, Snapshot, SyncStatus, Volume, VolumeSpec,
+};

@@ -1,0 +1,295 @@
+//! The volume subcommands: one `extstorage-core` call each.
+
+use extstorage_core::{Access, ExtStorage, VolumeSpec, parse_size_mib};
+use serde_json::json;
+
+use crate::exit;
+use crate::output::Output;
+
+/// Which volume, as every volume command takes it.
+#[derive(Debug, clap::Args)]
+pub struct VolumeArgs {
+    /// Provider name (a directory in the search path).
+    #[arg(long)]
+    provider: String,
+    /// Volume name (Ganeti: UUID.ext.diskN); letters, digits, '_', '.', '+', '-'.
+    #[arg(long)]
+    volume: String,
+    /// Volume size (512M, 10G, 1T; a plain number is MiB). Needed by create;
+    /// otherwise measured on the attached device when needed.
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    size: Option<u64>,
+    /// An ext param, checked against the provider's parameters.list; repeat.
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = param_arg)]
+    params: Vec<(String, String)>,
+    /// Human-readable disk name (VOL_CNAME).
+    #[arg(long)]
+    cname: Option<String>,
+    /// Disk UUID (VOL_UUID).
+    #[arg(long)]
+    uuid: Option<String>,
+    /// Access mode exported as EXTP_ACCESS.
+    #[arg(long, value_name = "MODE", default_value = "kernelspace", value_parser = access_arg)]
+    access: Access,
+}
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    parse_size_mib(s).map_err(|e| e.to_string())
+}
+
+fn access_arg(s: &str) -> Result<Access, String> {
+    s.parse().map_err(|e: extstorage_core::Error| e.to_string())
+}
+
+fn param_arg(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+/// The volume subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume (needs --size), then attach it.
+    Create(VolumeArgs),
+    /// Attach: print the block device (and userspace URIs).
+    Attach(VolumeArgs),
+    /// Assemble: attach, nothing more (as Ganeti).
+    Assemble(VolumeArgs),
+    /// Run the open script (absent = success).
+    Open {
+        #[command(flatten)]
+        vol: VolumeArgs,
+        /// Open shared (VOL_OPEN_EXCLUSIVE=False, as during live migration).
+        #[arg(long)]
+        shared: bool,
+    },
+    /// Run the close script (absent = success).
+    Close(VolumeArgs),
+    /// Detach (shutdown): attach if needed, then run detach.
+    #[command(alias = "shutdown")]
+    Detach(VolumeArgs),
+    /// Detach, then remove the volume.
+    Remove(VolumeArgs),
+    /// Grow by --amount: VOL_SIZE is the current size, VOL_NEW_SIZE the new one.
+    Grow {
+        #[command(flatten)]
+        vol: VolumeArgs,
+        /// How much to add (512M, 1G; plain number = MiB).
+        #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+        amount: u64,
+        /// Attach and compute the new size, but do not run grow.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Rename: not supported by the ExtStorage interface (always fails).
+    Rename {
+        #[command(flatten)]
+        vol: VolumeArgs,
+        /// The new name.
+        #[arg(long)]
+        new_name: Option<String>,
+    },
+    /// Run setinfo with sanitised metadata (VOL_METADATA, at most 128 chars).
+    Setinfo {
+        #[command(flatten)]
+        vol: VolumeArgs,
+        /// Metadata text, e.g. originstname+inst1.
+        #[arg(long, allow_hyphen_values = true)]
+        metadata: String,
+    },
+    /// Run snapshot (VOL_SNAPSHOT_NAME, VOL_SNAPSHOT_SIZE).
+    Snapshot {
+        #[command(flatten)]
+        vol: VolumeArgs,
+        /// Snapshot name [default: VOLUME.snap].
+        #[arg(long)]
+        snapshot_name: Option<String>,
+        /// Snapshot size [default: the volume size].
+        #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+        snapshot_size: Option<u64>,
+    },
+    /// Attach and print the userspace URI for a hypervisor (prefix removed).
+    UriLookup {
+        #[command(flatten)]
+        vol: VolumeArgs,
+        /// Hypervisor prefix to look for (case-insensitive).
+        #[arg(long, default_value = "kvm")]
+        hypervisor: String,
+    },
+    /// Run verify; CHECKs are passed as arguments (Ganeti passes none).
+    Verify {
+        #[command(flatten)]
+        vol: VolumeArgs,
+        /// Check names passed to the script as arguments.
+        checks: Vec<String>,
+    },
+    /// Attach and print the device size in bytes (BLKGETSIZE64).
+    Size(VolumeArgs),
+    /// Attach and print the sync status (always in sync).
+    SyncStatus(VolumeArgs),
+    /// Print the dd command that exports the volume to stdout.
+    ExportCommand(VolumeArgs),
+    /// Print the dd command that imports the volume from stdin.
+    ImportCommand(VolumeArgs),
+}
+
+fn spec(v: VolumeArgs) -> VolumeSpec {
+    VolumeSpec {
+        provider: v.provider,
+        name: v.volume,
+        size_mib: v.size,
+        params: v.params,
+        cname: v.cname,
+        uuid: v.uuid,
+        access: v.access,
+    }
+}
+
+fn attach_text(info: &extstorage_core::AttachInfo) -> String {
+    let mut lines = Vec::new();
+    match (&info.dev_path, info.major, info.minor) {
+        (Some(dev), Some(maj), Some(min)) => {
+            lines.push(format!("device: {} ({maj}:{min})", dev.display()));
+        }
+        _ => lines.push("device: none (userspace access only)".to_owned()),
+    }
+    for uri in &info.uris {
+        lines.push(format!("uri: {uri}"));
+    }
+    lines.join("\n")
+}
+
+/// Runs one volume subcommand.
+pub fn run(es: &ExtStorage, cmd: VolumeCommand, out: &Output) -> anyhow::Result<u8> {
+    use VolumeCommand as C;
+    match cmd {
+        C::Create(v) => {
+            let size = v
+                .size
+                .ok_or_else(|| anyhow::anyhow!("create needs --size (e.g. --size 1G)"))?;
+            let mut vol = es.volume(spec(v))?;
+            let info = vol.create(size)?;
+            out.print(&info, || attach_text(&info));
+        }
+        C::Attach(v) | C::Assemble(v) => {
+            let mut vol = es.volume(spec(v))?;
+            let info = vol.attach()?;
+            out.print(&info, || attach_text(&info));
+        }
+        C::Open { vol, shared } => {
+            let mut vol = es.volume(spec(vol))?;
+            let ran = vol.open(!shared)?;
+            out.print(&json!({"ok": true, "script_ran": ran}), || {
+                if ran {
+                    "opened"
+                } else {
+                    "no open script: nothing to do"
+                }
+                .into()
+            });
+        }
+        C::Close(v) => {
+            let mut vol = es.volume(spec(v))?;
+            let ran = vol.close()?;
+            out.print(&json!({"ok": true, "script_ran": ran}), || {
+                if ran {
+                    "closed"
+                } else {
+                    "no close script: nothing to do"
+                }
+                .into()
+            });
+        }
+        C::Detach(v) => {
+            let mut vol = es.volume(spec(v))?;
+            vol.shutdown()?;
+            out.print(&json!({"ok": true}), || "detached".into());
+        }
+        C::Remove(v) => {
+            let mut vol = es.volume(spec(v))?;
+            vol.remove()?;
+            out.print(&json!({"ok": true}), || "removed".into());
+        }
+        C::Grow {
+            vol,
+            amount,
+            dry_run,
+        } => {
+            let mut vol = es.volume(spec(vol))?;
+            let new = vol.grow(amount, dry_run)?;
+            out.print(
+                &json!({"ok": true, "new_size_mib": new, "dry_run": dry_run}),
+                || {
+                    if dry_run {
+                        format!("dry run: would grow to {new} MiB")
+                    } else {
+                        format!("grown to {new} MiB")
+                    }
+                },
+            );
+        }
+        C::Rename { vol, new_name } => {
+            let mut vol = es.volume(spec(vol))?;
+            vol.rename(new_name.as_deref().unwrap_or(""))?;
+        }
+        C::Setinfo { vol, metadata } => {
+            let mut vol = es.volume(spec(vol))?;
+            let passed = vol.setinfo(&metadata)?;
+            out.print(&json!({"ok": true, "metadata": passed}), || {
+                format!("metadata set: {passed}")
+            });
+        }
+        C::Snapshot {
+            vol,
+            snapshot_name,
+            snapshot_size,
+        } => {
+            let mut vol = es.volume(spec(vol))?;
+            let snap = vol.snapshot(snapshot_name.as_deref(), snapshot_size)?;
+            out.print(&snap, || {
+                format!("snapshot {} taken (provider {})", snap.name, snap.provider)
+            });
+        }
+        C::UriLookup { vol, hypervisor } => {
+            let mut vol = es.volume(spec(vol))?;
+            let uri = vol.userspace_uri(&hypervisor)?;
+            out.print(&json!({"hypervisor": hypervisor, "uri": uri}), || {
+                uri.clone()
+            });
+        }
+        C::Verify { vol, checks } => {
+            let mut vol = es.volume(spec(vol))?;
+            vol.verify(&checks)?;
+            out.print(&json!({"ok": true}), || "verified".into());
+        }
+        C::Size(v) => {
+            let mut vol = es.volume(spec(v))?;
+            let dims = vol.dimensions()?;
+            out.print(&dims, || dims.size_bytes.to_string());
+        }
+        C::SyncStatus(v) => {
+            let mut vol = es.volume(spec(v))?;
+            let st = vol.sync_status()?;
+            out.print(&st, || {
+                let dev = st
+                    .dev_path
+                    .as_ref()
+                    .map_or_else(|| "none".to_owned(), |d| d.display().to_string());
+                format!("device: {dev}\nin sync, not degraded, ldisk ok")
+            });
+        }
+        C::ExportCommand(v) => {
+            let mut vol = es.volume(spec(v))?;
+            let argv = vol.export_command()?;
+            out.print(&argv, || argv.join(" "));
+        }
+        C::ImportCommand(v) => {
+            let mut vol = es.volume(spec(v))?;
+            let argv = vol.import_command()?;
+            out.print(&argv, || argv.join(" "));
+        }
+    }
+    Ok(exit::OK)
+}

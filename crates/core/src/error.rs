@@ -1,0 +1,209 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong while finding providers or running scripts.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A provider or volume name failed validation.
+    #[error("invalid {kind} name {name:?}: {reason}")]
+    InvalidName {
+        /// "provider", "volume" or "snapshot".
+        kind: &'static str,
+        /// The rejected name (debug-escaped when printed).
+        name: String,
+        /// Why it was rejected and what is allowed.
+        reason: &'static str,
+    },
+    /// No directory in the search path holds the provider.
+    #[error(
+        "ExtStorage provider {provider:?} not found in the search path [{searched}]; \
+         check the name or add its parent directory with --search-path"
+    )]
+    ProviderNotFound {
+        /// The provider name asked for.
+        provider: String,
+        /// The directories searched, joined with ", ".
+        searched: String,
+    },
+    /// The provider exists but is unusable.
+    #[error("ExtStorage provider {provider:?} at {} is invalid: {reason}", path.display())]
+    InvalidProvider {
+        /// The provider name.
+        provider: String,
+        /// The provider directory.
+        path: PathBuf,
+        /// What is wrong (missing file, not executable, ...).
+        reason: String,
+    },
+    /// An ext param is not listed in the provider's parameters.list.
+    #[error(
+        "unknown parameter {name:?} for ExtStorage provider {provider:?}; known parameters: [{known}]"
+    )]
+    UnknownParameter {
+        /// The provider name.
+        provider: String,
+        /// The unknown parameter.
+        name: String,
+        /// The known parameters, joined with ", ".
+        known: String,
+    },
+    /// A parameter name or value cannot be passed in the environment.
+    #[error("invalid parameter {name:?}: {reason}")]
+    InvalidParameter {
+        /// The parameter name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A size or other argument is unusable.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The script ran and exited unsuccessfully.
+    #[error(
+        "External storage's {action} script failed ({status}) for volume {volume:?} of provider \
+         {provider:?}, last lines of output:\n{tail}"
+    )]
+    ScriptFailed {
+        /// The action (script name).
+        action: String,
+        /// The provider name.
+        provider: String,
+        /// The volume name.
+        volume: String,
+        /// "exit status N" or "killed by signal SIG".
+        status: String,
+        /// The last lines of output (at most 20).
+        tail: String,
+    },
+    /// The script exceeded its time limit; its process group was killed.
+    #[error(
+        "External storage's {action} script for volume {volume:?} of provider {provider:?} timed \
+         out after {timeout:?}; its process group was killed. Last lines of output:\n{tail}"
+    )]
+    Timeout {
+        /// The action (script name).
+        action: String,
+        /// The provider name.
+        provider: String,
+        /// The volume name.
+        volume: String,
+        /// The limit that was exceeded.
+        timeout: Duration,
+        /// The last lines of output (at most 20).
+        tail: String,
+    },
+    /// Another operation holds the volume lock for longer than we wait.
+    #[error(
+        "volume {volume:?} of provider {provider:?} is busy: another operation held the lock {} \
+         for longer than {waited:?}; retry later or raise --lock-timeout",
+        path.display()
+    )]
+    LockBusy {
+        /// The provider name.
+        provider: String,
+        /// The volume name.
+        volume: String,
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The provider does not implement an optional operation.
+    #[error("{operation} not supported by provider {provider:?}")]
+    NotSupported {
+        /// The operation ("snapshot", "rename", ...).
+        operation: &'static str,
+        /// The provider name.
+        provider: String,
+    },
+    /// attach printed something unusable.
+    #[error("attach of volume {volume:?} (provider {provider:?}) returned bad output: {reason}")]
+    BadAttachOutput {
+        /// The provider name.
+        provider: String,
+        /// The volume name.
+        volume: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// No userspace URI for the requested hypervisor.
+    #[error(
+        "Userspace access is not supported by the '{provider}' ExtStorage provider for the \
+         '{hypervisor}' hypervisor"
+    )]
+    NoUserspaceUri {
+        /// The provider name.
+        provider: String,
+        /// The hypervisor asked for.
+        hypervisor: String,
+    },
+    /// An operation needs a block device but the volume has none.
+    #[error(
+        "volume {volume:?} of provider {provider:?} has no block device (userspace access only); \
+         {what} needs one"
+    )]
+    NoBlockDevice {
+        /// The provider name.
+        provider: String,
+        /// The volume name.
+        volume: String,
+        /// The operation that needed the device.
+        what: &'static str,
+    },
+    /// An I/O error with context.
+    #[error("{context}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The broad class of an [`Error`], for mapping to exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The operation was attempted and failed, or is not supported.
+    Failed,
+    /// The request was invalid (names, params, sizes, provider files).
+    Invalid,
+    /// A script timed out.
+    Timeout,
+    /// The volume lock was busy.
+    LockBusy,
+}
+
+impl Error {
+    /// Classifies the error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidName { .. }
+            | Error::ProviderNotFound { .. }
+            | Error::InvalidProvider { .. }
+            | Error::UnknownParameter { .. }
+            | Error::InvalidParameter { .. }
+            | Error::InvalidArgument(_) => ErrorKind::Invalid,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::LockBusy { .. } => ErrorKind::LockBusy,
+            Error::ScriptFailed { .. }
+            | Error::NotSupported { .. }
+            | Error::BadAttachOutput { .. }
+            | Error::NoUserspaceUri { .. }
+            | Error::NoBlockDevice { .. }
+            | Error::Io { .. } => ErrorKind::Failed,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

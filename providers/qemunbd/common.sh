@@ -1,0 +1,66 @@
+# Shared code of the qemunbd provider, sourced by every script.
+# Userspace-only: volumes are raw files "$EXTP_DIR/$VOL_NAME.img" served by
+# a qemu-nbd daemon on a unix socket; attach prints no block device, only a
+# kvm: URI.
+
+usage() {
+    cat <<USAGE
+qemunbd ExtStorage provider: $(basename "$0")
+
+Userspace-only volumes: raw files in the directory given by the 'dir' ext
+param, exported by qemu-nbd over a unix socket. attach prints an empty first
+line and kvm:nbd+unix:///<volume>?socket=<path>.
+
+Run through Ganeti or the extstorage CLI; the input is the environment
+(VOL_NAME, VOL_SIZE, VOL_NEW_SIZE, VOL_METADATA, VOL_SNAPSHOT_NAME,
+VOL_SNAPSHOT_SIZE, EXTP_DIR). Settings may be put in ./etc/settings.sh.
+USAGE
+}
+
+for arg in "$@"; do
+    case "$arg" in
+        -h|--help) usage; exit 0 ;;
+    esac
+done
+
+if [ -f ./etc/settings.sh ]; then
+    # shellcheck disable=SC1091
+    . ./etc/settings.sh
+fi
+
+log() { echo "qemunbd $(basename "$0"): $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+: "${VOL_NAME:?VOL_NAME is not set: run this script through Ganeti or extstorage}"
+: "${EXTP_DIR:?the 'dir' parameter is required: pass -p dir=/path/to/volume/files}"
+
+VOL_FILE="$EXTP_DIR/$VOL_NAME.img"
+SOCKET="$EXTP_DIR/$VOL_NAME.nbd.sock"
+PIDFILE="$EXTP_DIR/$VOL_NAME.nbd.pid"
+DAEMON_LOG="$EXTP_DIR/$VOL_NAME.nbd.log"
+
+# Prints the pid of the running qemu-nbd for this volume, if any.
+server_pid() {
+    [ -f "$PIDFILE" ] || return 0
+    local pid
+    pid=$(cat "$PIDFILE" 2>/dev/null || true)
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
+        && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--socket=$SOCKET"; then
+        echo "$pid"
+    fi
+}
+
+stop_server() {
+    local pid
+    pid=$(server_pid)
+    if [ -n "$pid" ]; then
+        kill "$pid"
+        for _ in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        log "stopped qemu-nbd $pid"
+    fi
+    rm -f "$PIDFILE" "$SOCKET"
+}
