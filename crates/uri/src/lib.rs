@@ -1,1 +1,26 @@
-//! Placeholder.
+//! QEMU storage sources: a typed model, parsing of legacy filenames and
+//! attach-script URIs, and rendering to `-drive`, `-blockdev` JSON and
+//! vhost-user-blk arguments.
+//!
+//! The crate is pure: it parses and renders strings and never starts a
+//! process. The one module that touches the filesystem is [`secret_files`],
+//! which writes the secret files rendering asks for.
+//!
+//! ```
+//! use extstorage_uri::{DiskOptions, Source, render_blockdev};
+//! let src = Source::parse_legacy("rbd:pool/vol:id=admin").unwrap();
+//! let args = render_blockdev(&src, &DiskOptions::default(), "disk0").unwrap();
+//! assert!(args.json_nodes[0].contains(r#""driver":"rbd""#));
+//! ```
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod model;
+pub mod parse;
+
+pub use error::{Result, UriError};
+pub use model::{
+    Curl, CurlScheme, Gluster, GlusterServer, Host, HostKeyCheck, Iscsi, IscsiTransport, Nbd,
+    NbdServer, Nfs, Rbd, Secret, Server, Source, Ssh,
+};
+pub use parse::parse_attach_line;
