@@ -83,7 +83,9 @@ pub enum UriError {
         protocol: &'static str,
     },
     /// Text that is not a QEMU version.
-    #[error("cannot read a QEMU version from '{0}': expected text like 'QEMU emulator version 10.0.2'")]
+    #[error(
+        "cannot read a QEMU version from '{0}': expected text like 'QEMU emulator version 10.0.2'"
+    )]
     Version(String),
 }
 

@@ -16,11 +16,21 @@
 
 pub mod error;
 pub mod model;
+pub mod options;
 pub mod parse;
+pub mod render;
+pub mod secret_files;
+pub mod vhost;
 
 pub use error::{Result, UriError};
 pub use model::{
     Curl, CurlScheme, Gluster, GlusterServer, Host, HostKeyCheck, Iscsi, IscsiTransport, Nbd,
     NbdServer, Nfs, Rbd, Secret, Server, Source, Ssh,
 };
+pub use options::{Aio, CacheMode, DetectZeroes, Discard, DiskOptions};
 pub use parse::parse_attach_line;
+pub use render::{
+    BlockdevArgs, DriveArgs, SecretFormat, SecretObject, escape_opt_value, render_blockdev,
+    render_drive, split_opts,
+};
+pub use vhost::{QemuVersion, SharedMemory, VhostUserBlkDisk};

@@ -81,11 +81,9 @@ impl Host {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
-                return Err(
-                    "a host name has only letters, digits, '-', '_' and '.' \
+                return Err("a host name has only letters, digits, '-', '_' and '.' \
                      (IPv6 addresses go in brackets)"
-                        .into(),
-                );
+                    .into());
             }
         }
         Ok(())
@@ -173,11 +171,13 @@ impl Server {
             if rest.is_empty() {
                 return Ok(Server::new(host));
             }
-            let port = rest.strip_prefix(':').ok_or_else(|| UriError::InvalidValue {
-                field: "host",
-                value: text.to_string(),
-                reason: "only ':port' may follow a bracketed IPv6 address".into(),
-            })?;
+            let port = rest
+                .strip_prefix(':')
+                .ok_or_else(|| UriError::InvalidValue {
+                    field: "host",
+                    value: text.to_string(),
+                    reason: "only ':port' may follow a bracketed IPv6 address".into(),
+                })?;
             return Ok(Server::with_port(host, parse_port(port)?));
         }
         if text.matches(':').count() > 1 {
@@ -629,9 +629,8 @@ impl Source {
                 if let Some(u) = &s.user {
                     check_nonempty("ssh user", u)?;
                 }
-                if let Some(
-                    HostKeyCheck::Md5(h) | HostKeyCheck::Sha1(h) | HostKeyCheck::Sha256(h),
-                ) = &s.host_key_check
+                if let Some(HostKeyCheck::Md5(h) | HostKeyCheck::Sha1(h) | HostKeyCheck::Sha256(h)) =
+                    &s.host_key_check
                     && (h.is_empty() || !h.chars().all(|c| c.is_ascii_hexdigit() || c == ':'))
                 {
                     return Err(UriError::InvalidValue {
@@ -655,7 +654,9 @@ impl Source {
                     });
                 }
                 if !c.path.starts_with('/')
-                    || c.path.chars().any(|ch| ch.is_ascii_control() || ch == ' ' || ch == '#')
+                    || c.path
+                        .chars()
+                        .any(|ch| ch.is_ascii_control() || ch == ' ' || ch == '#')
                 {
                     return Err(UriError::InvalidValue {
                         field: "url path",
@@ -665,9 +666,7 @@ impl Source {
                             .into(),
                     });
                 }
-                if c.sslverify.is_some()
-                    && matches!(c.scheme, CurlScheme::Http | CurlScheme::Ftp)
-                {
+                if c.sslverify.is_some() && matches!(c.scheme, CurlScheme::Http | CurlScheme::Ftp) {
                     return Err(UriError::InvalidValue {
                         field: "sslverify",
                         value: c.scheme.as_str().into(),
@@ -683,9 +682,8 @@ impl Source {
 fn check_ceph_key(key: &Secret) -> Result<()> {
     let k = key.expose();
     let ok = !k.is_empty()
-        && k.len() % 4 == 0
-        && k
-            .bytes()
+        && k.len().is_multiple_of(4)
+        && k.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
     if !ok {
         return Err(UriError::InvalidValue {

@@ -75,7 +75,9 @@ pub(crate) fn pct_decode(protocol: &'static str, input: &str, text: &str) -> Res
 pub(crate) fn pct_encode(text: &str, keep_slash: bool) -> String {
     let mut out = String::with_capacity(text.len());
     for &b in text.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') || (keep_slash && b == b'/')
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || (keep_slash && b == b'/')
         {
             out.push(char::from(b));
         } else {
@@ -124,7 +126,11 @@ fn split_uri<'a>(protocol: &'static str, input: &'a str) -> Result<Uri<'a>> {
         let port = match tail {
             "" => None,
             t => Some(t.strip_prefix(':').ok_or_else(|| {
-                syntax(protocol, input, "only ':port' may follow ']' in the authority")
+                syntax(
+                    protocol,
+                    input,
+                    "only ':port' may follow ']' in the authority",
+                )
             })?),
         };
         (&hostport[..=close], port)
@@ -167,7 +173,9 @@ impl Uri<'_> {
             None => self.host.to_string(),
         };
         let text = pct_decode(protocol, input, &text)?;
-        Server::parse(&text).map(Some).map_err(|e| syntax(protocol, input, e.to_string()))
+        Server::parse(&text)
+            .map(Some)
+            .map_err(|e| syntax(protocol, input, e.to_string()))
     }
 
     fn query_params(&self, protocol: &'static str, input: &str) -> Result<Vec<(String, String)>> {
@@ -177,9 +185,16 @@ impl Uri<'_> {
         let mut out = Vec::new();
         for part in q.split(['&', ';']).filter(|p| !p.is_empty()) {
             let (k, v) = part.split_once('=').ok_or_else(|| {
-                syntax(protocol, input, format!("query parameter '{part}' has no value"))
+                syntax(
+                    protocol,
+                    input,
+                    format!("query parameter '{part}' has no value"),
+                )
             })?;
-            out.push((pct_decode(protocol, input, k)?, pct_decode(protocol, input, v)?));
+            out.push((
+                pct_decode(protocol, input, k)?,
+                pct_decode(protocol, input, v)?,
+            ));
         }
         Ok(out)
     }
@@ -197,7 +212,11 @@ impl Uri<'_> {
 
     fn no_userinfo(&self, protocol: &'static str, input: &str) -> Result<()> {
         if self.userinfo.is_some() {
-            return Err(syntax(protocol, input, format!("{protocol} URIs take no user")));
+            return Err(syntax(
+                protocol,
+                input,
+                format!("{protocol} URIs take no user"),
+            ));
         }
         Ok(())
     }
@@ -370,7 +389,11 @@ fn parse_rbd(input: &str) -> Result<Rbd> {
         let (name, value_rest) = rbd_next_tok(p, '=');
         let name = rbd_unescape(name);
         let value_rest = value_rest.ok_or_else(|| {
-            syntax(P, input, format!("option '{name}' has no value (write key=value)"))
+            syntax(
+                P,
+                input,
+                format!("option '{name}' has no value (write key=value)"),
+            )
         })?;
         let (value, next) = rbd_next_tok(value_rest, ':');
         rest = next;
@@ -399,7 +422,8 @@ fn parse_rbd(input: &str) -> Result<Rbd> {
         }
     }
     let src = Source::Rbd(r);
-    src.validate().map_err(|e| syntax(P, input, e.to_string()))?;
+    src.validate()
+        .map_err(|e| syntax(P, input, e.to_string()))?;
     match src {
         Source::Rbd(r) => Ok(r),
         _ => unreachable!("constructed as Rbd above"),
@@ -608,9 +632,16 @@ fn parse_nfs(input: &str) -> Result<Nfs> {
         ..Nfs::default()
     };
     for (k, v) in u.query_params(P, input)? {
-        let num = v.parse::<u64>().ok().filter(|_| v.bytes().all(|b| b.is_ascii_digit()));
+        let num = v
+            .parse::<u64>()
+            .ok()
+            .filter(|_| v.bytes().all(|b| b.is_ascii_digit()));
         let num = num.ok_or_else(|| {
-            syntax(P, input, format!("parameter '{k}' needs a number, not '{v}'"))
+            syntax(
+                P,
+                input,
+                format!("parameter '{k}' needs a number, not '{v}'"),
+            )
         })?;
         let small = || {
             u32::try_from(num)
@@ -800,9 +831,25 @@ mod tests {
 
     #[test]
     fn rbd_errors() {
-        for bad in ["rbd:pool", "rbd:/img", "rbd:pool/", "rbd:p/i@", "rbd:p/i:conf", "rbd:p/i:=x"] {
+        for bad in [
+            "rbd:pool",
+            "rbd:/img",
+            "rbd:pool/",
+            "rbd:p/i@",
+            "rbd:p/i:conf",
+            "rbd:p/i:=x",
+        ] {
             let e = Source::parse_legacy(bad).unwrap_err();
-            assert!(matches!(e, UriError::Syntax { protocol: "rbd", .. }), "{bad}: {e}");
+            assert!(
+                matches!(
+                    e,
+                    UriError::Syntax {
+                        protocol: "rbd",
+                        ..
+                    }
+                ),
+                "{bad}: {e}"
+            );
         }
         let e = Source::parse_legacy("rbd:p/i:key=AQB:x=y").unwrap_err();
         assert!(!e.to_string().contains("AQB"), "{e}");
@@ -839,7 +886,9 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
-        match Source::parse_legacy("iscsi://u%p@w@10.1.1.1:3261/iqn.2001-04.com.example:t/3").unwrap() {
+        match Source::parse_legacy("iscsi://u%p@w@10.1.1.1:3261/iqn.2001-04.com.example:t/3")
+            .unwrap()
+        {
             Source::Iscsi(i) => {
                 assert_eq!(i.user.as_deref(), Some("u"));
                 assert_eq!(i.password.as_ref().map(Secret::expose), Some("p@w"));
@@ -855,7 +904,8 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
-        match Source::parse_legacy("ssh://root@h:2222/var/img?host_key_check=sha256:ab:cd").unwrap() {
+        match Source::parse_legacy("ssh://root@h:2222/var/img?host_key_check=sha256:ab:cd").unwrap()
+        {
             Source::Ssh(s) => {
                 assert_eq!(s.host_key_check, Some(HostKeyCheck::Sha256("ab:cd".into())));
                 assert_eq!(s.server.port, Some(2222));
@@ -876,7 +926,10 @@ mod tests {
         assert_eq!(Source::parse_legacy(""), Err(UriError::Empty));
         assert!(matches!(
             Source::parse_legacy("sheepdog://h/vdi"),
-            Err(UriError::RemovedProtocol { removed_in: "6.0", .. })
+            Err(UriError::RemovedProtocol {
+                removed_in: "6.0",
+                ..
+            })
         ));
         assert!(matches!(
             Source::parse_legacy("vxhs://h/x"),
