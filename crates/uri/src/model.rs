@@ -574,7 +574,15 @@ impl Source {
                         reason: "a volume name has no '/'".into(),
                     });
                 }
-                check_nonempty("gluster image path", &g.path)
+                check_nonempty("gluster image path", &g.path)?;
+                if g.path.starts_with('/') {
+                    return Err(UriError::InvalidValue {
+                        field: "gluster image path",
+                        value: g.path.clone(),
+                        reason: "the path is relative to the volume: drop the leading '/'".into(),
+                    });
+                }
+                Ok(())
             }
             Source::Iscsi(i) => {
                 i.portal.validate()?;

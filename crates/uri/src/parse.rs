@@ -680,15 +680,15 @@ fn parse_ssh(input: &str) -> Result<Ssh> {
     let user = match u.userinfo {
         None => None,
         Some(ui) => {
-            let ui = pct_decode(P, input, ui)?;
             if ui.contains(':') {
                 return Err(syntax(
                     P,
                     input,
-                    "QEMU's ssh driver takes no password; use ssh-agent or a key",
+                    "QEMU's ssh driver takes no password; use ssh-agent or a key \
+                     (write a literal ':' in a user name as %3A)",
                 ));
             }
-            Some(ui).filter(|u| !u.is_empty())
+            Some(pct_decode(P, input, ui)?).filter(|u| !u.is_empty())
         }
     };
     let server = u
