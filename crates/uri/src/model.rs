@@ -523,6 +523,15 @@ impl Source {
                 }
                 if let Some(c) = &r.conf {
                     check_nonempty("rbd conf", c)?;
+                    if c.contains([',', ';', ' ', '\t']) {
+                        return Err(UriError::InvalidValue {
+                            field: "rbd conf",
+                            value: c.clone(),
+                            reason: "Ceph reads a list of config files split at ',', ';' and \
+                                     spaces; move the file to a path without them"
+                                .into(),
+                        });
+                    }
                 }
                 if let Some(u) = &r.user {
                     check_nonempty("rbd user", u)?;
@@ -566,12 +575,18 @@ impl Source {
                     GlusterServer::Tcp(s) => s.validate()?,
                     GlusterServer::Unix(p) => check_abs(p)?,
                 }
-                check_nonempty("gluster volume", &g.volume)?;
-                if g.volume.contains('/') {
+                if g.volume.is_empty()
+                    || !g
+                        .volume
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
                     return Err(UriError::InvalidValue {
                         field: "gluster volume",
                         value: g.volume.clone(),
-                        reason: "a volume name has no '/'".into(),
+                        reason: "libgfapi accepts volume names of letters, digits, '-' and '_' \
+                                 only"
+                            .into(),
                     });
                 }
                 check_nonempty("gluster image path", &g.path)?;

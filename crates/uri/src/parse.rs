@@ -831,6 +831,10 @@ mod tests {
 
     #[test]
     fn rbd_errors() {
+        let e = Source::parse_legacy("rbd:p/i:conf=/etc/ceph/a b.conf").unwrap_err();
+        assert!(e.to_string().contains("split"), "{e}");
+        let e = Source::parse_legacy("gluster://h/v.x/img").unwrap_err();
+        assert!(e.to_string().contains("volume"), "{e}");
         for bad in [
             "rbd:pool",
             "rbd:/img",

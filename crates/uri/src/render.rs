@@ -699,7 +699,7 @@ mod tests {
     #[test]
     fn rbd_everything() {
         let src = Source::parse_legacy(
-            r"rbd:po\:ol/ns/im\@age@snap:conf=/etc/ceph/a,b.conf:id=admin:mon_host=[2001\:db8\:\:1]\:3300\;10.0.0.1\:6789:key=AQAAAA==",
+            r"rbd:po\:ol/ns/im\@age@snap:conf=/etc/ceph/a\:b.conf:id=admin:mon_host=[2001\:db8\:\:1]\:3300\;10.0.0.1\:6789:key=AQAAAA==",
         )
         .unwrap();
         let opts = DiskOptions {
@@ -710,7 +710,11 @@ mod tests {
         let d = render_drive(&src, &opts, "d0").unwrap();
         assert!(!d.drive.contains("AQAAAA"), "{}", d.drive);
         assert!(d.drive.contains("file.key-secret=d0-secret"), "{}", d.drive);
-        assert!(d.drive.contains("a,,b.conf"), "{}", d.drive);
+        assert!(
+            d.drive.contains(r"conf=\/etc\/ceph\/a\:b.conf"),
+            "{}",
+            d.drive
+        );
         let file = &split_opts(&d.drive).unwrap()[0].1;
         let mut back = Source::parse_legacy(file).unwrap();
         if let Source::Rbd(r) = &mut back {

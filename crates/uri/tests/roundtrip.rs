@@ -20,10 +20,6 @@ fn hostile() -> impl Strategy<Value = String> {
     ]
 }
 
-fn no_slash() -> impl Strategy<Value = String> {
-    hostile().prop_map(|s| s.replace('/', "x"))
-}
-
 fn abs_path() -> impl Strategy<Value = String> {
     hostile().prop_map(|s| format!("/{s}"))
 }
@@ -48,7 +44,7 @@ fn rbd() -> impl Strategy<Value = Rbd> {
         proptest::option::of(hostile()),
     );
     let opts = (
-        proptest::option::of(hostile()),
+        proptest::option::of(hostile().prop_map(|c| c.replace([',', ';', ' ', '\t'], "_"))),
         proptest::option::of(hostile()),
         proptest::collection::vec(server(), 0..3),
         proptest::sample::subsequence(vec!["cephx".to_string(), "none".to_string()], 0..=2),
@@ -100,7 +96,7 @@ fn source() -> impl Strategy<Value = Source> {
                 server().prop_map(GlusterServer::Tcp),
                 abs_path().prop_map(GlusterServer::Unix)
             ],
-            no_slash(),
+            "[a-zA-Z0-9_-]{1,12}",
             hostile().prop_map(|p| p.trim_start_matches('/').to_string() + "x"),
         )
             .prop_map(|(server, volume, path)| Source::Gluster(Gluster {
