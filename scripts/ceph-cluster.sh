@@ -51,7 +51,7 @@ port_free() {
 }
 
 start() {
-    for p in ceph-mon ceph-osd ceph monmaptool rbd uuidgen; do
+    for p in ceph-mon ceph-osd ceph monmaptool rbd; do
         command -v "$p" >/dev/null || die "'$p' not found: run scripts/install-deps.sh (packages ceph-mon ceph-osd ceph-common)"
     done
     mkdir -p "$dir"
@@ -67,7 +67,7 @@ start() {
             [ "$port" -lt 3400 ] || die "no free port in 3300..3399 for the monitor"
         done
     fi
-    fsid=$(uuidgen)
+    fsid=$(cat /proc/sys/kernel/random/uuid)
     conf="$dir/ceph.conf"
     cat >"$conf" <<CONF
 [global]

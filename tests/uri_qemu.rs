@@ -176,6 +176,16 @@ fn nbd_on_a_hostile_unix_socket() {
 
     check_drive_rw(&src, "d0", 0x3c);
     check_blockdev_ro(&src, "n0", 0x3c);
+    {
+        let d = render_drive(&src, &DiskOptions::default(), "d0").unwrap();
+        let mut q = qemu_ok(d.argv().unwrap());
+        let file = q.drive("d0")["file"].as_str().unwrap().to_string();
+        eprintln!("QEMU names the nbd drive {file}");
+        assert!(
+            file.contains(export) && file.contains(path_str(&sock)),
+            "{file}"
+        );
+    }
 }
 
 #[test]
@@ -281,6 +291,20 @@ fn rbd_on_a_single_node_ceph_cluster() {
         ..Rbd::default()
     });
     check_drive_rw(&hostile, "d1", 0xab);
+    {
+        // QEMU's own account of what it opened: the json: filename of the
+        // drive names exactly our namespace, image and config file.
+        let d = render_drive(&hostile, &DiskOptions::default(), "d1").unwrap();
+        let mut q = qemu_ok(d.argv().unwrap());
+        let file = q.drive("d1")["file"].as_str().unwrap().to_string();
+        let opened: serde_json::Value =
+            serde_json::from_str(file.strip_prefix("json:").expect("json: filename")).unwrap();
+        assert_eq!(opened["file"]["driver"], "rbd", "{file}");
+        assert_eq!(opened["file"]["pool"], "rbd", "{file}");
+        assert_eq!(opened["file"]["namespace"], ns, "{file}");
+        assert_eq!(opened["file"]["image"], hostile_image, "{file}");
+        assert_eq!(opened["file"]["conf"], conf.as_str(), "{file}");
+    }
     check_blockdev_ro(&hostile, "r1", 0xab);
 
     // 3. No config file: monitors and auth mode from the source itself.
