@@ -15,9 +15,9 @@ use std::path::Path;
 
 use extstorage_uri::secret_files::{remove_secret_files, write_secret_files};
 use extstorage_uri::{
-    Aio, CacheMode, DetectZeroes, Discard, DiskOptions, Host, Nbd, NbdServer as NbdAddr, Rbd,
-    Secret, Server, SharedMemory, Source, VhostUserBlkDisk, parse_attach_line, render_blockdev,
-    render_drive,
+    Aio, CacheMode, CurlScheme, DetectZeroes, Discard, DiskOptions, Host, Nbd,
+    NbdServer as NbdAddr, Rbd, Secret, Server, SharedMemory, Source, VhostUserBlkDisk,
+    VirtioBlkDevice, parse_attach_line, render_blockdev, render_drive,
 };
 use serde_json::json;
 use uri_support::*;
@@ -99,6 +99,34 @@ fn file_with_hostile_name() {
     assert_eq!(q.node("f1-file")["file"], path_str(&img));
     assert_eq!(q.node("f1")["detect_zeroes"], "unmap");
     q.assert_pattern("f1", KIB64, KIB64, 0xcd);
+    // The guest device on top, carrying write-cache and a hostile serial.
+    let mut dev = VirtioBlkDevice::for_blockdev(&b, "vd1");
+    dev.serial = Some("ser,ial: 1".into());
+    dev.num_queues = Some(2);
+    let mut args = b.argv().unwrap();
+    args.extend(dev.qemu_args().unwrap());
+    drop(q);
+    let mut q = qemu_ok(args);
+    let get = |q: &mut Qemu, prop: &str| {
+        q.execute(
+            "qom-get",
+            &json!({"path": "/machine/peripheral/vd1", "property": prop}),
+        )
+        .unwrap_or_else(|e| panic!("qom-get vd1.{prop}: {e}"))
+    };
+    assert_eq!(get(&mut q, "serial"), "ser,ial: 1");
+    assert_eq!(get(&mut q, "write-cache"), "on");
+    assert_eq!(get(&mut q, "num-queues"), 2);
+    drop(q);
+    // Hot-plug: the same nodes through QMP object-add/blockdev-add, then the device.
+    let mut q = qemu_ok(Vec::<OsString>::new());
+    for cmd in b.qmp_commands().unwrap() {
+        q.send(&cmd).unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    }
+    q.send(&dev.qmp_device_add().unwrap()).unwrap();
+    assert_eq!(get(&mut q, "serial"), "ser,ial: 1");
+    q.assert_pattern("f1", 0, KIB64, 0xab);
+    drop(q);
     // The same options through -drive.
     let d = render_drive(&src, &opts, "d1").unwrap();
     let mut q = qemu_ok(d.argv().unwrap());
@@ -458,7 +486,19 @@ fn protocols_without_a_server_fail_to_connect_not_to_parse() {
         eprintln!("SKIP nfs: something listens on 127.0.0.1:111");
     }
     for (uri, marker) in cases {
-        let src = Source::parse_legacy(&uri).unwrap_or_else(|e| panic!("{uri}: {e}"));
+        let mut src = Source::parse_legacy(&uri).unwrap_or_else(|e| panic!("{uri}: {e}"));
+        // Options that have no place in the URI must reach QEMU as options.
+        match &mut src {
+            Source::Iscsi(i) => i.initiator_name = Some("iqn.2026-01.org.example:host".into()),
+            Source::Curl(c) => {
+                if c.scheme == CurlScheme::Https {
+                    c.sslverify = Some(false);
+                }
+                c.readahead = Some(65536);
+                c.timeout = Some(5);
+            }
+            _ => {}
+        }
         let opts = DiskOptions {
             read_only: true,
             secret_dir: Some(secrets.path().to_path_buf()),
@@ -499,7 +539,6 @@ fn vhost_user_blk_cold_and_hot_plug() {
     .qemu_args()
     .unwrap();
     args.extend(disk.qemu_args(version).unwrap());
-    let mut q = qemu_ok(args);
     let get = |q: &mut Qemu, dev: &str, prop: &str| {
         q.execute(
             "qom-get",
@@ -507,6 +546,21 @@ fn vhost_user_blk_cold_and_hot_plug() {
         )
         .unwrap_or_else(|e| panic!("qom-get {dev}.{prop}: {e}"))
     };
+    // Older QEMUs get `reconnect=<seconds>`: QEMU 10.0 still parses it.
+    let older = extstorage_uri::QemuVersion::new(9, 1, 0);
+    let old_args = disk.qemu_args(older).unwrap();
+    assert!(
+        old_args[1].to_string_lossy().ends_with(",reconnect=1"),
+        "{old_args:?}"
+    );
+    if version < extstorage_uri::QemuVersion::new(10, 2, 0) {
+        let mut a = args.clone();
+        a.truncate(4);
+        a.extend(old_args);
+        let mut q = qemu_ok(a);
+        assert_eq!(get(&mut q, "vdisk0", "num-queues"), 2);
+    }
+    let mut q = qemu_ok(args);
     assert_eq!(get(&mut q, "vdisk0", "num-queues"), 2);
     assert_eq!(get(&mut q, "vdisk0", "queue-size"), 128);
     assert_eq!(get(&mut q, "vdisk0", "config-wce"), false);

@@ -14,6 +14,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod device;
 pub mod error;
 pub mod model;
 pub mod options;
@@ -22,6 +23,7 @@ pub mod render;
 pub mod secret_files;
 pub mod vhost;
 
+pub use device::VirtioBlkDevice;
 pub use error::{Result, UriError};
 pub use model::{
     Curl, CurlScheme, Gluster, GlusterServer, Host, HostKeyCheck, Iscsi, IscsiTransport, Nbd,
