@@ -326,3 +326,28 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #[test]
+    fn qemuopts_escape_split_identity(values in proptest::collection::vec(any::<String>(), 1..5)) {
+        let text: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("k{i}={}", extstorage_uri::escape_opt_value(v)))
+            .collect();
+        let pairs = split_opts(&text.join(",")).unwrap();
+        prop_assert_eq!(pairs.len(), values.len());
+        for (i, (k, v)) in pairs.iter().enumerate() {
+            prop_assert_eq!(k, &format!("k{i}"));
+            prop_assert_eq!(v, &values[i]);
+        }
+    }
+
+    #[test]
+    fn qemu_version_display_parse_identity(a in 0u32..100, b in 0u32..100, c in 0u32..1000) {
+        let v = extstorage_uri::QemuVersion::new(a, b, c);
+        prop_assert_eq!(v.to_string().parse::<extstorage_uri::QemuVersion>().unwrap(), v);
+        let text = format!("QEMU emulator version {v} (Debian 1:{v}+ds-1)\nCopyright (c) 2003-2025");
+        prop_assert_eq!(extstorage_uri::QemuVersion::from_version_output(&text).unwrap(), v);
+    }
+}
