@@ -19,8 +19,11 @@ usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
 cmd=$1
 dir=$2
 
+started=0
 die() {
     echo "ceph-cluster: $*" >&2
+    # Do not leave half a cluster running.
+    [ "$started" = 1 ] && stop
     for f in "$dir"/log/*.log; do
         [ -f "$f" ] || continue
         echo "---- tail of $f" >&2
@@ -98,6 +101,7 @@ osd objectstore = memstore
 memstore device bytes = 2147483648
 CONF
 
+    started=1
     monmaptool --create --add a "v2:127.0.0.1:$port" --fsid "$fsid" "$dir/monmap" >/dev/null \
         || die "monmaptool failed"
     ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" --keyring /dev/null \
