@@ -12,12 +12,13 @@ mod uri_support;
 use std::ffi::OsString;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::process::Command;
 
 use extstorage_uri::secret_files::{remove_secret_files, write_secret_files};
 use extstorage_uri::{
     Aio, CacheMode, CurlScheme, DetectZeroes, Discard, DiskOptions, Host, Nbd,
     NbdServer as NbdAddr, Rbd, Secret, Server, SharedMemory, Source, VhostUserBlkDisk,
-    VirtioBlkDevice, parse_attach_line, render_blockdev, render_drive,
+    VirtioBlkDevice, parse_attach_line, render_blockdev, render_drive, render_json_filename,
 };
 use serde_json::json;
 use uri_support::*;
@@ -65,6 +66,44 @@ fn check_blockdev_ro(src: &Source, node: &str, byte: u8) {
     );
 }
 
+/// The `json:` filename in the standalone tools: `qemu-img info` reports a
+/// raw image of `size` bytes and `qemu-io` reads the pattern back.
+fn check_json_filename(src: &Source, size: u64, byte: u8, secret_dir: Option<&Path>) {
+    let opts = DiskOptions {
+        read_only: true,
+        secret_dir: secret_dir.map(Path::to_path_buf),
+        ..DiskOptions::default()
+    };
+    let j = render_json_filename(src, &opts, "j0").unwrap();
+    write_secret_files(&j.secrets).unwrap();
+    let objects: Vec<String> = j
+        .secrets
+        .iter()
+        .flat_map(|s| ["--object".to_string(), s.object_arg().unwrap()])
+        .collect();
+    let info = run_ok(
+        Command::new("qemu-img")
+            .arg("info")
+            .args(&objects)
+            .args(["--output=json", &j.filename]),
+    );
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["format"], "raw", "{info:#}");
+    assert_eq!(info["virtual-size"], size, "{info:#}");
+    let out = run_ok(Command::new("qemu-io").args(&objects).args([
+        "-r",
+        "-c",
+        &format!("read -P 0x{byte:02x} 0 {KIB64}"),
+        &j.filename,
+    ]));
+    assert!(
+        out.contains("read 65536/65536 bytes") && !out.contains("failed"),
+        "qemu-io {}: {out}",
+        j.filename
+    );
+    remove_secret_files(&j.secrets).unwrap();
+}
+
 #[test]
 fn file_with_hostile_name() {
     let dir = hostile_dir("file");
@@ -86,6 +125,7 @@ fn file_with_hostile_name() {
     assert!(read_back(&img, KIB64, 65536).iter().all(|&b| b == 0xcd));
 
     check_blockdev_ro(&src, "f0", 0xab);
+    check_json_filename(&src, 1 << 20, 0xab, None);
     // aio=native with cache.direct, detect-zeroes: QEMU takes them as given.
     let opts = DiskOptions {
         cache: CacheMode::None,
@@ -167,6 +207,7 @@ fn block_device_on_a_loop_device() {
     assert_eq!(Source::parse_legacy(path_str(&lo.path)).unwrap(), src);
     check_drive_rw(&src, "d0", 0x5a);
     check_blockdev_ro(&src, "b0", 0x5a);
+    check_json_filename(&src, 4 << 20, 0x5a, None);
     let opts = DiskOptions {
         aio: Some(Aio::Native),
         ..DiskOptions::ganeti_ext()
@@ -204,6 +245,7 @@ fn nbd_on_a_hostile_unix_socket() {
 
     check_drive_rw(&src, "d0", 0x3c);
     check_blockdev_ro(&src, "n0", 0x3c);
+    check_json_filename(&src, 1 << 20, 0x3c, None);
     {
         let d = render_drive(&src, &DiskOptions::default(), "d0").unwrap();
         let mut q = qemu_ok(d.argv().unwrap());
@@ -334,6 +376,7 @@ fn rbd_on_a_single_node_ceph_cluster() {
         assert_eq!(opened["file"]["conf"], conf.as_str(), "{file}");
     }
     check_blockdev_ro(&hostile, "r1", 0xab);
+    check_json_filename(&hostile, 4 << 20, 0xab, None);
 
     // 3. No config file: monitors and auth mode from the source itself.
     let mon = Source::Rbd(Rbd {
@@ -388,6 +431,7 @@ fn rbd_on_a_single_node_ceph_cluster() {
             .expect("secret object exists");
         assert_eq!(obj, "base64");
     }
+    check_json_filename(&keyed, 4 << 20, 0xab, Some(&secrets));
     remove_secret_files(&d.secrets).unwrap();
     remove_secret_files(&b.secrets).unwrap();
 

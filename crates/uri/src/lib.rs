@@ -32,7 +32,7 @@ pub use model::{
 pub use options::{Aio, CacheMode, DetectZeroes, Discard, DiskOptions};
 pub use parse::parse_attach_line;
 pub use render::{
-    BlockdevArgs, DriveArgs, SecretFormat, SecretObject, escape_opt_value, render_blockdev,
-    render_drive, split_opts,
+    BlockdevArgs, DriveArgs, JsonFilename, SecretFormat, SecretObject, escape_opt_value,
+    render_blockdev, render_drive, render_json_filename, split_opts,
 };
 pub use vhost::{QemuVersion, SharedMemory, VhostUserBlkDisk};

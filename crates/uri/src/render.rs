@@ -659,10 +659,64 @@ pub fn render_blockdev(
     })
 }
 
+/// A `json:{...}` pseudo-filename and the secret objects it references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonFilename {
+    /// `json:{"driver":"raw","file":{...}}`, for tools that take one
+    /// filename (`qemu-img`, `qemu-io`, `qemu-nbd`). Inside a QemuOpts
+    /// string (`-drive file=`) its commas must be doubled.
+    pub filename: String,
+    /// Secret objects to pass first (`--object secret,...`).
+    pub secrets: Vec<SecretObject>,
+}
+
+/// Renders the source as a single `json:` filename: the raw node with the
+/// protocol node inline. `id` names the secret objects (`ID-secret`).
+/// `read-only` is only written when set, so tools that open read-only
+/// (e.g. `qemu-img info`) keep doing so.
+pub fn render_json_filename(source: &Source, opts: &DiskOptions, id: &str) -> Result<JsonFilename> {
+    check_id("id", id, 31)?;
+    opts.validate(source)?;
+    source.validate()?;
+    let secret = secret_for(source, opts, id);
+    let mut proto = protocol_node(source, opts, secret.as_ref())?;
+    let mut raw = Map::new();
+    raw.insert("driver".into(), json!("raw"));
+    for m in [&mut proto, &mut raw] {
+        if opts.read_only {
+            m.insert("read-only".into(), json!(true));
+        }
+        m.insert("discard".into(), json!(opts.discard.as_str()));
+        m.insert(
+            "cache".into(),
+            json!({"direct": opts.cache.direct(), "no-flush": opts.cache.no_flush()}),
+        );
+    }
+    if let Some(d) = opts.detect_zeroes {
+        raw.insert("detect-zeroes".into(), json!(d.as_str()));
+    }
+    raw.insert("file".into(), Value::Object(proto));
+    Ok(JsonFilename {
+        filename: format!("json:{}", Value::Object(raw)),
+        secrets: secret.into_iter().collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::options::{Aio, CacheMode, Discard};
+
+    #[test]
+    fn json_filename() {
+        let src = Source::parse_legacy("nbd+unix:///e?socket=/run/a%2Cb.sock").unwrap();
+        let j = render_json_filename(&src, &DiskOptions::default(), "j0").unwrap();
+        let v: Value = serde_json::from_str(j.filename.strip_prefix("json:").unwrap()).unwrap();
+        assert_eq!(v["driver"], "raw");
+        assert_eq!(v["file"]["driver"], "nbd");
+        assert_eq!(v["file"]["server"]["path"], "/run/a,b.sock");
+        assert!(v.get("read-only").is_none());
+    }
 
     fn node(args: &BlockdevArgs, i: usize) -> Value {
         serde_json::from_str(&args.json_nodes[i]).unwrap()
