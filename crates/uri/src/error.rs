@@ -82,6 +82,15 @@ pub enum UriError {
         /// Protocol of the source.
         protocol: &'static str,
     },
+    /// An access mode that needs the block device, for a volume without one.
+    #[error(
+        "{mode} access needs a block device but attach printed none (the provider offers \
+         userspace access only); use userspace access"
+    )]
+    NoBlockDevice {
+        /// The access mode asked for.
+        mode: &'static str,
+    },
     /// Text that is not a QEMU version.
     #[error(
         "cannot read a QEMU version from '{0}': expected text like 'QEMU emulator version 10.0.2'"

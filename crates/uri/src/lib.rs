@@ -16,6 +16,7 @@
 
 pub mod device;
 pub mod error;
+pub mod kvm;
 pub mod model;
 pub mod options;
 pub mod parse;
@@ -25,6 +26,7 @@ pub mod vhost;
 
 pub use device::VirtioBlkDevice;
 pub use error::{Result, UriError};
+pub use kvm::{AccessMode, DiskAccess, KvmArgs, KvmDisk};
 pub use model::{
     Curl, CurlScheme, Gluster, GlusterServer, Host, HostKeyCheck, Iscsi, IscsiTransport, Nbd,
     NbdServer, Nfs, Rbd, Secret, Server, Source, Ssh,
