@@ -119,7 +119,7 @@ impl DiskAccess {
                 source: Source::from_block_device(device.ok_or_else(need_device)?)?,
             }),
             AccessMode::Userspace => {
-                let uri = uri.ok_or_else(|| UriError::Empty)?;
+                let uri = uri.ok_or(UriError::Empty)?;
                 Ok(DiskAccess::Userspace {
                     source: Source::parse_legacy(uri)?,
                 })
