@@ -3,8 +3,10 @@
 //! The binary parses arguments, calls `extstorage-core` and prints; each
 //! subcommand family lives in its own module (`providers`, `volume`).
 
+mod kvm_args;
 mod output;
 mod providers;
+mod uri;
 mod volume;
 
 use std::path::PathBuf;
@@ -109,6 +111,10 @@ enum Command {
     Providers(providers::ProvidersArgs),
     #[command(flatten)]
     Volume(volume::VolumeCommand),
+    /// Attach and render the volume's userspace URI as QEMU -drive/-blockdev arguments.
+    Uri(uri::UriArgs),
+    /// Attach and print the full QEMU argv for the volume in an access mode.
+    KvmArgs(kvm_args::KvmArgsArgs),
 }
 
 fn seconds(what: &str, secs: f64) -> Result<Duration, String> {
@@ -176,5 +182,7 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
     match cli.command {
         Command::Providers(args) => providers::run(&es, &args, out),
         Command::Volume(cmd) => volume::run(&es, cmd, out),
+        Command::Uri(args) => uri::run(&es, args, out),
+        Command::KvmArgs(args) => kvm_args::run(&es, args, out),
     }
 }

@@ -33,7 +33,7 @@ pub struct VolumeArgs {
     access: Access,
 }
 
-fn size_arg(s: &str) -> Result<u64, String> {
+pub(crate) fn size_arg(s: &str) -> Result<u64, String> {
     parse_size_mib(s).map_err(|e| e.to_string())
 }
 
@@ -41,7 +41,7 @@ fn access_arg(s: &str) -> Result<Access, String> {
     s.parse().map_err(|e: extstorage_core::Error| e.to_string())
 }
 
-fn param_arg(s: &str) -> Result<(String, String), String> {
+pub(crate) fn param_arg(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
