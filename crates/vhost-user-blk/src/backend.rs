@@ -1,0 +1,668 @@
+//! The `VhostUserBackend` implementation: one worker thread per queue, each
+//! owning its engine and in-flight table.
+
+use std::collections::BTreeSet;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use extstorage_blockio::{Completion, Engine, IoBuf, Op, Request as IoRequest, SubmitError};
+use extstorage_virtio_blk::{
+    DiscardSegment, Request, RequestType, SERIAL_LEN, Segment, Status, WCE_OFFSET,
+};
+use vhost::vhost_user::Backend;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
+    GuestMemoryLoadGuard, GuestMemoryMmap,
+};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
+
+use crate::Device;
+use crate::channel;
+
+pub(crate) type Mem = GuestMemoryMmap<()>;
+pub(crate) type Gm = GuestMemoryAtomic<Mem>;
+type Vring = VringRwLock<Gm>;
+
+/// What a request needs when its completion arrives.
+#[derive(Debug)]
+struct InFlight {
+    head: u16,
+    status: GuestAddress,
+    used_len: u32,
+    is_write: bool,
+    /// Keeps the guest memory the engine reads or writes mapped until the
+    /// completion, even if the frontend replaces the memory table meanwhile.
+    mem: Arc<Mem>,
+}
+
+/// One queue's private state, touched only by its worker thread (and by
+/// `stop_vring` while the worker is idle).
+struct QueueWorker {
+    index: usize,
+    engine: Box<dyn Engine>,
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    segs: Vec<Segment>,
+    iobufs: Vec<IoBuf>,
+    vring: Option<Vring>,
+    /// Used entries added since the last notification decision.
+    pending_signal: bool,
+}
+
+// SAFETY: the raw pointers in `iobufs` are scratch space, only meaningful
+// during one submission on the thread that holds the worker's mutex.
+unsafe impl Send for QueueWorker {}
+
+impl std::fmt::Debug for QueueWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueWorker")
+            .field("index", &self.index)
+            .field("engine", &self.engine.name())
+            .field("in_flight", &self.engine.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to do with a parsed request.
+enum Action {
+    /// Reply now with this status and used length.
+    Reply(Status, u32),
+    /// Hand to the engine.
+    Submit {
+        op: Op,
+        offset: u64,
+        len: u64,
+        used_len: u32,
+    },
+}
+
+#[cold]
+fn ioerr(queue: usize, reason: &'static str) -> Action {
+    tracing::debug!(queue, reason, "request failed");
+    Action::Reply(Status::IoErr, 1)
+}
+
+impl QueueWorker {
+    fn new(index: usize, engine: Box<dyn Engine>, queue_size: usize) -> Self {
+        Self {
+            index,
+            engine,
+            slots: Vec::with_capacity(queue_size),
+            free: Vec::new(),
+            segs: Vec::with_capacity(queue_size),
+            iobufs: Vec::with_capacity(queue_size),
+            vring: None,
+            pending_signal: false,
+        }
+    }
+
+    /// The EVENT_IDX drain loop: with notifications off, process everything
+    /// available; turn them back on; go again if more arrived meanwhile.
+    fn process_queue(&mut self, dev: &Device, mem: &Gm, vring: &Vring, event_idx: bool) {
+        loop {
+            if event_idx && let Err(e) = vring.disable_notification() {
+                tracing::warn!(queue = self.index, error = %e, "cannot disable notifications");
+            }
+            self.process_available(dev, mem, vring);
+            if !event_idx {
+                break;
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(queue = self.index, error = %e, "cannot enable notifications");
+                    break;
+                }
+            }
+        }
+        self.signal(vring);
+    }
+
+    fn process_available(&mut self, dev: &Device, mem: &Gm, vring: &Vring) {
+        let guard: GuestMemoryLoadGuard<Mem> = mem.memory();
+        let mem_arc: Arc<Mem> = guard.clone().into_inner();
+        loop {
+            let chain = vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(guard.clone());
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            match Request::parse(chain, &mut self.segs) {
+                Ok(req) => {
+                    let action = self.decide(dev, &mem_arc, &req);
+                    match action {
+                        Action::Reply(status, used) => {
+                            self.reply(vring, &mem_arc, head, req.status_addr, status, used)
+                        }
+                        Action::Submit {
+                            op,
+                            offset,
+                            len,
+                            used_len,
+                        } => self.submit(dev, vring, &mem_arc, &req, op, offset, len, used_len),
+                    }
+                }
+                Err(e) => self.reject(vring, &mem_arc, head, e),
+            }
+        }
+        if let Err(e) = self.engine.commit() {
+            tracing::error!(queue = self.index, error = %e, "engine commit failed");
+        }
+        self.reap(dev, vring);
+    }
+
+    #[cold]
+    fn reject(
+        &mut self,
+        vring: &Vring,
+        mem: &Mem,
+        head: u16,
+        e: extstorage_virtio_blk::ParseError,
+    ) {
+        tracing::debug!(queue = self.index, head, error = %e, "malformed request");
+        match e.status_addr() {
+            Some(status) => self.reply(vring, mem, head, status, Status::IoErr, 1),
+            None => {
+                // Nowhere to put a status: return the chain unanswered so
+                // the ring keeps moving.
+                if let Err(e) = vring.add_used(head, 0) {
+                    tracing::warn!(queue = self.index, error = %e, "add_used failed");
+                }
+                self.pending_signal = true;
+            }
+        }
+    }
+
+    /// Checks a parsed request against the device and turns it into an action.
+    fn decide(&mut self, dev: &Device, mem: &Mem, req: &Request) -> Action {
+        let cap = dev.capacity_sectors();
+        let ro = dev.config().read_only;
+        match req.ty {
+            RequestType::In | RequestType::Out => {
+                let is_write = req.ty == RequestType::Out;
+                if is_write && ro {
+                    return ioerr(self.index, "write to a read-only device");
+                }
+                let Some((offset, len)) = req.byte_range(cap) else {
+                    return ioerr(self.index, "sector range beyond capacity");
+                };
+                let data = if is_write { 0 } else { len };
+                let Some(used_len) = data.checked_add(1).and_then(|u| u32::try_from(u).ok())
+                else {
+                    return ioerr(self.index, "request too long");
+                };
+                Action::Submit {
+                    op: if is_write { Op::Write } else { Op::Read },
+                    offset,
+                    len,
+                    used_len,
+                }
+            }
+            RequestType::Flush => Action::Submit {
+                op: Op::Flush,
+                offset: 0,
+                len: 0,
+                used_len: 1,
+            },
+            RequestType::GetId => self.get_id(dev, mem),
+            RequestType::Discard | RequestType::WriteZeroes => {
+                if ro {
+                    return ioerr(self.index, "discard/write-zeroes on a read-only device");
+                }
+                if req.data_len > extstorage_virtio_blk::DISCARD_SEGMENT_SIZE as u64 {
+                    return ioerr(self.index, "more segments than max_*_seg");
+                }
+                let Some(seg) = DiscardSegment::read_first(mem, &self.segs) else {
+                    return ioerr(self.index, "unreadable discard segment");
+                };
+                let unmap = seg.flags & DiscardSegment::FLAG_UNMAP != 0;
+                let allowed = if req.ty == RequestType::Discard {
+                    0
+                } else {
+                    DiscardSegment::FLAG_UNMAP
+                };
+                if seg.flags & !allowed != 0 {
+                    return Action::Reply(Status::Unsupp, 1);
+                }
+                let max = u32::try_from(dev.blk_config().max_discard_sectors).unwrap_or(0);
+                if seg.num_sectors > max {
+                    return ioerr(self.index, "segment longer than max_*_sectors");
+                }
+                let Some((offset, len)) = seg.byte_range(cap) else {
+                    return ioerr(self.index, "discard range beyond capacity");
+                };
+                let op = if req.ty == RequestType::Discard {
+                    Op::Discard
+                } else {
+                    Op::WriteZeroes { unmap }
+                };
+                Action::Submit {
+                    op,
+                    offset,
+                    len,
+                    used_len: 1,
+                }
+            }
+            RequestType::Unsupported(t) => {
+                tracing::debug!(queue = self.index, request_type = t, "unsupported request type");
+                Action::Reply(Status::Unsupp, 1)
+            }
+        }
+    }
+
+    /// Writes the serial into the request's buffers.
+    fn get_id(&self, dev: &Device, mem: &Mem) -> Action {
+        let mut id = [0u8; SERIAL_LEN];
+        let serial = dev.config().serial.as_bytes();
+        let n = serial.len().min(SERIAL_LEN);
+        id[..n].copy_from_slice(&serial[..n]);
+        let mut written = 0usize;
+        for seg in &self.segs {
+            if written == SERIAL_LEN {
+                break;
+            }
+            let n = (SERIAL_LEN - written).min(usize::try_from(seg.len).unwrap_or(0));
+            if mem.write_slice(&id[written..written + n], seg.addr).is_err() {
+                return ioerr(self.index, "GET_ID buffer outside guest memory");
+            }
+            written += n;
+        }
+        let used = u32::try_from(written).unwrap_or(0).saturating_add(1);
+        Action::Reply(Status::Ok, used)
+    }
+
+    /// Writes the status byte and returns the chain to the guest.
+    fn reply(
+        &mut self,
+        vring: &Vring,
+        mem: &Mem,
+        head: u16,
+        status_addr: GuestAddress,
+        status: Status,
+        used_len: u32,
+    ) {
+        if let Err(e) = mem.write_obj(status.as_u8(), status_addr) {
+            tracing::warn!(queue = self.index, error = %e, "cannot write the status byte");
+        }
+        if let Err(e) = vring.add_used(head, used_len) {
+            tracing::warn!(queue = self.index, error = %e, "add_used failed");
+        }
+        self.pending_signal = true;
+    }
+
+    /// Maps the data segments to host buffers and submits to the engine.
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &mut self,
+        dev: &Device,
+        vring: &Vring,
+        mem: &Arc<Mem>,
+        req: &Request,
+        op: Op,
+        offset: u64,
+        len: u64,
+        used_len: u32,
+    ) {
+        let mut iobufs = std::mem::take(&mut self.iobufs);
+        iobufs.clear();
+        if matches!(op, Op::Read | Op::Write) && !map_segments(mem, &self.segs, &mut iobufs) {
+            self.iobufs = iobufs;
+            let a = ioerr(self.index, "data segment not mapped");
+            if let Action::Reply(s, u) = a {
+                self.reply(vring, mem, req.head_index, req.status_addr, s, u);
+            }
+            return;
+        }
+        let slot = self.alloc_slot(InFlight {
+            head: req.head_index,
+            status: req.status_addr,
+            used_len,
+            is_write: op == Op::Write,
+            mem: Arc::clone(mem),
+        });
+        let io = IoRequest {
+            op,
+            offset,
+            len,
+            bufs: &iobufs,
+        };
+        loop {
+            // SAFETY: every IoBuf points into a region of `mem`, which the
+            // in-flight entry in `slot` keeps mapped until the completion is
+            // popped in `reap`; the guest does not touch a buffer it has made
+            // available until we return it with add_used.
+            match unsafe { self.engine.submit(&io, slot as u64) } {
+                Ok(()) => break,
+                Err(SubmitError::Full) => {
+                    if let Err(e) = self.engine.commit() {
+                        tracing::error!(queue = self.index, error = %e, "engine commit failed");
+                    }
+                    if self.reap(dev, vring) == 0 {
+                        self.wait_for_completion();
+                    }
+                }
+            }
+        }
+        self.iobufs = iobufs;
+    }
+
+    fn alloc_slot(&mut self, entry: InFlight) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(entry);
+                i
+            }
+            None => {
+                self.slots.push(Some(entry));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Blocks until the engine's completion fd is readable (async engines).
+    fn wait_for_completion(&self) {
+        let Some(fd) = self.engine.completion_fd() else {
+            return;
+        };
+        wait_readable(fd);
+        drain_eventfd(fd);
+    }
+
+    /// Completes every finished request; returns how many.
+    fn reap(&mut self, dev: &Device, vring: &Vring) -> usize {
+        let mut n = 0;
+        while let Some(c) = self.engine.pop_completion() {
+            n += 1;
+            self.complete(dev, vring, c);
+        }
+        n
+    }
+
+    fn complete(&mut self, dev: &Device, vring: &Vring, c: Completion) {
+        let Some(entry) = usize::try_from(c.user_data)
+            .ok()
+            .and_then(|i| self.slots.get_mut(i))
+            .and_then(Option::take)
+        else {
+            tracing::error!(queue = self.index, user_data = c.user_data, "completion for an unknown request");
+            return;
+        };
+        self.free.push(usize::try_from(c.user_data).unwrap_or(0));
+        let status = match c.result {
+            Ok(_) if entry.is_write && !dev.writeback() => match dev.backing().flush() {
+                Ok(()) => Status::Ok,
+                Err(e) => {
+                    tracing::warn!(queue = self.index, error = %e, "writethrough flush failed");
+                    Status::IoErr
+                }
+            },
+            Ok(_) => Status::Ok,
+            Err(errno) => {
+                tracing::debug!(queue = self.index, errno, "I/O failed");
+                Status::IoErr
+            }
+        };
+        self.reply(vring, &entry.mem, entry.head, entry.status, status, entry.used_len);
+    }
+
+    fn signal(&mut self, vring: &Vring) {
+        if !self.pending_signal {
+            return;
+        }
+        self.pending_signal = false;
+        match vring.needs_notification() {
+            Ok(true) => {
+                if let Err(e) = vring.signal_used_queue() {
+                    tracing::warn!(queue = self.index, error = %e, "cannot signal the guest");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(queue = self.index, error = %e, "needs_notification failed"),
+        }
+    }
+
+    /// Completes everything in flight (blocking), then signals.
+    fn drain(&mut self, dev: &Device) {
+        let Some(vring) = self.vring.clone() else {
+            return;
+        };
+        while self.engine.in_flight() > 0 {
+            if self.reap(dev, &vring) == 0 {
+                self.wait_for_completion();
+            }
+        }
+        self.signal(&vring);
+    }
+}
+
+/// Host buffers for `segs`, split where a segment crosses memory regions.
+/// False if any part is outside guest memory.
+fn map_segments(mem: &Mem, segs: &[Segment], out: &mut Vec<IoBuf>) -> bool {
+    for seg in segs {
+        let Ok(len) = usize::try_from(seg.len) else {
+            return false;
+        };
+        let mut covered = 0usize;
+        for slice in GuestMemoryBackend::get_slices(mem, seg.addr, len) {
+            let Ok(slice) = slice else { return false };
+            covered += slice.len();
+            out.push(IoBuf {
+                addr: slice.ptr_guard_mut().as_ptr(),
+                len: slice.len(),
+            });
+        }
+        if covered != len {
+            return false;
+        }
+    }
+    true
+}
+
+fn wait_readable(fd: RawFd) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is a valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, -1) };
+}
+
+fn drain_eventfd(fd: RawFd) {
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into a valid u64; the fd is the engine's eventfd.
+    unsafe { libc::read(fd, (&raw mut v).cast(), 8) };
+}
+
+/// One connection's backend. Cheap to clone; every worker thread holds one.
+#[derive(Debug, Clone)]
+pub(crate) struct BlkBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dev: Arc<Device>,
+    mem: Gm,
+    event_idx: AtomicBool,
+    queues: Vec<Mutex<QueueWorker>>,
+    sockets_before: BTreeSet<RawFd>,
+    backend_req: Mutex<Option<Backend>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("dev", &self.dev)
+            .field("queues", &self.queues)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlkBackend {
+    pub(crate) fn new(dev: Arc<Device>, mem: Gm, sockets_before: BTreeSet<RawFd>) -> Self {
+        let n = usize::from(dev.config().num_queues);
+        let qs = usize::from(dev.config().queue_size);
+        let queues = (0..n)
+            .map(|i| Mutex::new(QueueWorker::new(i, dev.new_engine(), qs)))
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                dev,
+                mem,
+                event_idx: AtomicBool::new(false),
+                queues,
+                sockets_before,
+                backend_req: Mutex::new(None),
+            }),
+        }
+    }
+
+    fn worker(&self, q: usize) -> Option<MutexGuard<'_, QueueWorker>> {
+        self.inner
+            .queues
+            .get(q)
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The completion fd of queue `q`'s engine, if it has one.
+    pub(crate) fn completion_fd(&self, q: usize) -> Option<RawFd> {
+        self.worker(q)?.engine.completion_fd()
+    }
+
+    /// The epoll data value of engine completion events.
+    pub(crate) fn completion_event(&self) -> u64 {
+        self.inner.queues.len() as u64 + 1
+    }
+
+    /// Completes everything still in flight on every queue.
+    pub(crate) fn drain(&self) {
+        for q in 0..self.inner.queues.len() {
+            if let Some(mut w) = self.worker(q) {
+                w.drain(&self.inner.dev);
+            }
+        }
+    }
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        self.inner.queues.len()
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.inner.dev.config().queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        self.inner.dev.virtio_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&self, features: u64) {
+        tracing::debug!(features = format_args!("{features:#x}"), "features acked");
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::BACKEND_REQ
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.inner.event_idx.store(enabled, Ordering::Release);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        self.inner.dev.blk_config().read(offset, size)
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> std::io::Result<()> {
+        let wce = u32::try_from(WCE_OFFSET).unwrap_or(u32::MAX);
+        if let Some(i) = wce.checked_sub(offset)
+            && let Some(&v) = usize::try_from(i).ok().and_then(|i| buf.get(i))
+        {
+            self.inner.dev.set_writeback(v != 0);
+        }
+        Ok(())
+    }
+
+    fn update_memory(&self, _mem: Gm) -> std::io::Result<()> {
+        // The handler replaced the table in the GuestMemoryAtomic we share;
+        // in-flight requests keep the old one alive through their Arc.
+        Ok(())
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        let ch = channel::find_new_channel(&self.inner.sockets_before);
+        if ch.is_none() {
+            tracing::warn!("backend channel not found: resize notifications disabled for this connection");
+        }
+        *self
+            .inner
+            .backend_req
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(backend);
+        self.inner.dev.set_channel(ch);
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.inner.queues.len()).map(|i| 1u64 << i).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
+            .inspect_err(|e| tracing::error!(error = %e, "cannot create a worker exit event"))
+            .ok()
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> std::io::Result<()> {
+        let q = usize::try_from(queue_index).unwrap_or(usize::MAX);
+        if let Some(mut w) = self.worker(q) {
+            w.drain(&self.inner.dev);
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> std::io::Result<()> {
+        // One queue per thread: the thread index is the queue index and
+        // `vrings` holds just that queue.
+        let Some(vring) = vrings.first() else {
+            return Ok(());
+        };
+        let Some(mut w) = self.worker(thread_id) else {
+            return Ok(());
+        };
+        if w.vring.is_none() {
+            w.vring = Some(vring.clone());
+        }
+        let dev = &self.inner.dev;
+        if device_event == 0 {
+            let event_idx = self.inner.event_idx.load(Ordering::Acquire);
+            w.process_queue(dev, &self.inner.mem, vring, event_idx);
+        } else if u64::from(device_event) == self.completion_event() {
+            if let Some(fd) = w.engine.completion_fd() {
+                drain_eventfd(fd);
+            }
+            w.reap(dev, vring);
+            w.signal(vring);
+        }
+        Ok(())
+    }
+}
