@@ -15,7 +15,10 @@ use extstorage_vhost_user_blk::{Config, Device, EngineKind, Server, WriteCache, 
 use nix::sys::signal::{SigSet, Signal};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Serve a file or block device to QEMU over vhost-user-blk")]
+#[command(
+    version,
+    about = "Serve a file or block device to QEMU over vhost-user-blk"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -58,7 +61,11 @@ struct ServeArgs {
     #[arg(long)]
     path: PathBuf,
     /// The vhost-user unix socket to listen on (a stale file is removed).
-    #[arg(long, required_unless_present = "listen_fd", conflicts_with = "listen_fd")]
+    #[arg(
+        long,
+        required_unless_present = "listen_fd",
+        conflicts_with = "listen_fd"
+    )]
     socket: Option<PathBuf>,
     /// An inherited listening unix socket (socket activation).
     #[arg(long)]

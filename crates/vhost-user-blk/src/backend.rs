@@ -19,7 +19,9 @@ use vm_memory::{
     GuestMemoryLoadGuard, GuestMemoryMmap,
 };
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier};
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
 
 use crate::Device;
 use crate::channel;
@@ -134,7 +136,7 @@ impl QueueWorker {
                 .pop_descriptor_chain(guard.clone());
             let Some(chain) = chain else { break };
             let head = chain.head_index();
-            match Request::parse(chain, &mut self.segs) {
+            match Request::parse(&chain, &mut self.segs) {
                 Ok(req) => {
                     let action = self.decide(dev, &mem_arc, &req);
                     match action {
@@ -194,8 +196,7 @@ impl QueueWorker {
                     return ioerr(self.index, "sector range beyond capacity");
                 };
                 let data = if is_write { 0 } else { len };
-                let Some(used_len) = data.checked_add(1).and_then(|u| u32::try_from(u).ok())
-                else {
+                let Some(used_len) = data.checked_add(1).and_then(|u| u32::try_from(u).ok()) else {
                     return ioerr(self.index, "request too long");
                 };
                 Action::Submit {
@@ -231,7 +232,7 @@ impl QueueWorker {
                 if seg.flags & !allowed != 0 {
                     return Action::Reply(Status::Unsupp, 1);
                 }
-                let max = u32::try_from(dev.blk_config().max_discard_sectors).unwrap_or(0);
+                let max = dev.blk_config().max_discard_sectors;
                 if seg.num_sectors > max {
                     return ioerr(self.index, "segment longer than max_*_sectors");
                 }
@@ -251,7 +252,11 @@ impl QueueWorker {
                 }
             }
             RequestType::Unsupported(t) => {
-                tracing::debug!(queue = self.index, request_type = t, "unsupported request type");
+                tracing::debug!(
+                    queue = self.index,
+                    request_type = t,
+                    "unsupported request type"
+                );
                 Action::Reply(Status::Unsupp, 1)
             }
         }
@@ -269,7 +274,10 @@ impl QueueWorker {
                 break;
             }
             let n = (SERIAL_LEN - written).min(usize::try_from(seg.len).unwrap_or(0));
-            if mem.write_slice(&id[written..written + n], seg.addr).is_err() {
+            if mem
+                .write_slice(&id[written..written + n], seg.addr)
+                .is_err()
+            {
                 return ioerr(self.index, "GET_ID buffer outside guest memory");
             }
             written += n;
@@ -391,7 +399,11 @@ impl QueueWorker {
             .and_then(|i| self.slots.get_mut(i))
             .and_then(Option::take)
         else {
-            tracing::error!(queue = self.index, user_data = c.user_data, "completion for an unknown request");
+            tracing::error!(
+                queue = self.index,
+                user_data = c.user_data,
+                "completion for an unknown request"
+            );
             return;
         };
         self.free.push(usize::try_from(c.user_data).unwrap_or(0));
@@ -409,7 +421,14 @@ impl QueueWorker {
                 Status::IoErr
             }
         };
-        self.reply(vring, &entry.mem, entry.head, entry.status, status, entry.used_len);
+        self.reply(
+            vring,
+            &entry.mem,
+            entry.head,
+            entry.status,
+            status,
+            entry.used_len,
+        );
     }
 
     fn signal(&mut self, vring: &Vring) {
@@ -606,7 +625,9 @@ impl VhostUserBackend for BlkBackend {
     fn set_backend_req_fd(&self, backend: Backend) {
         let ch = channel::find_new_channel(&self.inner.sockets_before);
         if ch.is_none() {
-            tracing::warn!("backend channel not found: resize notifications disabled for this connection");
+            tracing::warn!(
+                "backend channel not found: resize notifications disabled for this connection"
+            );
         }
         *self
             .inner

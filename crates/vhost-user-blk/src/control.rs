@@ -24,7 +24,7 @@ pub fn spawn(dev: Arc<Device>, path: &Path) -> Result<(), Error> {
             for conn in listener.incoming() {
                 match conn {
                     Ok(c) => {
-                        if let Err(e) = answer(&dev, c) {
+                        if let Err(e) = answer(&dev, &c) {
                             tracing::warn!(error = %e, "control connection failed");
                         }
                     }
@@ -39,7 +39,9 @@ pub fn spawn(dev: Arc<Device>, path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn answer(dev: &Device, conn: UnixStream) -> std::io::Result<()> {
+fn answer(dev: &Device, conn: &UnixStream) -> std::io::Result<()> {
+    // A client that connects and says nothing must not block the others for long.
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(conn.try_clone()?)
         .take(256)
@@ -51,7 +53,8 @@ fn answer(dev: &Device, conn: UnixStream) -> std::io::Result<()> {
         },
         other => format!("error unknown command {other:?}; try \"resize\"\n"),
     };
-    (&conn).write_all(reply.as_bytes())
+    let mut w = conn;
+    w.write_all(reply.as_bytes())
 }
 
 use std::io::Read as _;

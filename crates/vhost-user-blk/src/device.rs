@@ -172,7 +172,9 @@ impl Device {
     fn notify_config_change(&self) {
         let mut guard = self.channel.lock().unwrap_or_else(|e| e.into_inner());
         let Some(ch) = guard.as_ref() else {
-            tracing::debug!("no backend channel: the frontend sees the new size when it re-reads the config");
+            tracing::debug!(
+                "no backend channel: the frontend sees the new size when it re-reads the config"
+            );
             return;
         };
         match ch.send_config_change() {

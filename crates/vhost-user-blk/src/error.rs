@@ -23,7 +23,9 @@ pub enum Error {
         engine: &'static str,
     },
     /// The vhost-user socket could not be created.
-    #[error("cannot listen on vhost-user socket {path}: check the directory exists and is writable")]
+    #[error(
+        "cannot listen on vhost-user socket {path}: check the directory exists and is writable"
+    )]
     Listen {
         /// The socket path.
         path: PathBuf,

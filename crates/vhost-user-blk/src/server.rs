@@ -123,17 +123,17 @@ impl Server {
         let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         let listening = nix::sys::socket::getsockopt(&bfd, nix::sys::socket::sockopt::AcceptConn)
             .unwrap_or(false);
-        let unix = matches!(
-            nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd),
-            Ok(_)
-        );
+        let unix = nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd).is_ok();
         if !listening || !unix {
             return Err(Error::ListenFd { fd });
         }
         // SAFETY: the caller hands us `fd`, a listening unix socket (checked
         // above) that nothing else in the process uses; we take ownership.
         let listener = unsafe { Listener::from_raw_fd(fd) };
-        tracing::info!(fd, "listening for a vhost-user frontend on an inherited socket");
+        tracing::info!(
+            fd,
+            "listening for a vhost-user frontend on an inherited socket"
+        );
         Ok(Self {
             dev,
             listener,

@@ -136,7 +136,8 @@ impl DiscardSegment {
                 break;
             }
             let n = (raw.len() - filled).min(usize::try_from(seg.len).ok()?);
-            mem.read_slice(&mut raw[filled..filled + n], seg.addr).ok()?;
+            mem.read_slice(&mut raw[filled..filled + n], seg.addr)
+                .ok()?;
             filled += n;
         }
         if filled < raw.len() {
@@ -164,7 +165,7 @@ impl Request {
     /// memory, and that read/write lengths are whole sectors. Range checks
     /// against the capacity are the caller's (see [`Request::byte_range`]).
     pub fn parse<M>(
-        chain: DescriptorChain<M>,
+        chain: &DescriptorChain<M>,
         segments: &mut Vec<Segment>,
     ) -> Result<Request, ParseError>
     where
@@ -266,21 +267,24 @@ impl Request {
             let len = usize::try_from(seg.len)
                 .map_err(|_| malformed("a data segment is too long", status))?;
             if !GuestMemory::check_range(mem, seg.addr, len, access) {
-                return Err(malformed("a data segment lies outside guest memory", status));
+                return Err(malformed(
+                    "a data segment lies outside guest memory",
+                    status,
+                ));
             }
             data_len = data_len
                 .checked_add(u64::from(seg.len))
                 .ok_or_else(|| malformed("the data length overflows", status))?;
         }
         match ty {
-            RequestType::In | RequestType::Out if data_len % SECTOR_SIZE != 0 => {
+            RequestType::In | RequestType::Out if !data_len.is_multiple_of(SECTOR_SIZE) => {
                 return Err(malformed(
                     "read/write length is not a multiple of 512 bytes",
                     status,
                 ));
             }
             RequestType::Discard | RequestType::WriteZeroes
-                if data_len == 0 || data_len % DISCARD_SEGMENT_SIZE as u64 != 0 =>
+                if data_len == 0 || !data_len.is_multiple_of(DISCARD_SEGMENT_SIZE as u64) =>
             {
                 return Err(malformed(
                     "discard/write-zeroes data is not a whole number of 16-byte segments",
@@ -358,7 +362,7 @@ mod tests {
         let q = MockSplitQueue::new(mem, 16);
         let chain = q.build_desc_chain(descs).unwrap();
         let mut segs = Vec::new();
-        Request::parse(chain, &mut segs)
+        Request::parse(&chain, &mut segs)
     }
 
     fn malformed_at_status(r: Result<Request, ParseError>) {
@@ -380,7 +384,7 @@ mod tests {
             ])
             .unwrap();
         let mut segs = Vec::new();
-        let r = Request::parse(chain, &mut segs).unwrap();
+        let r = Request::parse(&chain, &mut segs).unwrap();
         assert_eq!(r.ty, RequestType::In);
         assert_eq!(r.sector, 8);
         assert_eq!(r.data_len, 4608);
@@ -472,7 +476,11 @@ mod tests {
         header(&m, T_IN, 0);
         malformed_at_status(parse(
             &m,
-            &[desc(HDR, 16, 0), desc(DATA, 512, 0), desc(STATUS, 1, F_WRITE)],
+            &[
+                desc(HDR, 16, 0),
+                desc(DATA, 512, 0),
+                desc(STATUS, 1, F_WRITE),
+            ],
         ));
         header(&m, T_OUT, 0);
         malformed_at_status(parse(
@@ -532,7 +540,11 @@ mod tests {
         header(&m, T_WRITE_ZEROES, 0);
         malformed_at_status(parse(
             &m,
-            &[desc(HDR, 16, 0), desc(DATA, 15, 0), desc(STATUS, 1, F_WRITE)],
+            &[
+                desc(HDR, 16, 0),
+                desc(DATA, 15, 0),
+                desc(STATUS, 1, F_WRITE),
+            ],
         ));
         malformed_at_status(parse(&m, &[desc(HDR, 16, 0), desc(STATUS, 1, F_WRITE)]));
         header(&m, T_GET_ID, 0);
@@ -571,7 +583,7 @@ mod tests {
             ])
             .unwrap();
         let mut segs = Vec::new();
-        let r = Request::parse(chain, &mut segs).unwrap();
+        let r = Request::parse(&chain, &mut segs).unwrap();
         assert_eq!(r.ty, RequestType::WriteZeroes);
         let d = DiscardSegment::read_first(&m, &segs).unwrap();
         assert_eq!(
@@ -607,7 +619,7 @@ mod tests {
         use virtio_queue::QueueOwnedT;
         let chain = queue.iter(&m).unwrap().next().unwrap();
         let mut segs = Vec::new();
-        let r = Request::parse(chain, &mut segs).unwrap();
+        let r = Request::parse(&chain, &mut segs).unwrap();
         assert_eq!((r.ty, r.sector, r.data_len), (RequestType::Out, 2, 1024));
         assert_eq!(r.status_addr, GuestAddress(STATUS));
     }
