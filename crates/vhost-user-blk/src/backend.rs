@@ -603,7 +603,9 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        self.inner.dev.blk_config().read(offset, size)
+        let cfg = self.inner.dev.blk_config();
+        tracing::debug!(offset, size, capacity = cfg.capacity, "GET_CONFIG");
+        cfg.read(offset, size)
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> std::io::Result<()> {
@@ -685,5 +687,270 @@ impl VhostUserBackend for BlkBackend {
             w.signal(vring);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The queue worker fed hand-made (and malformed) descriptor chains
+    //! through a real vring over real guest memory and a real file.
+
+    use super::*;
+    use crate::Config;
+    use std::os::unix::fs::FileExt;
+    use virtio_queue::desc::{RawDescriptor, split::Descriptor};
+    use virtio_queue::mock::MockSplitQueue;
+
+    const F_NEXT: u16 = 1;
+    const F_WRITE: u16 = 2;
+    const QSIZE: u16 = 64;
+    const MEM_SIZE: u64 = 16 << 20;
+    const STATUS_BASE: u64 = 0x80_0000;
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        file: std::path::PathBuf,
+        gm: Gm,
+        backend: BlkBackend,
+        vring: Vring,
+        used_addr: GuestAddress,
+        descs: Vec<RawDescriptor>,
+        heads: Vec<u16>,
+    }
+
+    /// One descriptor: (address, length, device-writable).
+    type D = (u64, u32, bool);
+
+    impl Rig {
+        fn new(read_only: bool) -> Rig {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("img");
+            std::fs::File::create(&file)
+                .unwrap()
+                .set_len(1 << 20)
+                .unwrap();
+            let mut cfg = Config::new(&file);
+            cfg.read_only = read_only;
+            cfg.direct_io = false;
+            cfg.queue_size = QSIZE;
+            cfg.serial = "serial-0123".into();
+            let dev = Device::open(cfg).unwrap();
+            let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
+                .unwrap();
+            let gm = GuestMemoryAtomic::new(mem);
+            let backend = BlkBackend::new(dev, gm.clone(), BTreeSet::new());
+            let vring = Vring::new(gm.clone(), QSIZE).unwrap();
+            let guard = gm.memory();
+            let mq = MockSplitQueue::new(&*guard, QSIZE);
+            vring
+                .set_queue_info(mq.desc_table_addr().0, mq.avail_addr().0, mq.used_addr().0)
+                .unwrap();
+            vring.set_queue_size(QSIZE);
+            vring.set_queue_ready(true);
+            vring.set_enabled(true);
+            let used_addr = mq.used_addr();
+            Rig {
+                _dir: dir,
+                file,
+                gm,
+                backend,
+                vring,
+                used_addr,
+                descs: Vec::new(),
+                heads: Vec::new(),
+            }
+        }
+
+        /// Queues a chain; returns its status address (last byte of the last descriptor).
+        fn chain(&mut self, ds: &[D]) -> GuestAddress {
+            let start = u16::try_from(self.descs.len()).unwrap();
+            self.heads.push(start);
+            for (i, &(addr, len, w)) in ds.iter().enumerate() {
+                let last = i + 1 == ds.len();
+                let mut flags = if w { F_WRITE } else { 0 };
+                if !last {
+                    flags |= F_NEXT;
+                }
+                let next = if last { 0 } else { start + i as u16 + 1 };
+                self.descs
+                    .push(RawDescriptor::from(Descriptor::new(addr, len, flags, next)));
+            }
+            let (a, l, _) = *ds.last().unwrap();
+            GuestAddress(a + u64::from(l) - 1)
+        }
+
+        fn header(&self, at: u64, ty: u32, sector: u64) {
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&ty.to_le_bytes());
+            h[8..16].copy_from_slice(&sector.to_le_bytes());
+            self.gm.memory().write_slice(&h, GuestAddress(at)).unwrap();
+        }
+
+        /// Makes the queued chains available and runs the worker once.
+        /// Returns (head, used len) of every used element.
+        fn run(&mut self) -> Vec<(u32, u32)> {
+            let guard = self.gm.memory();
+            let mq = MockSplitQueue::new(&*guard, QSIZE);
+            mq.add_desc_chains(&self.descs, 0).unwrap();
+            self.backend
+                .handle_event(0, EventSet::IN, std::slice::from_ref(&self.vring), 0)
+                .unwrap();
+            let idx: u16 = guard.read_obj(self.used_addr.unchecked_add(2)).unwrap();
+            (0..u64::from(idx))
+                .map(|i| {
+                    let e = self.used_addr.unchecked_add(4 + 8 * i);
+                    let id: u32 = guard.read_obj(e).unwrap();
+                    let len: u32 = guard.read_obj(e.unchecked_add(4)).unwrap();
+                    (id, len)
+                })
+                .collect()
+        }
+
+        fn status(&self, at: GuestAddress) -> u8 {
+            self.gm.memory().read_obj(at).unwrap()
+        }
+    }
+
+    use vm_memory::Address;
+
+    fn st(n: u64) -> u64 {
+        STATUS_BASE + n * 0x100
+    }
+
+    #[test]
+    fn good_and_bad_requests_in_one_batch() {
+        let mut r = Rig::new(false);
+        let (data, data2) = (0x10_0000u64, 0x20_0000u64);
+        r.gm.memory()
+            .write_slice(&[0xc3u8; 1024], GuestAddress(data))
+            .unwrap();
+        // 0: a good write of 2 sectors at sector 4.
+        r.header(0x1000, 1, 4);
+        let s0 = r.chain(&[(0x1000, 16, false), (data, 1024, false), (st(0), 1, true)]);
+        // 1: a read past the end of the 1 MiB disk.
+        r.header(0x1100, 0, 2048);
+        let s1 = r.chain(&[(0x1100, 16, false), (data2, 512, true), (st(1), 1, true)]);
+        // 2: an unknown request type.
+        r.header(0x1200, 0x77, 0);
+        let s2 = r.chain(&[(0x1200, 16, false), (st(2), 1, true)]);
+        // 3: GET_ID into a 32-byte buffer.
+        r.header(0x1300, 8, 0);
+        let s3 = r.chain(&[
+            (0x1300, 16, false),
+            (data2 + 0x1000, 32, true),
+            (st(3), 1, true),
+        ]);
+        // 4: no status byte (last descriptor device-readable).
+        r.header(0x1400, 0, 0);
+        let _ = r.chain(&[(0x1400, 16, false), (data2, 512, false)]);
+        // 5: the header in a device-writable descriptor.
+        let s5 = r.chain(&[(0x1500, 16, true), (st(5), 1, true)]);
+        // 6: data outside guest memory.
+        r.header(0x1600, 0, 0);
+        let s6 = r.chain(&[
+            (0x1600, 16, false),
+            (MEM_SIZE - 256, 512, true),
+            (st(6), 1, true),
+        ]);
+        // 7: a read with data descriptors in the wrong direction.
+        r.header(0x1700, 0, 0);
+        let s7 = r.chain(&[(0x1700, 16, false), (data2, 512, false), (st(7), 1, true)]);
+        // 8: discard with the UNMAP flag (only valid for write zeroes).
+        r.header(0x1800, 11, 0);
+        let mut seg = [0u8; 16];
+        seg[8..12].copy_from_slice(&8u32.to_le_bytes());
+        seg[12..16].copy_from_slice(&1u32.to_le_bytes());
+        r.gm.memory()
+            .write_slice(&seg, GuestAddress(0x1900))
+            .unwrap();
+        let s8 = r.chain(&[(0x1800, 16, false), (0x1900, 16, false), (st(8), 1, true)]);
+        // 9: a good read of what chain 0 wrote.
+        r.header(0x1a00, 0, 4);
+        let s9 = r.chain(&[
+            (0x1a00, 16, false),
+            (data2 + 0x4000, 1024, true),
+            (st(9), 1, true),
+        ]);
+
+        let used = r.run();
+        assert_eq!(used.len(), 10, "every chain is returned: {used:?}");
+        let len_of = |head: u16| {
+            used.iter()
+                .find(|(id, _)| *id == u32::from(head))
+                .map(|&(_, l)| l)
+                .unwrap()
+        };
+        assert_eq!(r.status(s0), Status::Ok.as_u8());
+        assert_eq!(len_of(r.heads[0]), 1);
+        assert_eq!(r.status(s1), Status::IoErr.as_u8());
+        assert_eq!(r.status(s2), Status::Unsupp.as_u8());
+        assert_eq!(r.status(s3), Status::Ok.as_u8());
+        assert_eq!(len_of(r.heads[3]), 21);
+        let mut id = [0u8; 20];
+        r.gm.memory()
+            .read_slice(&mut id, GuestAddress(data2 + 0x1000))
+            .unwrap();
+        assert_eq!(&id[..11], b"serial-0123");
+        assert!(id[11..].iter().all(|&b| b == 0));
+        assert_eq!(len_of(r.heads[4]), 0, "no status: returned unanswered");
+        assert_eq!(r.status(s5), Status::IoErr.as_u8());
+        assert_eq!(r.status(s6), Status::IoErr.as_u8());
+        assert_eq!(r.status(s7), Status::IoErr.as_u8());
+        assert_eq!(r.status(s8), Status::Unsupp.as_u8());
+        assert_eq!(r.status(s9), Status::Ok.as_u8());
+        assert_eq!(len_of(r.heads[9]), 1025);
+        let mut back = [0u8; 1024];
+        r.gm.memory()
+            .read_slice(&mut back, GuestAddress(data2 + 0x4000))
+            .unwrap();
+        assert!(back.iter().all(|&b| b == 0xc3));
+        let mut file = [0u8; 1024];
+        std::fs::File::open(&r.file)
+            .unwrap()
+            .read_exact_at(&mut file, 4 * 512)
+            .unwrap();
+        assert_eq!(file, back);
+    }
+
+    #[test]
+    fn read_only_device_fails_writes_discards_and_write_zeroes() {
+        let mut r = Rig::new(true);
+        let data = 0x10_0000u64;
+        r.header(0x1000, 1, 0);
+        let s0 = r.chain(&[(0x1000, 16, false), (data, 512, false), (st(0), 1, true)]);
+        let mut seg = [0u8; 16];
+        seg[8..12].copy_from_slice(&1u32.to_le_bytes());
+        r.gm.memory()
+            .write_slice(&seg, GuestAddress(0x1900))
+            .unwrap();
+        r.header(0x1100, 11, 0);
+        let s1 = r.chain(&[(0x1100, 16, false), (0x1900, 16, false), (st(1), 1, true)]);
+        r.header(0x1200, 13, 0);
+        let s2 = r.chain(&[(0x1200, 16, false), (0x1900, 16, false), (st(2), 1, true)]);
+        r.header(0x1300, 0, 0);
+        let s3 = r.chain(&[(0x1300, 16, false), (data, 512, true), (st(3), 1, true)]);
+        assert_eq!(r.run().len(), 4);
+        assert_eq!(r.status(s0), Status::IoErr.as_u8());
+        assert_eq!(r.status(s1), Status::IoErr.as_u8());
+        assert_eq!(r.status(s2), Status::IoErr.as_u8());
+        assert_eq!(r.status(s3), Status::Ok.as_u8());
+        let mut file = [0u8; 512];
+        std::fs::File::open(&r.file)
+            .unwrap()
+            .read_exact_at(&mut file, 0)
+            .unwrap();
+        assert_eq!(file, [0u8; 512]);
+    }
+
+    #[test]
+    fn config_write_switches_the_cache_mode() {
+        let r = Rig::new(false);
+        assert_eq!(r.backend.get_config(32, 1), vec![1]);
+        r.backend.set_config(32, &[0]).unwrap();
+        assert_eq!(r.backend.get_config(32, 1), vec![0]);
+        assert!(!r.backend.inner.dev.writeback());
+        // Writes elsewhere in the config space are ignored.
+        r.backend.set_config(0, &[9; 8]).unwrap();
+        assert_eq!(r.backend.get_config(0, 8), (2048u64).to_le_bytes().to_vec());
     }
 }

@@ -90,7 +90,9 @@ pub(crate) fn find_new_channel(before: &BTreeSet<RawFd>) -> Option<ConfigChannel
     if new.len() > 1 {
         tracing::warn!(candidates = ?new, "several new unnamed sockets; using the newest for config changes");
     }
+    tracing::debug!(before = ?before, now = ?now, "looking for the backend channel");
     let fd = new.pop()?;
+    tracing::debug!(fd, "backend channel found");
     // SAFETY: `fd` is open (just listed) and owned by the vhost `Backend`
     // the caller keeps alive; we only borrow it to duplicate it.
     let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
