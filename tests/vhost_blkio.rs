@@ -297,3 +297,90 @@ fn bad_options_fail_with_a_message() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.img"));
 }
+
+/// A loop device over a file, detached on drop.
+struct Loop {
+    dev: std::path::PathBuf,
+}
+
+impl Loop {
+    fn attach(file: &std::path::Path) -> Loop {
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .expect("run losetup");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Loop {
+            dev: String::from_utf8(out.stdout).unwrap().trim().into(),
+        }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .arg("-d")
+            .arg(&self.dev)
+            .status();
+    }
+}
+
+#[test]
+fn serves_a_loop_device_and_resizes_it_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backing.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+    let lo = Loop::attach(&file);
+    let d = Daemon::start_in(dir, lo.dev.clone(), &["--num-queues", "2"]);
+    let mut c = Client::connect(&d.sock, 2, false).unwrap();
+    assert_eq!(c.capacity(), 8 * MIB);
+    let mem = c.mem(1);
+    let q = &mut c.queues[1];
+    let data = pattern(11, 128 * 1024);
+    assert_eq!(write(q, mem, 2 * MIB, &data), 0);
+    assert_eq!(flush(q), 0);
+    assert_eq!(read(q, mem, 2 * MIB, data.len()), (0, data.clone()));
+    q.write_zeroes(2 * MIB, 4096, 8, ReqFlags::empty());
+    assert_eq!(wait_one(q), 0);
+    let (ret, back) = read(q, mem, 2 * MIB, 8192);
+    assert_eq!(ret, 0);
+    assert!(back[..4096].iter().all(|&b| b == 0));
+    assert_eq!(back[4096..], data[4096..8192]);
+
+    // Grow the file, tell the loop driver, then the daemon.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(20 * MIB)
+        .unwrap();
+    let st = std::process::Command::new("losetup")
+        .arg("-c")
+        .arg(&lo.dev)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = d.resize_cmd();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (20 * MIB).to_string()
+    );
+    assert_eq!(c.capacity(), 20 * MIB);
+    let mem = c.mem(0);
+    assert_eq!(write(&mut c.queues[0], mem, 19 * MIB, &[6u8; 4096]), 0);
+    drop(c);
+    drop(d);
+}
