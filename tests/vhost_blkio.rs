@@ -384,3 +384,56 @@ fn serves_a_loop_device_and_resizes_it_on_request() {
     drop(c);
     drop(d);
 }
+
+#[test]
+fn serves_on_an_inherited_listening_fd() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    std::fs::File::create(&img).unwrap().set_len(MIB).unwrap();
+    let sock = dir.path().join("activated.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let fd = listener.as_raw_fd();
+    // Let the child inherit it, as a service manager would.
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--path"])
+        .arg(&img)
+        .args(["--listen-fd", &fd.to_string()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    drop(listener);
+    let mut c = Client::connect(&sock, 1, false).unwrap();
+    let mem = c.mem(0);
+    assert_eq!(write(&mut c.queues[0], mem, 0, &[8u8; 512]), 0);
+    assert_eq!(read(&mut c.queues[0], mem, 0, 512), (0, vec![8u8; 512]));
+    drop(c);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(wait_exit(&mut child, &log).success());
+}
+
+#[test]
+fn a_listen_fd_that_is_not_a_socket_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    std::fs::File::create(&img).unwrap().set_len(MIB).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--path"])
+        .arg(&img)
+        .args(["--listen-fd", "0"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a listening unix socket"));
+}
