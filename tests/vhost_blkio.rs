@@ -170,7 +170,12 @@ fn several_queues_serve_threads_in_parallel() {
 #[test]
 fn a_new_client_is_served_after_the_previous_disconnects() {
     let d = Daemon::start(4 * MIB, &["--num-queues", "2"]);
+    let mut after_first = 0;
     for round in 0..4u8 {
+        if round == 1 {
+            d.wait_disconnects(1);
+            after_first = d.fd_count();
+        }
         let mut c = Client::connect(&d.sock, 2, false).unwrap();
         let mem = c.mem(1);
         let q = &mut c.queues[1];
@@ -185,6 +190,18 @@ fn a_new_client_is_served_after_the_previous_disconnects() {
         // Dropped without any goodbye, as a crashing frontend would.
     }
     assert!(d.sock.exists());
+    // Wait until the last connection has been torn down, then check that
+    // connections leave no descriptors behind.
+    let mut c = Client::connect(&d.sock, 1, false).unwrap();
+    let mem = c.mem(0);
+    assert_eq!(read(&mut c.queues[0], mem, 0, 4096), (0, pattern(0, 4096)));
+    drop(c);
+    d.wait_disconnects(5);
+    assert_eq!(
+        d.fd_count(),
+        after_first,
+        "descriptors leaked across reconnects"
+    );
 }
 
 #[test]

@@ -85,6 +85,28 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until `n` frontend connections have been torn down.
+    pub fn wait_disconnects(&self, n: usize) {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            let done = log.matches("frontend disconnected").count()
+                + log.matches("frontend connection ended").count();
+            if done >= n {
+                return;
+            }
+            assert!(start.elapsed() < WAIT, "{done} of {n} disconnects: {log}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Open descriptors of the daemon process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }

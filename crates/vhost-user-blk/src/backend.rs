@@ -2,7 +2,7 @@
 //! owning its engine and in-flight table.
 
 use std::collections::BTreeSet;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -513,6 +513,9 @@ struct Inner {
     queues: Vec<Mutex<QueueWorker>>,
     sockets_before: BTreeSet<RawFd>,
     backend_req: Mutex<Option<Backend>>,
+    /// Exit-event consumers handed to the worker epolls, which take them as
+    /// raw fds and never close them; closed in `close_exit_events`.
+    exit_fds: Mutex<Vec<RawFd>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -539,6 +542,7 @@ impl BlkBackend {
                 queues,
                 sockets_before,
                 backend_req: Mutex::new(None),
+                exit_fds: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -558,6 +562,24 @@ impl BlkBackend {
     /// The epoll data value of engine completion events.
     pub(crate) fn completion_event(&self) -> u64 {
         self.inner.queues.len() as u64 + 1
+    }
+
+    /// Closes the exit-event fds the worker epolls leaked. Call only after
+    /// the daemon (and so every worker and epoll) is gone.
+    pub(crate) fn close_exit_events(&self) {
+        let fds = std::mem::take(
+            &mut *self
+                .inner
+                .exit_fds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for fd in fds {
+            // SAFETY: `fd` came from an EventConsumer that vhost-user-backend
+            // turned into a raw fd for its epoll and never closes; the epoll
+            // and its worker are gone, so nothing else owns or uses it.
+            drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        }
     }
 
     /// Completes everything still in flight on every queue.
@@ -644,9 +666,16 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
-            .inspect_err(|e| tracing::error!(error = %e, "cannot create a worker exit event"))
-            .ok()
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
+                .inspect_err(|e| tracing::error!(error = %e, "cannot create a worker exit event"))
+                .ok()?;
+        self.inner
+            .exit_fds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(consumer.as_raw_fd());
+        Some((consumer, notifier))
     }
 
     fn stop_vring(&self, queue_index: u32) -> std::io::Result<()> {

@@ -204,19 +204,28 @@ impl Server {
         let backend = BlkBackend::new(Arc::clone(&self.dev), mem.clone(), sockets_before);
         let mut daemon = VhostUserDaemon::new("vhost-user-blk".into(), backend.clone(), mem)
             .map_err(|e| Error::Daemon(e.to_string()))?;
+        let mut setup = Ok(());
         for (q, handler) in daemon.get_epoll_handlers().iter().enumerate() {
-            if let Some(fd) = backend.completion_fd(q) {
-                handler
-                    .register_listener(fd, EventSet::IN, backend.completion_event())
-                    .map_err(|source| Error::Io {
-                        what: "registering an engine completion fd",
-                        source,
-                    })?;
+            if let Some(fd) = backend.completion_fd(q)
+                && let Err(source) =
+                    handler.register_listener(fd, EventSet::IN, backend.completion_event())
+            {
+                setup = Err(Error::Io {
+                    what: "registering an engine completion fd",
+                    source,
+                });
             }
         }
-        daemon
-            .start(&mut self.listener)
-            .map_err(|e| Error::Daemon(e.to_string()))?;
+        if setup.is_ok() {
+            setup = daemon
+                .start(&mut self.listener)
+                .map_err(|e| Error::Daemon(e.to_string()));
+        }
+        if let Err(e) = setup {
+            drop(daemon);
+            backend.close_exit_events();
+            return Err(e);
+        }
         tracing::info!("frontend connected");
         self.shutdown.set_conn(daemon.shutdown_handle());
         let result = daemon.wait();
@@ -224,6 +233,7 @@ impl Server {
         self.dev.set_channel(None);
         // Dropping the daemon stops and joins the queue workers.
         drop(daemon);
+        backend.close_exit_events();
         backend.drain();
         match result {
             Ok(()) => tracing::info!("frontend disconnected"),
