@@ -31,7 +31,6 @@ fn guest_e2e_qemu_storage_daemon_two_queues() {
 /// This project's daemon, `extstorage-vhost-user-blk serve`; a second guest
 /// then reconnects to the same daemon process.
 #[test]
-#[ignore = "needs the vhost-user-blk daemon"]
 fn guest_e2e_ours() {
     run_boot(&BootConfig {
         kind: BackendKind::Ours,
@@ -42,7 +41,6 @@ fn guest_e2e_ours() {
 
 /// This project's daemon with two queues and two vCPUs.
 #[test]
-#[ignore = "needs the vhost-user-blk daemon"]
 fn guest_e2e_ours_two_queues() {
     run_boot(&BootConfig {
         kind: BackendKind::Ours,

@@ -1,0 +1,985 @@
+//! The `VhostUserBackend` implementation: one worker thread per queue, each
+//! owning its engine and in-flight table.
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use extstorage_blockio::{Completion, Engine, IoBuf, Op, Request as IoRequest, SubmitError};
+use extstorage_virtio_blk::{
+    DiscardSegment, Request, RequestType, SERIAL_LEN, Segment, Status, WCE_OFFSET,
+};
+use vhost::vhost_user::Backend;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_queue::QueueT;
+use vm_memory::{
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
+    GuestMemoryLoadGuard, GuestMemoryMmap,
+};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
+
+use crate::Device;
+use crate::channel;
+
+pub(crate) type Mem = GuestMemoryMmap<()>;
+pub(crate) type Gm = GuestMemoryAtomic<Mem>;
+type Vring = VringRwLock<Gm>;
+
+/// What a request needs when its completion arrives.
+#[derive(Debug)]
+struct InFlight {
+    head: u16,
+    status: GuestAddress,
+    used_len: u32,
+    is_write: bool,
+    /// Keeps the guest memory the engine reads or writes mapped until the
+    /// completion, even if the frontend replaces the memory table meanwhile.
+    mem: Arc<Mem>,
+}
+
+/// One queue's private state, touched only by its worker thread (and by
+/// `stop_vring` while the worker is idle).
+struct QueueWorker {
+    index: usize,
+    engine: Box<dyn Engine>,
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    segs: Vec<Segment>,
+    iobufs: Vec<IoBuf>,
+    vring: Option<Vring>,
+    /// Used entries added since the last notification decision.
+    pending_signal: bool,
+}
+
+// SAFETY: the raw pointers in `iobufs` are scratch space, only meaningful
+// during one submission on the thread that holds the worker's mutex.
+unsafe impl Send for QueueWorker {}
+
+impl std::fmt::Debug for QueueWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueWorker")
+            .field("index", &self.index)
+            .field("engine", &self.engine.name())
+            .field("in_flight", &self.engine.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to do with a parsed request.
+enum Action {
+    /// Reply now with this status and used length.
+    Reply(Status, u32),
+    /// Hand to the engine.
+    Submit {
+        op: Op,
+        offset: u64,
+        len: u64,
+        used_len: u32,
+    },
+}
+
+#[cold]
+fn ioerr(queue: usize, reason: &'static str) -> Action {
+    tracing::debug!(queue, reason, "request failed");
+    Action::Reply(Status::IoErr, 1)
+}
+
+impl QueueWorker {
+    fn new(index: usize, engine: Box<dyn Engine>, queue_size: usize) -> Self {
+        Self {
+            index,
+            engine,
+            slots: Vec::with_capacity(queue_size),
+            free: Vec::new(),
+            segs: Vec::with_capacity(queue_size),
+            iobufs: Vec::with_capacity(queue_size),
+            vring: None,
+            pending_signal: false,
+        }
+    }
+
+    /// The EVENT_IDX drain loop: with notifications off, process everything
+    /// available; turn them back on; go again if more arrived meanwhile.
+    fn process_queue(&mut self, dev: &Device, mem: &Gm, vring: &Vring, event_idx: bool) {
+        loop {
+            if event_idx && let Err(e) = vring.disable_notification() {
+                tracing::warn!(queue = self.index, error = %e, "cannot disable notifications");
+            }
+            self.process_available(dev, mem, vring);
+            if !event_idx {
+                break;
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(queue = self.index, error = %e, "cannot enable notifications");
+                    break;
+                }
+            }
+        }
+        self.signal(vring);
+    }
+
+    fn process_available(&mut self, dev: &Device, mem: &Gm, vring: &Vring) {
+        let guard: GuestMemoryLoadGuard<Mem> = mem.memory();
+        let mem_arc: Arc<Mem> = guard.clone().into_inner();
+        loop {
+            let chain = vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(guard.clone());
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            match Request::parse(&chain, &mut self.segs) {
+                Ok(req) => {
+                    let action = self.decide(dev, &mem_arc, &req);
+                    match action {
+                        Action::Reply(status, used) => {
+                            self.reply(vring, &mem_arc, head, req.status_addr, status, used)
+                        }
+                        Action::Submit {
+                            op,
+                            offset,
+                            len,
+                            used_len,
+                        } => self.submit(dev, vring, &mem_arc, &req, op, offset, len, used_len),
+                    }
+                }
+                Err(e) => self.reject(vring, &mem_arc, head, e),
+            }
+        }
+        if let Err(e) = self.engine.commit() {
+            tracing::error!(queue = self.index, error = %e, "engine commit failed");
+        }
+        self.reap(dev, vring);
+    }
+
+    #[cold]
+    fn reject(
+        &mut self,
+        vring: &Vring,
+        mem: &Mem,
+        head: u16,
+        e: extstorage_virtio_blk::ParseError,
+    ) {
+        tracing::debug!(queue = self.index, head, error = %e, "malformed request");
+        match e.status_addr() {
+            Some(status) => self.reply(vring, mem, head, status, Status::IoErr, 1),
+            None => {
+                // Nowhere to put a status: return the chain unanswered so
+                // the ring keeps moving.
+                if let Err(e) = vring.add_used(head, 0) {
+                    tracing::warn!(queue = self.index, error = %e, "add_used failed");
+                }
+                self.pending_signal = true;
+            }
+        }
+    }
+
+    /// Checks a parsed request against the device and turns it into an action.
+    fn decide(&mut self, dev: &Device, mem: &Mem, req: &Request) -> Action {
+        let cap = dev.capacity_sectors();
+        let ro = dev.config().read_only;
+        match req.ty {
+            RequestType::In | RequestType::Out => {
+                let is_write = req.ty == RequestType::Out;
+                if is_write && ro {
+                    return ioerr(self.index, "write to a read-only device");
+                }
+                let Some((offset, len)) = req.byte_range(cap) else {
+                    return ioerr(self.index, "sector range beyond capacity");
+                };
+                let data = if is_write { 0 } else { len };
+                let Some(used_len) = data.checked_add(1).and_then(|u| u32::try_from(u).ok()) else {
+                    return ioerr(self.index, "request too long");
+                };
+                Action::Submit {
+                    op: if is_write { Op::Write } else { Op::Read },
+                    offset,
+                    len,
+                    used_len,
+                }
+            }
+            RequestType::Flush => Action::Submit {
+                op: Op::Flush,
+                offset: 0,
+                len: 0,
+                used_len: 1,
+            },
+            RequestType::GetId => self.get_id(dev, mem),
+            RequestType::Discard | RequestType::WriteZeroes => {
+                if ro {
+                    return ioerr(self.index, "discard/write-zeroes on a read-only device");
+                }
+                if req.data_len > extstorage_virtio_blk::DISCARD_SEGMENT_SIZE as u64 {
+                    return ioerr(self.index, "more segments than max_*_seg");
+                }
+                let Some(seg) = DiscardSegment::read_first(mem, &self.segs) else {
+                    return ioerr(self.index, "unreadable discard segment");
+                };
+                let unmap = seg.flags & DiscardSegment::FLAG_UNMAP != 0;
+                let allowed = if req.ty == RequestType::Discard {
+                    0
+                } else {
+                    DiscardSegment::FLAG_UNMAP
+                };
+                if seg.flags & !allowed != 0 {
+                    return Action::Reply(Status::Unsupp, 1);
+                }
+                let max = dev.blk_config().max_discard_sectors;
+                if seg.num_sectors > max {
+                    return ioerr(self.index, "segment longer than max_*_sectors");
+                }
+                let Some((offset, len)) = seg.byte_range(cap) else {
+                    return ioerr(self.index, "discard range beyond capacity");
+                };
+                let op = if req.ty == RequestType::Discard {
+                    Op::Discard
+                } else {
+                    Op::WriteZeroes { unmap }
+                };
+                Action::Submit {
+                    op,
+                    offset,
+                    len,
+                    used_len: 1,
+                }
+            }
+            RequestType::Unsupported(t) => {
+                tracing::debug!(
+                    queue = self.index,
+                    request_type = t,
+                    "unsupported request type"
+                );
+                Action::Reply(Status::Unsupp, 1)
+            }
+        }
+    }
+
+    /// Writes the serial into the request's buffers.
+    fn get_id(&self, dev: &Device, mem: &Mem) -> Action {
+        let mut id = [0u8; SERIAL_LEN];
+        let serial = dev.config().serial.as_bytes();
+        let n = serial.len().min(SERIAL_LEN);
+        id[..n].copy_from_slice(&serial[..n]);
+        let mut written = 0usize;
+        for seg in &self.segs {
+            if written == SERIAL_LEN {
+                break;
+            }
+            let n = (SERIAL_LEN - written).min(usize::try_from(seg.len).unwrap_or(0));
+            if mem
+                .write_slice(&id[written..written + n], seg.addr)
+                .is_err()
+            {
+                return ioerr(self.index, "GET_ID buffer outside guest memory");
+            }
+            written += n;
+        }
+        let used = u32::try_from(written).unwrap_or(0).saturating_add(1);
+        Action::Reply(Status::Ok, used)
+    }
+
+    /// Writes the status byte and returns the chain to the guest.
+    fn reply(
+        &mut self,
+        vring: &Vring,
+        mem: &Mem,
+        head: u16,
+        status_addr: GuestAddress,
+        status: Status,
+        used_len: u32,
+    ) {
+        if let Err(e) = mem.write_obj(status.as_u8(), status_addr) {
+            tracing::warn!(queue = self.index, error = %e, "cannot write the status byte");
+        }
+        if let Err(e) = vring.add_used(head, used_len) {
+            tracing::warn!(queue = self.index, error = %e, "add_used failed");
+        }
+        self.pending_signal = true;
+    }
+
+    /// Maps the data segments to host buffers and submits to the engine.
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &mut self,
+        dev: &Device,
+        vring: &Vring,
+        mem: &Arc<Mem>,
+        req: &Request,
+        op: Op,
+        offset: u64,
+        len: u64,
+        used_len: u32,
+    ) {
+        let mut iobufs = std::mem::take(&mut self.iobufs);
+        iobufs.clear();
+        if matches!(op, Op::Read | Op::Write) && !map_segments(mem, &self.segs, &mut iobufs) {
+            self.iobufs = iobufs;
+            let a = ioerr(self.index, "data segment not mapped");
+            if let Action::Reply(s, u) = a {
+                self.reply(vring, mem, req.head_index, req.status_addr, s, u);
+            }
+            return;
+        }
+        let slot = self.alloc_slot(InFlight {
+            head: req.head_index,
+            status: req.status_addr,
+            used_len,
+            is_write: op == Op::Write,
+            mem: Arc::clone(mem),
+        });
+        let io = IoRequest {
+            op,
+            offset,
+            len,
+            bufs: &iobufs,
+        };
+        loop {
+            // SAFETY: every IoBuf points into a region of `mem`, which the
+            // in-flight entry in `slot` keeps mapped until the completion is
+            // popped in `reap`; the guest does not touch a buffer it has made
+            // available until we return it with add_used.
+            match unsafe { self.engine.submit(&io, slot as u64) } {
+                Ok(()) => break,
+                Err(SubmitError::Full) => {
+                    if let Err(e) = self.engine.commit() {
+                        tracing::error!(queue = self.index, error = %e, "engine commit failed");
+                    }
+                    if self.reap(dev, vring) == 0 {
+                        self.wait_for_completion();
+                    }
+                }
+            }
+        }
+        self.iobufs = iobufs;
+    }
+
+    fn alloc_slot(&mut self, entry: InFlight) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some(entry);
+                i
+            }
+            None => {
+                self.slots.push(Some(entry));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Blocks until the engine's completion fd is readable (async engines).
+    fn wait_for_completion(&self) {
+        let Some(fd) = self.engine.completion_fd() else {
+            return;
+        };
+        wait_readable(fd);
+        drain_eventfd(fd);
+    }
+
+    /// Completes every finished request; returns how many.
+    fn reap(&mut self, dev: &Device, vring: &Vring) -> usize {
+        let mut n = 0;
+        while let Some(c) = self.engine.pop_completion() {
+            n += 1;
+            self.complete(dev, vring, c);
+        }
+        n
+    }
+
+    fn complete(&mut self, dev: &Device, vring: &Vring, c: Completion) {
+        let Some(entry) = usize::try_from(c.user_data)
+            .ok()
+            .and_then(|i| self.slots.get_mut(i))
+            .and_then(Option::take)
+        else {
+            tracing::error!(
+                queue = self.index,
+                user_data = c.user_data,
+                "completion for an unknown request"
+            );
+            return;
+        };
+        self.free.push(usize::try_from(c.user_data).unwrap_or(0));
+        let status = match c.result {
+            Ok(_) if entry.is_write && !dev.writeback() => match dev.backing().flush() {
+                Ok(()) => Status::Ok,
+                Err(e) => {
+                    tracing::warn!(queue = self.index, error = %e, "writethrough flush failed");
+                    Status::IoErr
+                }
+            },
+            Ok(_) => Status::Ok,
+            Err(errno) => {
+                tracing::debug!(queue = self.index, errno, "I/O failed");
+                Status::IoErr
+            }
+        };
+        self.reply(
+            vring,
+            &entry.mem,
+            entry.head,
+            entry.status,
+            status,
+            entry.used_len,
+        );
+    }
+
+    fn signal(&mut self, vring: &Vring) {
+        if !self.pending_signal {
+            return;
+        }
+        self.pending_signal = false;
+        match vring.needs_notification() {
+            Ok(true) => {
+                if let Err(e) = vring.signal_used_queue() {
+                    tracing::warn!(queue = self.index, error = %e, "cannot signal the guest");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(queue = self.index, error = %e, "needs_notification failed"),
+        }
+    }
+
+    /// Completes everything in flight (blocking), then signals.
+    fn drain(&mut self, dev: &Device) {
+        let Some(vring) = self.vring.clone() else {
+            return;
+        };
+        while self.engine.in_flight() > 0 {
+            if self.reap(dev, &vring) == 0 {
+                self.wait_for_completion();
+            }
+        }
+        self.signal(&vring);
+    }
+}
+
+/// Host buffers for `segs`, split where a segment crosses memory regions.
+/// False if any part is outside guest memory.
+fn map_segments(mem: &Mem, segs: &[Segment], out: &mut Vec<IoBuf>) -> bool {
+    for seg in segs {
+        let Ok(len) = usize::try_from(seg.len) else {
+            return false;
+        };
+        let mut covered = 0usize;
+        for slice in GuestMemoryBackend::get_slices(mem, seg.addr, len) {
+            let Ok(slice) = slice else { return false };
+            covered += slice.len();
+            out.push(IoBuf {
+                addr: slice.ptr_guard_mut().as_ptr(),
+                len: slice.len(),
+            });
+        }
+        if covered != len {
+            return false;
+        }
+    }
+    true
+}
+
+fn wait_readable(fd: RawFd) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is a valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, -1) };
+}
+
+fn drain_eventfd(fd: RawFd) {
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into a valid u64; the fd is the engine's eventfd.
+    unsafe { libc::read(fd, (&raw mut v).cast(), 8) };
+}
+
+/// One connection's backend. Cheap to clone; every worker thread holds one.
+#[derive(Debug, Clone)]
+pub(crate) struct BlkBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dev: Arc<Device>,
+    mem: Gm,
+    event_idx: AtomicBool,
+    queues: Vec<Mutex<QueueWorker>>,
+    sockets_before: BTreeSet<RawFd>,
+    backend_req: Mutex<Option<Backend>>,
+    /// Exit-event consumers handed to the worker epolls, which take them as
+    /// raw fds and never close them; closed in `close_exit_events`.
+    exit_fds: Mutex<Vec<RawFd>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("dev", &self.dev)
+            .field("queues", &self.queues)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlkBackend {
+    pub(crate) fn new(dev: Arc<Device>, mem: Gm, sockets_before: BTreeSet<RawFd>) -> Self {
+        let n = usize::from(dev.config().num_queues);
+        let qs = usize::from(dev.config().queue_size);
+        let queues = (0..n)
+            .map(|i| Mutex::new(QueueWorker::new(i, dev.new_engine(), qs)))
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                dev,
+                mem,
+                event_idx: AtomicBool::new(false),
+                queues,
+                sockets_before,
+                backend_req: Mutex::new(None),
+                exit_fds: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    fn worker(&self, q: usize) -> Option<MutexGuard<'_, QueueWorker>> {
+        self.inner
+            .queues
+            .get(q)
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The completion fd of queue `q`'s engine, if it has one.
+    pub(crate) fn completion_fd(&self, q: usize) -> Option<RawFd> {
+        self.worker(q)?.engine.completion_fd()
+    }
+
+    /// The epoll data value of engine completion events.
+    pub(crate) fn completion_event(&self) -> u64 {
+        self.inner.queues.len() as u64 + 1
+    }
+
+    /// Closes the exit-event fds the worker epolls leaked. Call only after
+    /// the daemon (and so every worker and epoll) is gone.
+    pub(crate) fn close_exit_events(&self) {
+        let fds = std::mem::take(
+            &mut *self
+                .inner
+                .exit_fds
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for fd in fds {
+            // SAFETY: `fd` came from an EventConsumer that vhost-user-backend
+            // turned into a raw fd for its epoll and never closes; the epoll
+            // and its worker are gone, so nothing else owns or uses it.
+            drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        }
+    }
+
+    /// Completes everything still in flight on every queue.
+    pub(crate) fn drain(&self) {
+        for q in 0..self.inner.queues.len() {
+            if let Some(mut w) = self.worker(q) {
+                w.drain(&self.inner.dev);
+            }
+        }
+    }
+}
+
+impl VhostUserBackend for BlkBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        self.inner.queues.len()
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.inner.dev.config().queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        self.inner.dev.virtio_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&self, features: u64) {
+        tracing::debug!(features = format_args!("{features:#x}"), "features acked");
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::BACKEND_REQ
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.inner.event_idx.store(enabled, Ordering::Release);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let cfg = self.inner.dev.blk_config();
+        tracing::debug!(offset, size, capacity = cfg.capacity, "GET_CONFIG");
+        cfg.read(offset, size)
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> std::io::Result<()> {
+        let wce = u32::try_from(WCE_OFFSET).unwrap_or(u32::MAX);
+        if let Some(i) = wce.checked_sub(offset)
+            && let Some(&v) = usize::try_from(i).ok().and_then(|i| buf.get(i))
+        {
+            self.inner.dev.set_writeback(v != 0);
+        }
+        Ok(())
+    }
+
+    fn update_memory(&self, _mem: Gm) -> std::io::Result<()> {
+        // The handler replaced the table in the GuestMemoryAtomic we share;
+        // in-flight requests keep the old one alive through their Arc.
+        Ok(())
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        let ch = channel::find_new_channel(&self.inner.sockets_before);
+        if ch.is_none() {
+            tracing::warn!(
+                "backend channel not found: resize notifications disabled for this connection"
+            );
+        }
+        *self
+            .inner
+            .backend_req
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(backend);
+        self.inner.dev.set_channel(ch);
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.inner.queues.len()).map(|i| 1u64 << i).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
+                .inspect_err(|e| tracing::error!(error = %e, "cannot create a worker exit event"))
+                .ok()?;
+        self.inner
+            .exit_fds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(consumer.as_raw_fd());
+        Some((consumer, notifier))
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> std::io::Result<()> {
+        let q = usize::try_from(queue_index).unwrap_or(usize::MAX);
+        if let Some(mut w) = self.worker(q) {
+            w.drain(&self.inner.dev);
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> std::io::Result<()> {
+        // One queue per thread: the thread index is the queue index and
+        // `vrings` holds just that queue.
+        let Some(vring) = vrings.first() else {
+            return Ok(());
+        };
+        let Some(mut w) = self.worker(thread_id) else {
+            return Ok(());
+        };
+        if w.vring.is_none() {
+            w.vring = Some(vring.clone());
+        }
+        let dev = &self.inner.dev;
+        if device_event == 0 {
+            let event_idx = self.inner.event_idx.load(Ordering::Acquire);
+            w.process_queue(dev, &self.inner.mem, vring, event_idx);
+        } else if u64::from(device_event) == self.completion_event() {
+            if let Some(fd) = w.engine.completion_fd() {
+                drain_eventfd(fd);
+            }
+            w.reap(dev, vring);
+            w.signal(vring);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The queue worker fed hand-made (and malformed) descriptor chains
+    //! through a real vring over real guest memory and a real file.
+
+    use super::*;
+    use crate::Config;
+    use std::os::unix::fs::FileExt;
+    use virtio_queue::desc::{RawDescriptor, split::Descriptor};
+    use virtio_queue::mock::MockSplitQueue;
+
+    const F_NEXT: u16 = 1;
+    const F_WRITE: u16 = 2;
+    const QSIZE: u16 = 64;
+    const MEM_SIZE: u64 = 16 << 20;
+    const STATUS_BASE: u64 = 0x80_0000;
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        file: std::path::PathBuf,
+        gm: Gm,
+        backend: BlkBackend,
+        vring: Vring,
+        used_addr: GuestAddress,
+        descs: Vec<RawDescriptor>,
+        heads: Vec<u16>,
+    }
+
+    /// One descriptor: (address, length, device-writable).
+    type D = (u64, u32, bool);
+
+    impl Rig {
+        fn new(read_only: bool) -> Rig {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("img");
+            std::fs::File::create(&file)
+                .unwrap()
+                .set_len(1 << 20)
+                .unwrap();
+            let mut cfg = Config::new(&file);
+            cfg.read_only = read_only;
+            cfg.direct_io = false;
+            cfg.queue_size = QSIZE;
+            cfg.serial = "serial-0123".into();
+            let dev = Device::open(cfg).unwrap();
+            let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
+                .unwrap();
+            let gm = GuestMemoryAtomic::new(mem);
+            let backend = BlkBackend::new(dev, gm.clone(), BTreeSet::new());
+            let vring = Vring::new(gm.clone(), QSIZE).unwrap();
+            let guard = gm.memory();
+            let mq = MockSplitQueue::new(&*guard, QSIZE);
+            vring
+                .set_queue_info(mq.desc_table_addr().0, mq.avail_addr().0, mq.used_addr().0)
+                .unwrap();
+            vring.set_queue_size(QSIZE);
+            vring.set_queue_ready(true);
+            vring.set_enabled(true);
+            let used_addr = mq.used_addr();
+            Rig {
+                _dir: dir,
+                file,
+                gm,
+                backend,
+                vring,
+                used_addr,
+                descs: Vec::new(),
+                heads: Vec::new(),
+            }
+        }
+
+        /// Queues a chain; returns its status address (last byte of the last descriptor).
+        fn chain(&mut self, ds: &[D]) -> GuestAddress {
+            let start = u16::try_from(self.descs.len()).unwrap();
+            self.heads.push(start);
+            for (i, &(addr, len, w)) in ds.iter().enumerate() {
+                let last = i + 1 == ds.len();
+                let mut flags = if w { F_WRITE } else { 0 };
+                if !last {
+                    flags |= F_NEXT;
+                }
+                let next = if last { 0 } else { start + i as u16 + 1 };
+                self.descs
+                    .push(RawDescriptor::from(Descriptor::new(addr, len, flags, next)));
+            }
+            let (a, l, _) = *ds.last().unwrap();
+            GuestAddress(a + u64::from(l) - 1)
+        }
+
+        fn header(&self, at: u64, ty: u32, sector: u64) {
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&ty.to_le_bytes());
+            h[8..16].copy_from_slice(&sector.to_le_bytes());
+            self.gm.memory().write_slice(&h, GuestAddress(at)).unwrap();
+        }
+
+        /// Makes the queued chains available and runs the worker once.
+        /// Returns (head, used len) of every used element.
+        fn run(&mut self) -> Vec<(u32, u32)> {
+            let guard = self.gm.memory();
+            let mq = MockSplitQueue::new(&*guard, QSIZE);
+            mq.add_desc_chains(&self.descs, 0).unwrap();
+            self.backend
+                .handle_event(0, EventSet::IN, std::slice::from_ref(&self.vring), 0)
+                .unwrap();
+            let idx: u16 = guard.read_obj(self.used_addr.unchecked_add(2)).unwrap();
+            (0..u64::from(idx))
+                .map(|i| {
+                    let e = self.used_addr.unchecked_add(4 + 8 * i);
+                    let id: u32 = guard.read_obj(e).unwrap();
+                    let len: u32 = guard.read_obj(e.unchecked_add(4)).unwrap();
+                    (id, len)
+                })
+                .collect()
+        }
+
+        fn status(&self, at: GuestAddress) -> u8 {
+            self.gm.memory().read_obj(at).unwrap()
+        }
+    }
+
+    use vm_memory::Address;
+
+    fn st(n: u64) -> u64 {
+        STATUS_BASE + n * 0x100
+    }
+
+    #[test]
+    fn good_and_bad_requests_in_one_batch() {
+        let mut r = Rig::new(false);
+        let (data, data2) = (0x10_0000u64, 0x20_0000u64);
+        r.gm.memory()
+            .write_slice(&[0xc3u8; 1024], GuestAddress(data))
+            .unwrap();
+        // 0: a good write of 2 sectors at sector 4.
+        r.header(0x1000, 1, 4);
+        let s0 = r.chain(&[(0x1000, 16, false), (data, 1024, false), (st(0), 1, true)]);
+        // 1: a read past the end of the 1 MiB disk.
+        r.header(0x1100, 0, 2048);
+        let s1 = r.chain(&[(0x1100, 16, false), (data2, 512, true), (st(1), 1, true)]);
+        // 2: an unknown request type.
+        r.header(0x1200, 0x77, 0);
+        let s2 = r.chain(&[(0x1200, 16, false), (st(2), 1, true)]);
+        // 3: GET_ID into a 32-byte buffer.
+        r.header(0x1300, 8, 0);
+        let s3 = r.chain(&[
+            (0x1300, 16, false),
+            (data2 + 0x1000, 32, true),
+            (st(3), 1, true),
+        ]);
+        // 4: no status byte (last descriptor device-readable).
+        r.header(0x1400, 0, 0);
+        let _ = r.chain(&[(0x1400, 16, false), (data2, 512, false)]);
+        // 5: the header in a device-writable descriptor.
+        let s5 = r.chain(&[(0x1500, 16, true), (st(5), 1, true)]);
+        // 6: data outside guest memory.
+        r.header(0x1600, 0, 0);
+        let s6 = r.chain(&[
+            (0x1600, 16, false),
+            (MEM_SIZE - 256, 512, true),
+            (st(6), 1, true),
+        ]);
+        // 7: a read with data descriptors in the wrong direction.
+        r.header(0x1700, 0, 0);
+        let s7 = r.chain(&[(0x1700, 16, false), (data2, 512, false), (st(7), 1, true)]);
+        // 8: discard with the UNMAP flag (only valid for write zeroes).
+        r.header(0x1800, 11, 0);
+        let mut seg = [0u8; 16];
+        seg[8..12].copy_from_slice(&8u32.to_le_bytes());
+        seg[12..16].copy_from_slice(&1u32.to_le_bytes());
+        r.gm.memory()
+            .write_slice(&seg, GuestAddress(0x1900))
+            .unwrap();
+        let s8 = r.chain(&[(0x1800, 16, false), (0x1900, 16, false), (st(8), 1, true)]);
+        // 9: a good read of what chain 0 wrote.
+        r.header(0x1a00, 0, 4);
+        let s9 = r.chain(&[
+            (0x1a00, 16, false),
+            (data2 + 0x4000, 1024, true),
+            (st(9), 1, true),
+        ]);
+
+        let used = r.run();
+        assert_eq!(used.len(), 10, "every chain is returned: {used:?}");
+        let len_of = |head: u16| {
+            used.iter()
+                .find(|(id, _)| *id == u32::from(head))
+                .map(|&(_, l)| l)
+                .unwrap()
+        };
+        assert_eq!(r.status(s0), Status::Ok.as_u8());
+        assert_eq!(len_of(r.heads[0]), 1);
+        assert_eq!(r.status(s1), Status::IoErr.as_u8());
+        assert_eq!(r.status(s2), Status::Unsupp.as_u8());
+        assert_eq!(r.status(s3), Status::Ok.as_u8());
+        assert_eq!(len_of(r.heads[3]), 21);
+        let mut id = [0u8; 20];
+        r.gm.memory()
+            .read_slice(&mut id, GuestAddress(data2 + 0x1000))
+            .unwrap();
+        assert_eq!(&id[..11], b"serial-0123");
+        assert!(id[11..].iter().all(|&b| b == 0));
+        assert_eq!(len_of(r.heads[4]), 0, "no status: returned unanswered");
+        assert_eq!(r.status(s5), Status::IoErr.as_u8());
+        assert_eq!(r.status(s6), Status::IoErr.as_u8());
+        assert_eq!(r.status(s7), Status::IoErr.as_u8());
+        assert_eq!(r.status(s8), Status::Unsupp.as_u8());
+        assert_eq!(r.status(s9), Status::Ok.as_u8());
+        assert_eq!(len_of(r.heads[9]), 1025);
+        let mut back = [0u8; 1024];
+        r.gm.memory()
+            .read_slice(&mut back, GuestAddress(data2 + 0x4000))
+            .unwrap();
+        assert!(back.iter().all(|&b| b == 0xc3));
+        let mut file = [0u8; 1024];
+        std::fs::File::open(&r.file)
+            .unwrap()
+            .read_exact_at(&mut file, 4 * 512)
+            .unwrap();
+        assert_eq!(file, back);
+    }
+
+    #[test]
+    fn read_only_device_fails_writes_discards_and_write_zeroes() {
+        let mut r = Rig::new(true);
+        let data = 0x10_0000u64;
+        r.header(0x1000, 1, 0);
+        let s0 = r.chain(&[(0x1000, 16, false), (data, 512, false), (st(0), 1, true)]);
+        let mut seg = [0u8; 16];
+        seg[8..12].copy_from_slice(&1u32.to_le_bytes());
+        r.gm.memory()
+            .write_slice(&seg, GuestAddress(0x1900))
+            .unwrap();
+        r.header(0x1100, 11, 0);
+        let s1 = r.chain(&[(0x1100, 16, false), (0x1900, 16, false), (st(1), 1, true)]);
+        r.header(0x1200, 13, 0);
+        let s2 = r.chain(&[(0x1200, 16, false), (0x1900, 16, false), (st(2), 1, true)]);
+        r.header(0x1300, 0, 0);
+        let s3 = r.chain(&[(0x1300, 16, false), (data, 512, true), (st(3), 1, true)]);
+        assert_eq!(r.run().len(), 4);
+        assert_eq!(r.status(s0), Status::IoErr.as_u8());
+        assert_eq!(r.status(s1), Status::IoErr.as_u8());
+        assert_eq!(r.status(s2), Status::IoErr.as_u8());
+        assert_eq!(r.status(s3), Status::Ok.as_u8());
+        let mut file = [0u8; 512];
+        std::fs::File::open(&r.file)
+            .unwrap()
+            .read_exact_at(&mut file, 0)
+            .unwrap();
+        assert_eq!(file, [0u8; 512]);
+    }
+
+    #[test]
+    fn config_write_switches_the_cache_mode() {
+        let r = Rig::new(false);
+        assert_eq!(r.backend.get_config(32, 1), vec![1]);
+        r.backend.set_config(32, &[0]).unwrap();
+        assert_eq!(r.backend.get_config(32, 1), vec![0]);
+        assert!(!r.backend.inner.dev.writeback());
+        // Writes elsewhere in the config space are ignored.
+        r.backend.set_config(0, &[9; 8]).unwrap();
+        assert_eq!(r.backend.get_config(0, 8), (2048u64).to_le_bytes().to_vec());
+    }
+}

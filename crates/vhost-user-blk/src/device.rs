@@ -1,0 +1,188 @@
+//! The served volume: backing store, capacity, cache mode and the channel
+//! used to tell the frontend about a new size.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use extstorage_blockio::{Backing, BackingKind, Engine, OpenOptions, SyncEngine};
+use extstorage_virtio_blk::{BlkConfig, SECTOR_SHIFT, features};
+
+use crate::channel::ConfigChannel;
+use crate::{Config, EngineKind, Error, WriteCache};
+
+/// Largest discard / write-zeroes segment offered, in sectors (2 GiB).
+const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+
+/// One volume being served. Shared by every connection and queue; the I/O
+/// path only reads its atomics.
+#[derive(Debug)]
+pub struct Device {
+    cfg: Config,
+    backing: Arc<Backing>,
+    capacity_sectors: AtomicU64,
+    writeback: AtomicBool,
+    channel: Mutex<Option<ConfigChannel>>,
+}
+
+impl Device {
+    /// Validates `cfg` and opens the backing store.
+    pub fn open(cfg: Config) -> Result<Arc<Self>, Error> {
+        cfg.validate()?;
+        if cfg.engine == EngineKind::Uring {
+            return Err(Error::EngineUnavailable { engine: "uring" });
+        }
+        let backing = Backing::open(
+            &cfg.path,
+            OpenOptions {
+                read_only: cfg.read_only,
+                direct: cfg.direct_io,
+            },
+        )?;
+        if cfg.direct_io && !backing.is_direct() {
+            tracing::warn!(path = %cfg.path.display(), "direct I/O unsupported here; serving through the page cache");
+        }
+        let size = backing.size();
+        let dev = Self {
+            writeback: AtomicBool::new(cfg.write_cache == WriteCache::Writeback),
+            capacity_sectors: AtomicU64::new(size >> SECTOR_SHIFT),
+            backing: Arc::new(backing),
+            channel: Mutex::new(None),
+            cfg,
+        };
+        tracing::info!(
+            path = %dev.cfg.path.display(),
+            size,
+            read_only = dev.cfg.read_only,
+            direct = dev.backing.is_direct(),
+            "backing store opened"
+        );
+        Ok(Arc::new(dev))
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The open backing store.
+    pub fn backing(&self) -> &Arc<Backing> {
+        &self.backing
+    }
+
+    /// Capacity in 512-byte sectors as the guest sees it.
+    pub fn capacity_sectors(&self) -> u64 {
+        self.capacity_sectors.load(Ordering::Acquire)
+    }
+
+    /// Whether the write cache is in writeback mode (else writethrough).
+    pub fn writeback(&self) -> bool {
+        self.writeback.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_writeback(&self, on: bool) {
+        tracing::info!(writeback = on, "guest changed the write cache mode");
+        self.writeback.store(on, Ordering::Relaxed);
+    }
+
+    /// The virtio feature bits offered (device and ring features, without
+    /// the vhost-user PROTOCOL_FEATURES bit).
+    pub fn virtio_features(&self) -> u64 {
+        let mut f = features::VERSION_1
+            | features::RING_EVENT_IDX
+            | features::RING_INDIRECT_DESC
+            | features::SEG_MAX
+            | features::BLK_SIZE
+            | features::TOPOLOGY
+            | features::FLUSH
+            | features::CONFIG_WCE
+            | features::MQ;
+        if self.cfg.read_only {
+            f |= features::RO;
+        } else {
+            f |= features::DISCARD | features::WRITE_ZEROES;
+        }
+        f
+    }
+
+    /// The config space as it is now.
+    pub fn blk_config(&self) -> BlkConfig {
+        let lbs = self.cfg.logical_block_size;
+        BlkConfig {
+            capacity: self.capacity_sectors(),
+            size_max: 0,
+            seg_max: u32::from(self.cfg.queue_size).saturating_sub(2).max(1),
+            blk_size: lbs,
+            physical_block_exp: 0,
+            alignment_offset: 0,
+            min_io_size: 1,
+            opt_io_size: 0,
+            writeback: u8::from(self.writeback()),
+            num_queues: self.cfg.num_queues,
+            max_discard_sectors: MAX_DISCARD_SECTORS,
+            max_discard_seg: 1,
+            discard_sector_alignment: lbs >> SECTOR_SHIFT,
+            max_write_zeroes_sectors: MAX_DISCARD_SECTORS,
+            max_write_zeroes_seg: 1,
+            write_zeroes_may_unmap: 1,
+        }
+    }
+
+    /// Creates the engine one queue owns.
+    pub(crate) fn new_engine(&self) -> Box<dyn Engine> {
+        let depth = usize::from(self.cfg.queue_size);
+        match self.cfg.engine {
+            // `Uring` is refused in `open`.
+            EngineKind::Auto | EngineKind::Sync | EngineKind::Uring => {
+                Box::new(SyncEngine::new(Arc::clone(&self.backing), depth))
+            }
+        }
+    }
+
+    /// Re-reads the backing size; if it changed, updates the capacity and
+    /// notifies the connected frontend. Returns the size in bytes.
+    pub fn resize(&self) -> Result<u64, Error> {
+        let size = self.backing.refresh_size()?;
+        let sectors = size >> SECTOR_SHIFT;
+        let old = self.capacity_sectors.swap(sectors, Ordering::AcqRel);
+        if old != sectors {
+            tracing::info!(
+                path = %self.cfg.path.display(),
+                old_sectors = old,
+                new_sectors = sectors,
+                "capacity changed"
+            );
+            self.notify_config_change();
+        }
+        Ok(size)
+    }
+
+    /// Like [`resize`](Self::resize), only for regular files (a cheap
+    /// `fstat`); block devices are resized on request.
+    pub fn poll_size(&self) -> Result<(), Error> {
+        if self.backing.kind() == BackingKind::File {
+            self.resize()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_channel(&self, ch: Option<ConfigChannel>) {
+        *self.channel.lock().unwrap_or_else(|e| e.into_inner()) = ch;
+    }
+
+    fn notify_config_change(&self) {
+        let mut guard = self.channel.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(ch) = guard.as_ref() else {
+            tracing::debug!(
+                "no backend channel: the frontend sees the new size when it re-reads the config"
+            );
+            return;
+        };
+        match ch.send_config_change() {
+            Ok(()) => tracing::info!("config-change message sent to the frontend"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot send the config-change message; dropping the backend channel");
+                *guard = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Accepting frontends one after another on one listening socket.
+
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EFD_CLOEXEC, EFD_NONBLOCK, EventFd};
+
+use crate::backend::BlkBackend;
+use crate::{Device, Error, channel};
+
+/// Serves a [`Device`] to one frontend at a time, keeping the socket
+/// between connections.
+pub struct Server {
+    dev: Arc<Device>,
+    listener: Listener,
+    path: Option<PathBuf>,
+    shutdown: ShutdownHandle,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener.as_raw_fd())
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stops a running [`Server`] from another thread (e.g. a signal handler
+/// thread): the current connection is closed, in-flight requests are
+/// completed and [`Server::run`] returns.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    state: Arc<ShutdownState>,
+}
+
+struct ShutdownState {
+    requested: AtomicBool,
+    wake: EventFd,
+    conn: Mutex<Option<vhost_user_backend::ShutdownHandle>>,
+}
+
+impl std::fmt::Debug for ShutdownState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShutdownState")
+            .field("requested", &self.requested)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShutdownHandle {
+    fn new() -> Result<Self, Error> {
+        let wake = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(|source| Error::Io {
+            what: "creating the shutdown eventfd",
+            source,
+        })?;
+        Ok(Self {
+            state: Arc::new(ShutdownState {
+                requested: AtomicBool::new(false),
+                wake,
+                conn: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Asks the server to stop after draining.
+    pub fn shutdown(&self) {
+        self.state.requested.store(true, Ordering::Release);
+        let _ = self.state.wake.write(1);
+        if let Some(h) = self
+            .state
+            .conn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            h.shutdown();
+        }
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_requested(&self) -> bool {
+        self.state.requested.load(Ordering::Acquire)
+    }
+
+    fn set_conn(&self, h: Option<vhost_user_backend::ShutdownHandle>) {
+        let mut g = self.state.conn.lock().unwrap_or_else(|e| e.into_inner());
+        *g = h;
+        // A shutdown that raced with the connection start still closes it.
+        if self.is_requested()
+            && let Some(h) = g.as_ref()
+        {
+            h.shutdown();
+        }
+    }
+}
+
+impl Server {
+    /// Listens on `path`, removing a stale socket file first.
+    pub fn bind(dev: Arc<Device>, path: &Path) -> Result<Self, Error> {
+        let listener = Listener::new(path, true).map_err(|e| Error::Listen {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?;
+        tracing::info!(socket = %path.display(), "listening for a vhost-user frontend");
+        Ok(Self {
+            dev,
+            listener,
+            path: Some(path.to_path_buf()),
+            shutdown: ShutdownHandle::new()?,
+        })
+    }
+
+    /// Serves on an inherited listening socket (socket activation).
+    pub fn from_listen_fd(dev: Arc<Device>, fd: RawFd) -> Result<Self, Error> {
+        // SAFETY: `fd` is only queried; getsockopt fails on anything but a socket.
+        let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let listening = nix::sys::socket::getsockopt(&bfd, nix::sys::socket::sockopt::AcceptConn)
+            .unwrap_or(false);
+        let unix = nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd).is_ok();
+        if !listening || !unix {
+            return Err(Error::ListenFd { fd });
+        }
+        // SAFETY: the caller hands us `fd`, a listening unix socket (checked
+        // above) that nothing else in the process uses; we take ownership.
+        let listener = unsafe { Listener::from_raw_fd(fd) };
+        tracing::info!(
+            fd,
+            "listening for a vhost-user frontend on an inherited socket"
+        );
+        Ok(Self {
+            dev,
+            listener,
+            path: None,
+            shutdown: ShutdownHandle::new()?,
+        })
+    }
+
+    /// A handle that stops [`run`](Self::run).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Serves frontends one after another until shut down. A frontend that
+    /// disconnects or misbehaves ends only its own connection.
+    pub fn run(mut self) -> Result<(), Error> {
+        while !self.shutdown.is_requested() {
+            if !self.wait_for_frontend()? {
+                break;
+            }
+            if let Err(e) = self.serve_one() {
+                tracing::error!(error = %e, "connection failed; waiting for the next frontend");
+            }
+        }
+        tracing::info!(socket = ?self.path, "shutting down");
+        Ok(())
+    }
+
+    /// Waits until a frontend connects (true) or shutdown is requested (false).
+    fn wait_for_frontend(&self) -> Result<bool, Error> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.shutdown.state.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            // SAFETY: `fds` is a valid array of two pollfds during the call.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Error::Io {
+                    what: "waiting for a frontend",
+                    source: e,
+                });
+            }
+            if fds[1].revents != 0 || self.shutdown.is_requested() {
+                return Ok(false);
+            }
+            if fds[0].revents != 0 {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn serve_one(&mut self) -> Result<(), Error> {
+        let sockets_before = channel::unnamed_unix_sockets();
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let backend = BlkBackend::new(Arc::clone(&self.dev), mem.clone(), sockets_before);
+        let mut daemon = VhostUserDaemon::new("vhost-user-blk".into(), backend.clone(), mem)
+            .map_err(|e| Error::Daemon(e.to_string()))?;
+        let mut setup = Ok(());
+        for (q, handler) in daemon.get_epoll_handlers().iter().enumerate() {
+            if let Some(fd) = backend.completion_fd(q)
+                && let Err(source) =
+                    handler.register_listener(fd, EventSet::IN, backend.completion_event())
+            {
+                setup = Err(Error::Io {
+                    what: "registering an engine completion fd",
+                    source,
+                });
+            }
+        }
+        if setup.is_ok() {
+            setup = daemon
+                .start(&mut self.listener)
+                .map_err(|e| Error::Daemon(e.to_string()));
+        }
+        if let Err(e) = setup {
+            drop(daemon);
+            backend.close_exit_events();
+            return Err(e);
+        }
+        tracing::info!("frontend connected");
+        self.shutdown.set_conn(daemon.shutdown_handle());
+        let result = daemon.wait();
+        self.shutdown.set_conn(None);
+        self.dev.set_channel(None);
+        // Dropping the daemon stops and joins the queue workers.
+        drop(daemon);
+        backend.close_exit_events();
+        backend.drain();
+        match result {
+            Ok(()) => tracing::info!("frontend disconnected"),
+            Err(e) => tracing::info!(reason = %e, "frontend connection ended"),
+        }
+        Ok(())
+    }
+}
