@@ -5,6 +5,7 @@
 
 mod common_cli;
 mod uri_support;
+mod vhost_support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -206,43 +207,49 @@ fn kvm_args_and_uri_qemunbd_userspace_in_qemu() {
     cli(&w, true, "remove", &base, &[]).ok();
 }
 
-/// A vhost-user-blk backend for a block device: our daemon when it has
-/// its `serve` command, else qemu-storage-daemon's export. Killed on drop.
+/// A vhost-user-blk backend for a block device, killed on drop.
 struct Backend {
     child: Child,
     what: &'static str,
 }
 
 impl Backend {
-    fn start(serve: &[String], dev: &str, socket: &Path) -> Backend {
-        let daemon = env!("CARGO_BIN_EXE_extstorage-vhost-user-blk");
-        let help = Command::new(daemon)
+    /// Whether the built daemon has its `serve` command (it was a
+    /// placeholder before the vhost-user-blk work landed).
+    fn ours_available() -> bool {
+        let out = Command::new(vhost_support::BIN)
             .args(["serve", "--help"])
             .stdin(Stdio::null())
             .output()
             .expect("run the daemon");
-        let help = String::from_utf8_lossy(&help.stdout);
-        let (mut cmd, what) = if help.contains("--socket") && help.contains("--path") {
-            assert_eq!(
-                serve[0], daemon,
-                "the printed command runs the built daemon"
-            );
-            let mut c = Command::new(&serve[0]);
-            c.args(&serve[1..]);
-            (c, "extstorage-vhost-user-blk")
-        } else {
-            let mut c = Command::new("qemu-storage-daemon");
-            c.arg("--blockdev")
-                .arg(format!(
-                    "driver=host_device,node-name=f0,filename={dev},cache.direct=on"
-                ))
-                .arg("--export")
-                .arg(format!(
-                    "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path={},writable=on,num-queues=2",
-                    extstorage_uri::escape_opt_value(socket.to_str().expect("utf-8"))
-                ));
-            (c, "qemu-storage-daemon")
-        };
+        let help = String::from_utf8_lossy(&out.stdout);
+        out.status.success() && help.contains("--socket") && help.contains("--path")
+    }
+
+    /// Runs the serve command `kvm-args` printed: our daemon.
+    fn ours(serve: &[String], socket: &Path) -> Backend {
+        let mut c = Command::new(&serve[0]);
+        c.args(&serve[1..]).env("RUST_LOG", "warn");
+        Backend::spawn(c, "extstorage-vhost-user-blk", socket)
+    }
+
+    /// qemu-storage-daemon's export of the same block device, the reference.
+    fn qsd(dev: &str, socket: &Path, num_queues: u16) -> Backend {
+        let mut c = Command::new("qemu-storage-daemon");
+        c.arg("--blockdev")
+            .arg(format!(
+                "driver=host_device,node-name=f0,filename={dev},cache.direct=on"
+            ))
+            .arg("--export")
+            .arg(format!(
+                "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path={},writable=on,num-queues={num_queues}",
+                extstorage_uri::escape_opt_value(socket.to_str().expect("utf-8"))
+            ));
+        Backend::spawn(c, "qemu-storage-daemon", socket)
+    }
+
+    fn spawn(mut cmd: Command, what: &'static str, socket: &Path) -> Backend {
+        let _ = fs::remove_file(socket);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -270,11 +277,12 @@ impl Drop for Backend {
 }
 
 #[test]
-fn kvm_args_vhost_user_accepted_by_qemu() {
+fn kvm_args_vhost_user_served_and_accepted_by_qemu() {
     let w = World::new();
     w.install("loopfile");
     let base = vol_args(&w, "loopfile", "vu1");
     create(&w, &base);
+    write_pattern(&image(&w, "vu1"), 5 * MIB, 4096, 0x3c);
     let sockdir = short_dir("cu");
     let socket = sockdir.path().join("vu,1.sock");
     let sock = socket.to_str().unwrap();
@@ -307,12 +315,22 @@ fn kvm_args_vhost_user_accepted_by_qemu() {
     assert_eq!(j["notes"], json!([]));
     let dev = j["dev_path"].as_str().unwrap().to_owned();
     let serve = strings(&j["serve_command"]);
-    assert!(
-        serve[0].ends_with("/extstorage-vhost-user-blk"),
-        "{serve:?}"
+    assert_eq!(serve[0], vhost_support::BIN, "the daemon next to the CLI");
+    assert_eq!(
+        serve[1..],
+        [
+            "serve",
+            "--path",
+            &dev,
+            "--socket",
+            sock,
+            "--num-queues",
+            "2",
+            "--queue-size",
+            "128"
+        ]
     );
-    assert_eq!(serve[1..], ["serve", "--path", &dev, "--socket", sock]);
-    // Without --json the serve command and no argv go to stderr.
+    // Without --json the serve command and the memory note go to stderr.
     let human = cli(
         &w,
         false,
@@ -330,26 +348,46 @@ fn kvm_args_vhost_user_accepted_by_qemu() {
     assert!(human.stderr.contains("share=on"), "memory note: {human:#?}");
     assert!(!human.stdout.contains("serve"), "{human:#?}");
 
-    let backend = Backend::start(&serve, &dev, &socket);
+    let mut backends: Vec<fn(&[String], &str, &Path) -> Backend> =
+        vec![|_, dev, socket| Backend::qsd(dev, socket, 2)];
+    if Backend::ours_available() {
+        backends.push(|serve, _, socket| Backend::ours(serve, socket));
+    } else {
+        eprintln!("extstorage-vhost-user-blk has no serve command yet: qemu-storage-daemon only");
+    }
     let argv = strings(&j["argv"]);
-    let mut q = match Qemu::start(&argv) {
-        Ok(q) => q,
-        Err(e) => panic!("QEMU refused {argv:?} ({}):\n{}", backend.what, e.stderr),
-    };
-    assert_eq!(qom(&mut q, "vdisk0", "chardev"), "vdisk0-chr");
-    assert_eq!(qom(&mut q, "vdisk0", "num-queues"), 2);
-    assert_eq!(qom(&mut q, "vdisk0", "queue-size"), 128);
-    assert_eq!(qom(&mut q, "vdisk0", "config-wce"), true);
-    let chardevs = q.execute("query-chardev", &json!({})).unwrap();
-    let chr = chardevs
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["label"] == "vdisk0-chr")
-        .unwrap_or_else(|| panic!("no chardev vdisk0-chr: {chardevs:#}"));
-    assert!(chr["filename"].as_str().unwrap().contains(sock), "{chr:#}");
-    drop(q);
-    drop(backend);
+    for start in backends {
+        let backend = start(&serve, &dev, &socket);
+        // The socket serves the attached volume: a vhost-user client reads
+        // what was written to the volume file.
+        {
+            let mut c = vhost_support::Client::connect_with(&socket, 2, false, Some(128))
+                .unwrap_or_else(|e| panic!("libblkio to {}: {e:?}", backend.what));
+            assert_eq!(c.capacity(), 16 * MIB, "{}", backend.what);
+            let mem = c.mem(1);
+            let (ret, data) = vhost_support::read(&mut c.queues[1], mem, 5 * MIB, 4096);
+            assert_eq!(ret, 0, "{}", backend.what);
+            assert_eq!(data, vec![0x3c; 4096], "{}", backend.what);
+        }
+        let mut q = match Qemu::start(&argv) {
+            Ok(q) => q,
+            Err(e) => panic!("QEMU refused {argv:?} ({}):\n{}", backend.what, e.stderr),
+        };
+        assert_eq!(qom(&mut q, "vdisk0", "chardev"), "vdisk0-chr");
+        assert_eq!(qom(&mut q, "vdisk0", "num-queues"), 2);
+        assert_eq!(qom(&mut q, "vdisk0", "queue-size"), 128);
+        assert_eq!(qom(&mut q, "vdisk0", "config-wce"), true);
+        let chardevs = q.execute("query-chardev", &json!({})).unwrap();
+        let chr = chardevs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["label"] == "vdisk0-chr")
+            .unwrap_or_else(|| panic!("no chardev vdisk0-chr: {chardevs:#}"));
+        assert!(chr["filename"].as_str().unwrap().contains(sock), "{chr:#}");
+        drop(q);
+        drop(backend);
+    }
 }
 
 #[test]

@@ -111,16 +111,31 @@ fn daemon_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DAEMON))
 }
 
-/// The command line that serves `device` on `socket`.
-fn serve_command(device: &Path, socket: &Path) -> Vec<OsString> {
-    vec![
+/// The daemon command line that serves `device` on `socket` to match the
+/// guest device: as many queues (QEMU refuses a backend with fewer), the
+/// queue size, read-only, and the cache mode's write-back/write-through half.
+fn serve_command(device: &Path, socket: &Path, disk: &KvmDisk) -> Vec<OsString> {
+    let mut cmd: Vec<OsString> = vec![
         daemon_path().into_os_string(),
         "serve".into(),
         "--path".into(),
         device.as_os_str().to_owned(),
         "--socket".into(),
         socket.as_os_str().to_owned(),
-    ]
+    ];
+    if let Some(n) = disk.num_queues {
+        cmd.extend(["--num-queues".into(), n.to_string().into()]);
+    }
+    if let Some(q) = disk.queue_size {
+        cmd.extend(["--queue-size".into(), q.to_string().into()]);
+    }
+    if disk.options.read_only {
+        cmd.push("--read-only".into());
+    }
+    if !disk.options.cache.write_cache() {
+        cmd.extend(["--write-cache".into(), "writethrough".into()]);
+    }
+    cmd
 }
 
 /// Runs `kvm-args`: attach, pick the access, render and print the argv.
@@ -177,7 +192,7 @@ pub fn run(es: &ExtStorage, args: KvmArgsArgs, out: &Output) -> anyhow::Result<u
     let rendered = disk.render(&access)?;
     write_secrets(&rendered.secrets)?;
     let serve = match &access {
-        DiskAccess::VhostUser { device, socket } => Some(serve_command(device, socket)),
+        DiskAccess::VhostUser { device, socket } => Some(serve_command(device, socket, &disk)),
         _ => None,
     };
     tracing::info!(volume = %name, provider = %provider, access = %mode, "rendered KVM arguments");
