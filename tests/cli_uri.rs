@@ -207,6 +207,9 @@ fn kvm_args_and_uri_qemunbd_userspace_in_qemu() {
     cli(&w, true, "remove", &base, &[]).ok();
 }
 
+/// Starts a backend from the serve command, the device and the socket.
+type StartBackend = fn(&[String], &str, &Path) -> Backend;
+
 /// A vhost-user-blk backend for a block device, killed on drop.
 struct Backend {
     child: Child,
@@ -348,8 +351,7 @@ fn kvm_args_vhost_user_served_and_accepted_by_qemu() {
     assert!(human.stderr.contains("share=on"), "memory note: {human:#?}");
     assert!(!human.stdout.contains("serve"), "{human:#?}");
 
-    let mut backends: Vec<fn(&[String], &str, &Path) -> Backend> =
-        vec![|_, dev, socket| Backend::qsd(dev, socket, 2)];
+    let mut backends: Vec<StartBackend> = vec![|_, dev, socket| Backend::qsd(dev, socket, 2)];
     if Backend::ours_available() {
         backends.push(|serve, _, socket| Backend::ours(serve, socket));
     } else {
