@@ -583,8 +583,43 @@ fn access_mode_sets_extp_access_and_defaults() {
         j["socket"], "/run/extstorage/vhost-user/attachfile-both1.sock",
         "default socket"
     );
+    let ro = cli(
+        &w,
+        true,
+        "kvm-args",
+        &base,
+        &[
+            "--access",
+            "vhost-user",
+            "--read-only",
+            "--socket",
+            "/run/r.sock",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(strings(&ro["serve_command"]).last().unwrap(), "--read-only");
+    assert!(ro["notes"].to_string().contains("read-only"), "{ro:#}");
     cli(&w, true, "uri", &base, &[]).ok();
     assert_eq!(recorded_access(&out), "userspace", "uri asks for userspace");
+    // Raw Ceph options have a -drive form only: --json says why -blockdev is missing.
+    let (rbd, _) = attachfile(&w, "rbdopt", "\nkvm:rbd:pool/img:rbd_cache=true\n");
+    let j = cli(&w, true, "uri", &rbd, &[]).ok().json();
+    assert!(
+        j["drive"]
+            .as_str()
+            .unwrap()
+            .starts_with("file=rbd:pool/img:rbd_cache=true,"),
+        "{j:#}"
+    );
+    assert!(
+        j["blockdev_error"].as_str().unwrap().contains("-blockdev"),
+        "{j:#}"
+    );
+    assert_eq!(j["args"], Value::Null);
+    let r = cli(&w, false, "uri", &rbd, &[]).code(2);
+    assert!(r.stderr.contains("conf"), "{r:#?}");
+    cli(&w, false, "uri", &rbd, &["--format", "drive"]).ok();
     let argv = strings(
         &cli(&w, true, "kvm-args", &base, &["--aio", "native"])
             .ok()
