@@ -46,6 +46,8 @@ Examples:
   extstorage --search-path ./providers attach --provider loopfile --volume vol1 -p dir=/srv/vols
   extstorage --search-path ./providers grow --provider loopfile --volume vol1 -p dir=/srv/vols --size 64 --amount 32M
   extstorage --json --search-path ./providers uri-lookup --provider qemunbd --volume vol1 -p dir=/srv/vols --hypervisor kvm
+  extstorage --search-path ./providers uri --format drive --provider qemunbd --volume vol1 -p dir=/srv/vols
+  extstorage --search-path ./providers kvm-args --access vhost-user --provider loopfile --volume vol1 -p dir=/srv/vols
   extstorage --search-path ./providers remove --provider loopfile --volume vol1 -p dir=/srv/vols
 
 Scripts run with no arguments, in the provider directory, with only PATH, LC_ALL=C and
