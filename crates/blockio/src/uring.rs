@@ -173,7 +173,7 @@ impl UringEngine {
     fn entry(&self, idx: usize) -> squeue::Entry {
         let s = &self.slots[idx];
         let fd = types::Fd(s.fd);
-        let offset = s.offset + s.done as u64;
+        let offset = s.offset.saturating_add(s.done as u64);
         let entry = match s.op {
             SlotOp::Read | SlotOp::Write => {
                 let rest = &s.bufs[s.first..];
