@@ -5,8 +5,8 @@
 //! an SVG plot to `target/bench-compare/`.
 //!
 //! ```text
-//! cargo bench --bench compare -- [--quick] [--secs S] [--warmup S] [--size-mib N]
-//!     [--backends qsd,qsd-direct,fio,ours,ours-sync] [--workloads NAME,...]
+//! cargo bench --bench compare -- [--quick] [--secs S] [--warmup S] [--repeat N] [--size-mib N]
+//!     [--backends qsd,qsd-direct,fio,ours,ours-uring,ours-sync] [--workloads NAME,...]
 //!     [--no-rss] [--out DIR]
 //! ```
 //! Without `--bench` (as under `cargo test --all-targets`) it runs a smoke
@@ -29,6 +29,8 @@ struct Cell {
     /// None when skipped or failed; `note` says why.
     iops: Option<f64>,
     mib_s: Option<f64>,
+    /// IOPS of each round; `iops` is their median.
+    samples: Vec<f64>,
     note: Option<String>,
 }
 
@@ -46,6 +48,7 @@ struct Args {
     smoke: bool,
     warmup: Duration,
     measure: Duration,
+    repeat: usize,
     size_mib: u64,
     backends: Vec<String>,
     workloads: Vec<Workload>,
@@ -53,8 +56,8 @@ struct Args {
     out: PathBuf,
 }
 
-const USAGE: &str = "usage: cargo bench --bench compare -- [--quick] [--secs S] [--warmup S] \
-[--size-mib N] [--backends qsd,qsd-direct,fio,ours,ours-sync] [--workloads NAME,...] [--no-rss] [--out DIR]";
+const USAGE: &str = "usage: cargo bench --bench compare -- [--quick] [--secs S] [--warmup S] [--repeat N] \
+[--size-mib N] [--backends qsd,qsd-direct,fio,ours,ours-uring,ours-sync] [--workloads NAME,...] [--no-rss] [--out DIR]";
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -70,11 +73,19 @@ fn parse_args() -> Result<Args> {
     let mut a = Args {
         smoke,
         warmup: Duration::from_secs(1),
-        measure: Duration::from_secs(10),
+        measure: Duration::from_secs(5),
+        repeat: 3,
         size_mib: 1024,
-        backends: ["qsd", "qsd-direct", "fio", "ours", "ours-sync"]
-            .map(String::from)
-            .to_vec(),
+        backends: [
+            "qsd",
+            "qsd-direct",
+            "fio",
+            "ours",
+            "ours-uring",
+            "ours-sync",
+        ]
+        .map(String::from)
+        .to_vec(),
         workloads: WORKLOADS.to_vec(),
         rss: true,
         out: target_dir().join("bench-compare"),
@@ -82,6 +93,7 @@ fn parse_args() -> Result<Args> {
     if smoke {
         a.warmup = Duration::ZERO;
         a.measure = Duration::from_millis(200);
+        a.repeat = 1;
         a.size_mib = 64;
         a.workloads = WORKLOADS[..1].to_vec();
         a.rss = false;
@@ -99,7 +111,15 @@ fn parse_args() -> Result<Args> {
             "--bench" | "--test" => {}
             "--quick" => {
                 a.warmup = Duration::from_millis(500);
-                a.measure = Duration::from_secs(3);
+                a.measure = Duration::from_secs(2);
+                a.repeat = 1;
+            }
+            "--repeat" => {
+                let v = it.next().context(USAGE)?;
+                a.repeat = v.parse().with_context(|| format!("bad --repeat {v:?}"))?;
+                if a.repeat == 0 {
+                    bail!("--repeat must be at least 1");
+                }
             }
             "--secs" => a.measure = secs(it.next())?,
             "--warmup" => a.warmup = secs(it.next())?,
@@ -112,7 +132,9 @@ fn parse_args() -> Result<Args> {
                 a.backends = v.split(',').map(String::from).collect();
                 for b in &a.backends {
                     if b != "fio" && Backend::parse(b).is_none() {
-                        bail!("unknown backend {b:?}: use qsd, qsd-direct, fio, ours, ours-sync");
+                        bail!(
+                            "unknown backend {b:?}: use qsd, qsd-direct, fio, ours, ours-uring, ours-sync"
+                        );
                     }
                 }
             }
@@ -419,48 +441,67 @@ fn main() -> Result<()> {
     let image = Image::create(dir.path().join("img"), a.size_mib << 20)?;
     let machine = machine();
 
-    let mut cells: Vec<Cell> = Vec::new();
+    // Rounds interleave the backends, so a change in machine load (the
+    // machines are shared) hits all of them; each cell reports the median.
+    let mut samples: Vec<Vec<Vec<f64>>> =
+        vec![vec![Vec::new(); a.backends.len()]; a.workloads.len()];
+    let mut errors: Vec<Vec<Option<String>>> =
+        vec![vec![None; a.backends.len()]; a.workloads.len()];
     // A daemon that cannot start is skipped for the rest of the run.
     let mut broken: Vec<(String, String)> = Vec::new();
-    for w in &a.workloads {
-        for b in &a.backends {
-            let known_broken = broken.iter().find(|(n, _)| n == b).map(|(_, e)| e.clone());
-            let result = if known_broken.is_some() {
-                Err(anyhow::anyhow!("daemon unavailable (see the notes)"))
-            } else if b == "fio" {
-                common::fio(&image.path, w, a.warmup, a.measure)
-            } else {
-                let backend = Backend::parse(b).context("backend checked in parse_args")?;
-                let r = run_daemon(backend, &image.path, dir.path(), w, &a);
-                if let Err(e) = &r {
-                    broken.push((b.clone(), format!("{e:#}")));
+    for round in 1..=a.repeat {
+        for (wi, w) in a.workloads.iter().enumerate() {
+            for (bi, b) in a.backends.iter().enumerate() {
+                let known_broken = broken.iter().any(|(n, _)| n == b);
+                let result = if known_broken {
+                    Err(anyhow::anyhow!("daemon unavailable (see the notes)"))
+                } else if b == "fio" {
+                    common::fio(&image.path, w, a.warmup, a.measure)
+                } else {
+                    let backend = Backend::parse(b).context("backend checked in parse_args")?;
+                    let r = run_daemon(backend, &image.path, dir.path(), w, &a);
+                    if let Err(e) = &r {
+                        broken.push((b.clone(), format!("{e:#}")));
+                    }
+                    r
+                };
+                match &result {
+                    Ok(iops) => samples[wi][bi].push(*iops),
+                    Err(e) => errors[wi][bi] = Some(format!("skipped: {e:#}")),
                 }
-                r
-            };
-            let cell = match result {
-                Ok(iops) => Cell {
-                    backend: b.clone(),
-                    workload: w.name.to_owned(),
-                    iops: Some(iops),
-                    mib_s: Some(iops * w.bs as f64 / f64::from(1u32 << 20)),
-                    note: None,
+                eprintln!(
+                    "  round {round}/{} {:<20} {:<11} {:>9} {}",
+                    a.repeat,
+                    w.name,
+                    b,
+                    fmt_iops(result.as_ref().ok().copied()),
+                    result
+                        .as_ref()
+                        .err()
+                        .map(|e| format!("{e:#}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    let mut cells: Vec<Cell> = Vec::new();
+    for (wi, w) in a.workloads.iter().enumerate() {
+        for (bi, b) in a.backends.iter().enumerate() {
+            let mut v = samples[wi][bi].clone();
+            v.sort_by(f64::total_cmp);
+            let median = (!v.is_empty()).then(|| v[v.len() / 2]);
+            cells.push(Cell {
+                backend: b.clone(),
+                workload: w.name.to_owned(),
+                iops: median,
+                mib_s: median.map(|iops| iops * w.bs as f64 / f64::from(1u32 << 20)),
+                samples: samples[wi][bi].clone(),
+                note: if median.is_none() {
+                    errors[wi][bi].clone()
+                } else {
+                    None
                 },
-                Err(e) => Cell {
-                    backend: b.clone(),
-                    workload: w.name.to_owned(),
-                    iops: None,
-                    mib_s: None,
-                    note: Some(format!("skipped: {e:#}")),
-                },
-            };
-            eprintln!(
-                "  {:<20} {:<11} {:>9} {}",
-                w.name,
-                b,
-                fmt_iops(cell.iops),
-                cell.note.as_deref().unwrap_or("")
-            );
-            cells.push(cell);
+            });
         }
     }
 
@@ -572,6 +613,7 @@ fn main() -> Result<()> {
         "image_mib": a.size_mib,
         "warmup_s": a.warmup.as_secs_f64(),
         "measure_s": a.measure.as_secs_f64(),
+        "rounds": a.repeat,
         "client": "blkio 0.5 (virtio-blk-vhost-user), queue-size 256, one thread per queue",
         "workloads": a.workloads,
         "commands": a.backends.iter().filter_map(|b| Backend::parse(b)).map(|b| {

@@ -1,5 +1,6 @@
 //! The blockio engines on their own (no virtio, no daemon): 4 KiB reads and
-//! writes at queue depth 1 and 32 on a file in /dev/shm, per engine.
+//! writes at queue depth 1 and 32, per engine, on a file in /dev/shm opened
+//! with O_DIRECT and on a page-cached file on the temp dir's filesystem.
 //!
 //! Each iteration is one completed request, so criterion's throughput is
 //! IOPS. Completions are awaited the way the daemon will: poll the engine's
@@ -84,50 +85,59 @@ fn run(
     start.elapsed()
 }
 
-fn engines(c: &mut Criterion) {
-    let shm = std::path::Path::new("/dev/shm");
-    let dir = if shm.is_dir() {
-        tempfile::tempdir_in(shm)
-    } else {
-        tempfile::tempdir()
-    }
-    .expect("temp dir");
+/// A 64 MiB image filled with data in `dir`, opened direct or buffered.
+fn image(dir: &std::path::Path, direct: bool) -> (tempfile::TempDir, Arc<Backing>) {
+    let dir = tempfile::tempdir_in(dir).expect("temp dir");
     let path = dir.path().join("img");
-    let size: u64 = 64 << 20;
-    std::fs::write(&path, vec![0x5au8; size as usize]).expect("write the bench image");
-    let backing = Arc::new(
-        Backing::open(
-            &path,
-            OpenOptions {
-                read_only: false,
-                direct: true,
-            },
-        )
-        .expect("open image"),
-    );
+    std::fs::write(&path, vec![0x5au8; SIZE as usize]).expect("write the bench image");
+    let opts = OpenOptions {
+        read_only: false,
+        direct,
+    };
+    (
+        dir,
+        Arc::new(Backing::open(&path, opts).expect("open image")),
+    )
+}
+
+const SIZE: u64 = 64 << 20;
+
+fn engines(c: &mut Criterion) {
     let mut mem = vec![0u8; 32 * BS + BS];
     let start = mem.as_ptr().align_offset(BS);
     let mem = &mut mem[start..start + 32 * BS];
     let mut rng = 0x1234_5678_9abc_def1u64;
 
-    let mut g = c.benchmark_group("engine");
-    g.throughput(Throughput::Elements(1));
+    // tmpfs with O_DIRECT (the daemon's default and the comparison's setup),
+    // and a disk filesystem's page cache, where io_uring completes inline.
+    let shm = std::path::Path::new("/dev/shm");
+    let mut places = vec![("disk-buffered", std::env::temp_dir(), false)];
+    if shm.is_dir() {
+        places.insert(0, ("shm-direct", shm.to_path_buf(), true));
+    }
     let mut kinds = vec![EngineKind::Sync];
     if UringEngine::is_supported() {
         kinds.push(EngineKind::Uring);
     } else {
         eprintln!("engine bench: io_uring unavailable here, benchmarking the sync engine only");
     }
-    for kind in kinds {
-        for (op, name) in [(Op::Read, "read4k"), (Op::Write, "write4k")] {
-            for depth in [1usize, 32] {
-                let mut e = open_engine(kind, Arc::clone(&backing), depth).expect("open engine");
-                let id = BenchmarkId::new(format!("{kind}/{name}"), format!("qd{depth}"));
-                g.bench_function(id, |b| {
-                    b.iter_custom(|iters| {
-                        run(&mut *e, op, depth, iters, mem, size / BS as u64, &mut rng)
-                    })
-                });
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(1));
+    for (place, dir, direct) in places {
+        let (_dir, backing) = image(&dir, direct);
+        for &kind in &kinds {
+            for (op, name) in [(Op::Read, "read4k"), (Op::Write, "write4k")] {
+                for depth in [1usize, 32] {
+                    let mut e =
+                        open_engine(kind, Arc::clone(&backing), depth).expect("open engine");
+                    let id =
+                        BenchmarkId::new(format!("{place}/{kind}/{name}"), format!("qd{depth}"));
+                    g.bench_function(id, |b| {
+                        b.iter_custom(|iters| {
+                            run(&mut *e, op, depth, iters, mem, SIZE / BS as u64, &mut rng)
+                        })
+                    });
+                }
             }
         }
     }
@@ -139,7 +149,7 @@ criterion_group! {
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_millis(1500))
         .noise_threshold(0.05);
     targets = engines
 }

@@ -541,15 +541,23 @@ pub enum Backend {
     Qsd,
     /// qemu-storage-daemon with `cache.direct=on,aio=io_uring`.
     QsdDirect,
-    /// Our daemon with the io_uring engine.
+    /// Our daemon with its default engine choice (`--engine auto`).
     Ours,
-    /// Our daemon with the synchronous engine.
+    /// Our daemon forced to the io_uring engine.
+    OursUring,
+    /// Our daemon forced to the synchronous engine.
     OursSync,
 }
 
 impl Backend {
     /// Every daemon backend, in table order.
-    pub const ALL: [Backend; 4] = [Self::Qsd, Self::QsdDirect, Self::Ours, Self::OursSync];
+    pub const ALL: [Backend; 5] = [
+        Self::Qsd,
+        Self::QsdDirect,
+        Self::Ours,
+        Self::OursUring,
+        Self::OursSync,
+    ];
 
     /// The name used on the command line and in tables.
     pub fn name(self) -> &'static str {
@@ -557,6 +565,7 @@ impl Backend {
             Self::Qsd => "qsd",
             Self::QsdDirect => "qsd-direct",
             Self::Ours => "ours",
+            Self::OursUring => "ours-uring",
             Self::OursSync => "ours-sync",
         }
     }
@@ -587,7 +596,7 @@ impl Backend {
                     ),
                 ]
             }
-            Self::Ours | Self::OursSync => vec![
+            Self::Ours | Self::OursUring | Self::OursSync => vec![
                 our_daemon().display().to_string(),
                 "serve".into(),
                 "--path".into(),
@@ -599,7 +608,12 @@ impl Backend {
                 "--queue-size".into(),
                 "256".into(),
                 "--engine".into(),
-                if self == Self::Ours { "uring" } else { "sync" }.into(),
+                match self {
+                    Self::OursUring => "uring",
+                    Self::OursSync => "sync",
+                    _ => "auto",
+                }
+                .into(),
             ],
         }
     }

@@ -7,7 +7,9 @@ use crate::{Backing, Engine, Error, SyncEngine, UringEngine};
 /// Which I/O engine a queue worker uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineKind {
-    /// io_uring where the kernel allows it, else the synchronous engine.
+    /// io_uring where the kernel allows it and the backing supports
+    /// non-blocking I/O, else the synchronous engine (see
+    /// [`UringEngine::is_efficient_for`]: on tmpfs the sync engine is faster).
     #[default]
     Auto,
     /// The synchronous engine.
@@ -45,8 +47,8 @@ impl std::fmt::Display for EngineKind {
 }
 
 /// Opens an engine of `kind` over `backing` with room for `depth` requests
-/// in flight. `Auto` falls back to [`SyncEngine`] when
-/// [`UringEngine::is_supported`] says no, or when creating the ring fails.
+/// in flight. `Auto` uses [`SyncEngine`] when [`UringEngine::is_supported`]
+/// or [`UringEngine::is_efficient_for`] says no, or when creating the ring fails.
 pub fn open_engine(
     kind: EngineKind,
     backing: Arc<Backing>,
@@ -55,6 +57,13 @@ pub fn open_engine(
     match kind {
         EngineKind::Sync => Ok(Box::new(SyncEngine::new(backing, depth))),
         EngineKind::Uring => Ok(Box::new(UringEngine::new(backing, depth)?)),
+        EngineKind::Auto if !UringEngine::is_efficient_for(&backing) => {
+            tracing::info!(
+                path = %backing.path().display(),
+                "no non-blocking I/O on this backing (tmpfs?): io_uring would hand every request to a worker thread; using the sync engine"
+            );
+            Ok(Box::new(SyncEngine::new(backing, depth)))
+        }
         EngineKind::Auto if UringEngine::is_supported() => {
             match UringEngine::new(Arc::clone(&backing), depth) {
                 Ok(e) => Ok(Box::new(e)),
@@ -83,20 +92,52 @@ mod tests {
     }
 
     #[test]
+    fn auto_picks_sync_on_tmpfs_where_io_uring_would_punt_every_request() {
+        let shm = std::path::Path::new("/dev/shm");
+        if !shm.is_dir() {
+            eprintln!("no /dev/shm: skipping");
+            return;
+        }
+        let f = tempfile::NamedTempFile::new_in(shm).unwrap();
+        f.as_file().set_len(4096).unwrap();
+        let b = Arc::new(Backing::open(f.path(), OpenOptions::default()).unwrap());
+        assert!(!UringEngine::is_efficient_for(&b));
+        assert_eq!(
+            open_engine(EngineKind::Auto, Arc::clone(&b), 4)
+                .unwrap()
+                .name(),
+            "sync"
+        );
+        if UringEngine::is_supported() {
+            // Asked for explicitly, io_uring is still used.
+            assert_eq!(
+                open_engine(EngineKind::Uring, b, 4).unwrap().name(),
+                "io_uring"
+            );
+        }
+    }
+
+    #[test]
     fn open_engine_gives_the_requested_kind() {
+        // The temp dir is on a disk filesystem (ext4 here), which supports non-blocking I/O.
         let f = tempfile::NamedTempFile::new().unwrap();
         f.as_file().set_len(4096).unwrap();
         let b = Arc::new(Backing::open(f.path(), OpenOptions::default()).unwrap());
         let sync = open_engine(EngineKind::Sync, Arc::clone(&b), 4).unwrap();
         assert_eq!(sync.name(), "sync");
         let auto = open_engine(EngineKind::Auto, Arc::clone(&b), 4).unwrap();
-        let uring = open_engine(EngineKind::Uring, b, 4);
-        if UringEngine::is_supported() {
-            assert_eq!(auto.name(), "io_uring");
-            assert_eq!(uring.unwrap().name(), "io_uring");
-        } else {
+        let uring = open_engine(EngineKind::Uring, Arc::clone(&b), 4);
+        if !UringEngine::is_supported() {
             assert_eq!(auto.name(), "sync");
             assert!(uring.is_err());
+        } else {
+            assert_eq!(uring.unwrap().name(), "io_uring");
+            let want = if UringEngine::is_efficient_for(&b) {
+                "io_uring"
+            } else {
+                "sync"
+            };
+            assert_eq!(auto.name(), want);
         }
     }
 }
