@@ -12,9 +12,13 @@
 mod backing;
 mod engine;
 mod error;
+mod kind;
 mod sync;
+mod uring;
 
 pub use backing::{Backing, BackingKind, OpenOptions};
 pub use engine::{Completion, Engine, IoBuf, Op, Request, SubmitError};
 pub use error::Error;
+pub use kind::{EngineKind, ParseEngineKindError, open_engine};
 pub use sync::SyncEngine;
+pub use uring::UringEngine;
