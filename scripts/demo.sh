@@ -62,6 +62,12 @@ echo "wrote: $msg"
 echo "read:  $got"
 [ "$got" = "$msg" ] || { echo "demo: read back differs" >&2; exit 1; }
 
+step "QEMU arguments for this volume: QEMU opens the block device"
+es kvm-args "${vol[@]}" --qemu-version 10.0
+
+step "QEMU arguments when our vhost-user-blk daemon serves it"
+es kvm-args "${vol[@]}" --qemu-version 10.0 --access vhost-user --socket "$work/disk0.sock" --memory-mib 512
+
 step "grow by 32 MiB"
 es grow "${vol[@]}" --size 64 --amount 32M
 

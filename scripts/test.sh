@@ -23,3 +23,5 @@ echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 echo "== cargo test"
 cargo test --workspace --all-targets
+echo "== cargo test --doc"
+cargo test --workspace --doc
