@@ -21,7 +21,13 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
-echo "== cargo test"
-cargo test --workspace --all-targets
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
 echo "== cargo test --doc"
-cargo test --workspace --doc
+cargo test --workspace --doc 2>&1 | tee -a "$results"
+echo "== cargo test"
+cargo test --workspace --all-targets 2>&1 | tee -a "$results"
+
+# One closing line over every test binary (cargo prints one per binary).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, i }' "$results"
