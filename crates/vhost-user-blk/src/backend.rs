@@ -982,4 +982,6 @@ mod tests {
         r.backend.set_config(0, &[9; 8]).unwrap();
         assert_eq!(r.backend.get_config(0, 8), (2048u64).to_le_bytes().to_vec());
     }
+
+    mod hostile;
 }

@@ -86,7 +86,8 @@ pub struct Request {
 /// A malformed chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
-    /// No status byte to report into: the chain is empty, its last
+    /// No status byte to report into: the chain is empty, ends early (a
+    /// loop, a `next` index past the table, a bad indirect table), its last
     /// descriptor is not device-writable or empty, or it lies outside guest
     /// memory. The request can only be returned unanswered.
     #[error("descriptor chain has no device-writable status byte in guest memory")]
@@ -179,17 +180,27 @@ impl Request {
         let Some(first) = descs.next() else {
             return Err(ParseError::NoStatus);
         };
+        // virtio-queue's iterator stops early, without an error, on a loop,
+        // a `next` past the table, an unreadable descriptor or a bad
+        // indirect table. Then the last descriptor seen still has NEXT set
+        // and is not the real end of the chain: no trustworthy status byte.
+        let mut ends_early = first.has_next();
         let first = Segment {
             addr: first.addr(),
             len: first.len(),
             writable: first.is_write_only(),
         };
         for d in descs {
+            ends_early = d.has_next();
             segments.push(Segment {
                 addr: d.addr(),
                 len: d.len(),
                 writable: d.is_write_only(),
             });
+        }
+        if ends_early {
+            segments.clear();
+            return Err(ParseError::NoStatus);
         }
 
         // The status byte is the last byte of the last descriptor.
