@@ -10,10 +10,13 @@
 #![warn(missing_docs)]
 
 mod backing;
+mod bounce;
 mod engine;
 mod error;
 mod kind;
 mod sync;
+#[cfg(test)]
+mod testutil;
 mod uring;
 
 pub use backing::{Backing, BackingKind, OpenOptions};
