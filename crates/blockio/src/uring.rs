@@ -653,6 +653,70 @@ mod tests {
     }
 
     #[test]
+    fn bounced_requests_larger_than_a_chunk_move_every_byte_at_depth() {
+        let Some((_d, mut e)) = engine(8 << 20, true, 8) else {
+            return;
+        };
+        let total = 3 * bounce::MAX_CHUNK + 4096;
+        let pattern = |k: usize, i: usize| (i % 251) as u8 ^ (i / 4096) as u8 ^ (k as u8);
+        // Two bounced writes in flight at once (odd first segment), each
+        // going through several chunks.
+        let mut w: Vec<Vec<u8>> = Vec::new();
+        for k in 0..2 {
+            w.push(vec![pattern(k, 0)]);
+            w.push((1..total).map(|i| pattern(k, i)).collect());
+        }
+        let io = iobufs(&mut w);
+        for k in 0..2 {
+            let req = Request {
+                op: Op::Write,
+                offset: (k * (4 << 20)) as u64,
+                len: 0,
+                bufs: &io[2 * k..2 * k + 2],
+            };
+            // SAFETY: `w` outlives the completions collected below.
+            unsafe { e.submit(&req, k as u64) }.unwrap();
+        }
+        e.commit().unwrap();
+        assert!(wait(&mut e, 2).iter().all(|c| c.result == Ok(total as u32)));
+        for k in 0..2 {
+            let mut r = vec![vec![0u8; 777], vec![0u8; total - 777]];
+            let off = (k * (4 << 20)) as u64;
+            assert_eq!(
+                run(&mut e, Op::Read, off, 0, &mut r).result,
+                Ok(total as u32)
+            );
+            let got = r.concat();
+            assert!(
+                got.iter().enumerate().all(|(i, &b)| b == pattern(k, i)),
+                "request {k}"
+            );
+        }
+        assert_eq!(run(&mut e, Op::Flush, 0, 0, &mut []).result, Ok(0));
+        assert_eq!(e.in_flight(), 0);
+    }
+
+    #[test]
+    fn misaligned_offset_or_length_with_direct_io_fails_with_einval() {
+        let Some((_d, mut e)) = engine(1 << 20, true, 4) else {
+            return;
+        };
+        for (offset, len) in [(512 + 7, 512), (512, 513), (100, 100)] {
+            let mut w = vec![vec![9u8; len]];
+            let c = run(&mut e, Op::Write, offset, 0, &mut w);
+            assert_eq!(c.result, Err(libc::EINVAL));
+            let mut r = vec![vec![0u8; len]];
+            let c = run(&mut e, Op::Read, offset, 0, &mut r);
+            assert_eq!(c.result, Err(libc::EINVAL));
+        }
+        let mut r = vec![vec![1u8; 4096]];
+        assert_eq!(run(&mut e, Op::Read, 0, 0, &mut r).result, Ok(4096));
+        assert!(r[0].iter().all(|&x| x == 0), "nothing was written");
+        assert_eq!(run(&mut e, Op::Flush, 0, 0, &mut []).result, Ok(0));
+        assert_eq!(e.in_flight(), 0);
+    }
+
+    #[test]
     fn more_iovecs_than_iov_max_are_issued_in_pieces() {
         let Some((_d, mut e)) = engine(1 << 20, false, 4) else {
             return;
