@@ -147,7 +147,7 @@ pub(crate) unsafe fn gather(bufs: &[IoBuf], dst: &mut [u8]) {
         // SAFETY: `b` is readable for `b.len >= n` bytes (the caller's
         // promise); `dst[at..at + n]` is in bounds and does not overlap
         // caller memory (it is engine-owned).
-        unsafe { std::ptr::copy_nonoverlapping(b.addr, dst[at..].as_mut_ptr(), n) };
+        unsafe { copy(b.addr, dst[at..].as_mut_ptr(), n) };
         at += n;
     }
 }
@@ -166,9 +166,38 @@ pub(crate) unsafe fn scatter(src: &[u8], bufs: &[IoBuf]) {
         let n = b.len.min(src.len() - at);
         // SAFETY: `b` is writable for `b.len >= n` bytes (the caller's
         // promise); `src[at..at + n]` is in bounds and engine-owned.
-        unsafe { std::ptr::copy_nonoverlapping(src[at..].as_ptr(), b.addr, n) };
+        unsafe { copy(src[at..].as_ptr(), b.addr, n) };
         at += n;
     }
+}
+
+/// Copies `n` bytes in 128-byte blocks, then the tail.
+///
+/// Not `memcpy`: glibc's `rep movsb` path runs at half speed on some CPUs
+/// (measured here on AMD EPYC) when source and destination are a few bytes
+/// apart modulo 4 KiB — exactly a page-aligned bounce buffer against a
+/// caller buffer a few bytes off alignment.
+///
+/// # Safety
+/// `src` must be valid for reads and `dst` for writes of `n` bytes, and the
+/// two ranges must not overlap.
+unsafe fn copy(src: *const u8, dst: *mut u8, n: usize) {
+    type Block = [u64; 16];
+    const B: usize = std::mem::size_of::<Block>();
+    let blocks = n / B;
+    for i in 0..blocks {
+        // SAFETY: `i * B + B <= n`, within both ranges (the caller's
+        // promise); unaligned accesses are explicit.
+        unsafe {
+            let v = src.add(i * B).cast::<Block>().read_unaligned();
+            dst.add(i * B).cast::<Block>().write_unaligned(v);
+        }
+        // Keeps the compiler from turning the loop back into `memcpy`.
+        std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::Release);
+    }
+    let done = blocks * B;
+    // SAFETY: the remaining `n - done` bytes are within both ranges.
+    unsafe { std::ptr::copy_nonoverlapping(src.add(done), dst.add(done), n - done) };
 }
 
 /// Drops `n` transferred bytes from the front of `bufs[*first..]`,
