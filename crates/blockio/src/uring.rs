@@ -5,9 +5,11 @@
 //! invariant they all rest on: an entry pushed to the submission queue
 //! points at memory that stays valid until its completion is reaped. Caller
 //! memory (the request's buffers) is covered by [`Engine::submit`]'s
-//! contract; the iovec array itself is copied into an in-flight slot owned
-//! by the engine, which is neither moved nor reused until the completion for
-//! that slot arrives (and [`Drop`] waits for outstanding completions).
+//! contract; the iovec array itself, and the bounce buffer of a request
+//! whose memory breaks direct-I/O alignment, are kept in an in-flight slot
+//! owned by the engine, which is neither moved nor reused until the
+//! completion for that slot arrives (and [`Drop`] waits for outstanding
+//! completions).
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
