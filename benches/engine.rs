@@ -93,6 +93,7 @@ fn image(dir: &std::path::Path, direct: bool) -> (tempfile::TempDir, Arc<Backing
     let opts = OpenOptions {
         read_only: false,
         direct,
+        ..OpenOptions::default()
     };
     (
         dir,

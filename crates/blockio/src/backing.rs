@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::Error;
+use crate::{Error, IoBuf};
 
 nix::ioctl_read!(ioctl_blkgetsize64, 0x12, 114, u64);
 nix::ioctl_read_bad!(ioctl_blksszget, 0x1268, libc::c_int);
@@ -29,8 +29,13 @@ pub struct OpenOptions {
     /// Open read-only; writes are then refused by the caller.
     pub read_only: bool,
     /// Bypass the host page cache (`O_DIRECT`). Falls back to buffered I/O,
-    /// with [`Backing::is_direct`] reporting it, where the filesystem refuses.
+    /// with [`Backing::is_direct`] reporting it, where the filesystem refuses
+    /// or where the backing's direct-I/O alignment is larger than
+    /// `logical_block_size`.
     pub direct: bool,
+    /// The logical block size the device advertises (a power of two, at
+    /// least 512): requests are expected to be aligned to it.
+    pub logical_block_size: u32,
 }
 
 impl Default for OpenOptions {
@@ -38,22 +43,35 @@ impl Default for OpenOptions {
         Self {
             read_only: false,
             direct: true,
+            logical_block_size: 512,
         }
     }
+}
+
+/// How a read or write must be carried out on a backing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transfer {
+    /// Hand the caller's memory to the kernel as it is.
+    Direct,
+    /// Offset and length are aligned but the memory is not: copy through an
+    /// aligned bounce buffer.
+    Bounce,
 }
 
 /// An open backing store. Cheap to share behind an `Arc`; holds no lock.
 #[derive(Debug)]
 pub struct Backing {
+    /// The one descriptor every request uses: direct and buffered I/O are
+    /// never mixed on one file.
     file: File,
-    /// A second, buffered descriptor for requests that break direct-I/O
-    /// alignment; the kernel keeps the page cache coherent with direct I/O.
-    buffered: Option<File>,
     path: PathBuf,
     kind: BackingKind,
     read_only: bool,
     direct: bool,
-    alignment: usize,
+    /// Direct I/O: the alignment of offsets and lengths.
+    block_align: usize,
+    /// Direct I/O: the alignment of memory addresses.
+    mem_align: usize,
     size: AtomicU64,
 }
 
@@ -74,6 +92,13 @@ impl Backing {
                 path: path.to_path_buf(),
             });
         };
+        let lbs = opts.logical_block_size;
+        if !lbs.is_power_of_two() || lbs < 512 {
+            return Err(Error::LogicalBlockSize {
+                path: path.to_path_buf(),
+                size: lbs,
+            });
+        }
         let open = |direct: bool| {
             let mut o = std::fs::OpenOptions::new();
             o.read(true).write(!opts.read_only);
@@ -82,7 +107,7 @@ impl Backing {
             }
             o.open(path)
         };
-        let (file, direct) = match open(opts.direct) {
+        let (mut file, mut direct) = match open(opts.direct) {
             Ok(f) => (f, opts.direct),
             Err(e) if opts.direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!(path = %path.display(), "O_DIRECT refused by the filesystem; using buffered I/O");
@@ -90,32 +115,28 @@ impl Backing {
             }
             Err(e) => return Err(open_err(e)),
         };
-        let alignment = match kind {
-            BackingKind::File if direct => probe_direct_alignment(&file),
-            BackingKind::File => 512,
-            BackingKind::BlockDevice => {
-                let mut ssz: libc::c_int = 0;
-                // SAFETY: `file` is an open block device and `ssz` is a valid
-                // c_int the kernel writes the logical sector size into.
-                match unsafe { ioctl_blksszget(file.as_raw_fd(), &mut ssz) } {
-                    Ok(_) if ssz > 0 => usize::try_from(ssz).unwrap_or(512),
-                    _ => 512,
-                }
+        let (mut block_align, mut mem_align) = (1, 1);
+        if direct {
+            (block_align, mem_align) = direct_alignment(&file, kind);
+            if block_align > lbs as usize {
+                tracing::warn!(
+                    path = %path.display(),
+                    direct_io_alignment = block_align,
+                    logical_block_size = lbs,
+                    "direct I/O needs a larger alignment than the advertised logical block size; using buffered I/O for this backing (advertise a logical block size of at least the alignment to keep O_DIRECT)"
+                );
+                file = open(false).map_err(open_err)?;
+                (direct, block_align, mem_align) = (false, 1, 1);
             }
-        };
-        let buffered = if direct {
-            Some(open(false).map_err(open_err)?)
-        } else {
-            None
-        };
+        }
         let backing = Self {
             file,
-            buffered,
             path: path.to_path_buf(),
             kind,
             read_only: opts.read_only,
             direct,
-            alignment,
+            block_align,
+            mem_align,
             size: AtomicU64::new(0),
         };
         backing.refresh_size()?;
@@ -142,25 +163,49 @@ impl Backing {
         self.direct
     }
 
-    /// Byte alignment direct I/O needs for offsets, lengths and addresses
-    /// (1 when buffered, where anything goes).
+    /// Byte alignment direct I/O needs for offsets and lengths (1 when
+    /// buffered, where anything goes). Never larger than the logical block
+    /// size given to [`open`](Self::open).
     pub fn alignment(&self) -> usize {
-        if self.direct { self.alignment } else { 1 }
+        self.block_align
     }
 
-    /// The raw fd, for engines. Valid as long as `self` lives.
+    /// Byte alignment direct I/O needs for memory addresses (1 when buffered).
+    /// Requests whose memory breaks it are copied through a bounce buffer.
+    pub fn mem_alignment(&self) -> usize {
+        self.mem_align
+    }
+
+    /// The fd every request uses. Valid as long as `self` lives.
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
 
-    /// The fd a read or write should use: the direct one when offset, every
-    /// length and every address meet [`alignment`](Self::alignment), else a
-    /// buffered one. Valid as long as `self` lives.
-    pub fn fd_for(&self, offset: u64, bufs: &[crate::IoBuf]) -> RawFd {
-        match &self.buffered {
-            Some(buffered) if !is_aligned(self.alignment, offset, bufs) => buffered.as_raw_fd(),
-            _ => self.file.as_raw_fd(),
+    /// How a read or write of `bufs` at `offset` must be carried out, or
+    /// `EINVAL` when direct I/O is in effect and the offset or the total
+    /// length breaks [`alignment`](Self::alignment): such a request cannot
+    /// be served without mixing buffered and direct I/O on the file.
+    pub(crate) fn transfer(
+        &self,
+        offset: u64,
+        total: usize,
+        bufs: &[IoBuf],
+    ) -> Result<Transfer, i32> {
+        if !self.direct {
+            return Ok(Transfer::Direct);
         }
+        let block = self.block_align;
+        if !offset.is_multiple_of(block as u64) || !total.is_multiple_of(block) {
+            return Err(libc::EINVAL);
+        }
+        let aligned = bufs.iter().all(|b| {
+            (b.addr as usize).is_multiple_of(self.mem_align) && b.len.is_multiple_of(block)
+        });
+        Ok(if aligned {
+            Transfer::Direct
+        } else {
+            Transfer::Bounce
+        })
     }
 
     /// Size in bytes as last read by [`refresh_size`](Self::refresh_size).
@@ -260,13 +305,53 @@ impl Backing {
     }
 }
 
-/// Whether a request meets direct-I/O alignment.
-fn is_aligned(align: usize, offset: u64, bufs: &[crate::IoBuf]) -> bool {
-    let a = align as u64;
-    offset.is_multiple_of(a)
-        && bufs
-            .iter()
-            .all(|b| (b.addr as usize).is_multiple_of(align) && b.len.is_multiple_of(align))
+/// The (offset and length, memory) alignment direct I/O on `file` needs:
+/// from `statx(STATX_DIOALIGN)` where the kernel reports it, else the
+/// logical sector size of a block device, else probed on a file (512 or
+/// 4096, whichever direct read succeeds first; memory aligned the same).
+fn direct_alignment(file: &File, kind: BackingKind) -> (usize, usize) {
+    if let Some(found) = statx_dio_align(file) {
+        return found;
+    }
+    match kind {
+        BackingKind::File => {
+            let a = probe_direct_alignment(file);
+            (a, a)
+        }
+        BackingKind::BlockDevice => {
+            let mut ssz: libc::c_int = 0;
+            // SAFETY: `file` is an open block device and `ssz` is a valid
+            // c_int the kernel writes the logical sector size into.
+            let a = match unsafe { ioctl_blksszget(file.as_raw_fd(), &mut ssz) } {
+                Ok(_) if ssz > 0 => usize::try_from(ssz).unwrap_or(512),
+                _ => 512,
+            };
+            (a, 512.min(a))
+        }
+    }
+}
+
+/// `statx(STATX_DIOALIGN)`: (offset, memory) alignment, when reported.
+fn statx_dio_align(file: &File) -> Option<(usize, usize)> {
+    // SAFETY: an all-zero statx is a valid value of this plain C struct.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the fd is open and owned by the caller, the path is an empty
+    // C string (AT_EMPTY_PATH), and `stx` is valid for the kernel to fill.
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            &mut stx,
+        )
+    };
+    if rc != 0 || stx.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return None;
+    }
+    let off = usize::try_from(stx.stx_dio_offset_align).ok()?;
+    let mem = usize::try_from(stx.stx_dio_mem_align).ok()?;
+    (off.is_power_of_two() && mem.is_power_of_two()).then_some((off, mem))
 }
 
 /// The smallest of 512 and 4096 that direct reads on `file` accept.
@@ -340,8 +425,8 @@ mod tests {
         let b = Backing::open(
             &p,
             OpenOptions {
-                read_only: false,
                 direct: false,
+                ..OpenOptions::default()
             },
         )
         .unwrap();
@@ -354,5 +439,113 @@ mod tests {
         assert!(data[4096..8192].iter().all(|&x| x == 0xab));
         assert!(data[8192..12288].iter().all(|&x| x == 0));
         assert!(data[12288..].iter().all(|&x| x == 0xab));
+    }
+
+    #[test]
+    fn logical_block_size_must_be_a_power_of_two_of_at_least_512() {
+        let (_f, p) = temp_file(4096);
+        for lbs in [0, 256, 1000] {
+            let opts = OpenOptions {
+                logical_block_size: lbs,
+                ..OpenOptions::default()
+            };
+            let err = Backing::open(&p, opts).unwrap_err();
+            assert!(matches!(err, Error::LogicalBlockSize { .. }), "{err}");
+            assert!(err.to_string().contains("power of two"), "{err}");
+        }
+    }
+
+    #[test]
+    fn direct_file_reports_its_alignment_and_never_a_second_fd() {
+        let (_f, p) = temp_file(1 << 20);
+        let b = Backing::open(&p, OpenOptions::default()).unwrap();
+        assert!(b.is_direct(), "O_DIRECT works on the temp dir's filesystem");
+        assert!(b.alignment() <= 512 && b.mem_alignment() >= 1);
+        let mem = vec![0u8; 8192];
+        let start = mem.as_ptr().align_offset(4096);
+        let buf = |off: usize, len: usize| IoBuf {
+            addr: mem[start + off..].as_ptr().cast_mut(),
+            len,
+        };
+        let a = b.alignment();
+        assert_eq!(b.transfer(0, 4096, &[buf(0, 4096)]), Ok(Transfer::Direct));
+        assert_eq!(
+            b.transfer(0, 4096, &[buf(1, 100), buf(1000, 3996)]),
+            Ok(Transfer::Bounce)
+        );
+        assert_eq!(
+            b.transfer(a as u64 / 2 + 1, 4096, &[buf(0, 4096)]),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(b.transfer(0, 4095, &[buf(0, 4095)]), Err(libc::EINVAL));
+        // Buffered: anything goes, through the same single descriptor.
+        let b = Backing::open(
+            &p,
+            OpenOptions {
+                direct: false,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!((b.alignment(), b.mem_alignment()), (1, 1));
+        assert_eq!(b.transfer(7, 13, &[buf(3, 13)]), Ok(Transfer::Direct));
+    }
+
+    /// A loop device with 4096-byte sectors needs 4096-aligned direct I/O.
+    /// Advertising 512-byte blocks over it would let requests arrive that
+    /// direct I/O cannot take, so the backing falls back to buffered I/O;
+    /// advertising 4096 keeps O_DIRECT.
+    #[test]
+    fn alignment_larger_than_the_logical_block_size_falls_back_to_buffered() {
+        let (f, p) = temp_file(1 << 20);
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show", "--sector-size", "4096"])
+            .arg(&p)
+            .output();
+        let dev = match out {
+            Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap().trim().to_owned(),
+            other => {
+                eprintln!("no loop device available ({other:?}): skipping");
+                return;
+            }
+        };
+        let result = std::panic::catch_unwind(|| {
+            let open = |lbs| {
+                Backing::open(
+                    Path::new(&dev),
+                    OpenOptions {
+                        logical_block_size: lbs,
+                        ..OpenOptions::default()
+                    },
+                )
+                .unwrap()
+            };
+            let small = open(512);
+            assert_eq!(small.kind(), BackingKind::BlockDevice);
+            assert!(
+                !small.is_direct(),
+                "4096-byte sectors behind 512-byte blocks"
+            );
+            assert_eq!(small.alignment(), 1);
+            let big = open(4096);
+            assert!(big.is_direct());
+            assert_eq!(big.alignment(), 4096);
+            // A (buggy) caller's 512-aligned request is refused, not rerouted.
+            let mut mem = vec![0u8; 16384];
+            let start = mem.as_ptr().align_offset(4096);
+            let io = [IoBuf {
+                addr: mem[start..].as_mut_ptr(),
+                len: 4096,
+            }];
+            assert_eq!(big.transfer(512, 4096, &io), Err(libc::EINVAL));
+            assert_eq!(big.transfer(4096, 4096, &io), Ok(Transfer::Direct));
+        });
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &dev])
+            .status();
+        drop(f);
+        if let Err(p) = result {
+            std::panic::resume_unwind(p);
+        }
     }
 }

@@ -40,4 +40,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The logical block size asked for is not usable.
+    #[error(
+        "logical block size {size} for backing store {path} is not a power of two of at least 512: pick 512, 4096, ..."
+    )]
+    LogicalBlockSize {
+        /// The backing path.
+        path: PathBuf,
+        /// The size asked for.
+        size: u32,
+    },
 }

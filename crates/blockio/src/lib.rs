@@ -7,13 +7,21 @@
 //!
 //! One engine belongs to one queue worker; the [`Backing`] is shared between
 //! engines behind an `Arc` and holds no lock on the I/O path.
+//!
+//! With `O_DIRECT`, every read and write uses the backing's one direct
+//! descriptor. Requests whose memory breaks the alignment are copied through
+//! aligned bounce buffers pooled per engine; requests whose offset or length
+//! break it fail with `EINVAL` (see [`OpenOptions::logical_block_size`]).
 #![warn(missing_docs)]
 
 mod backing;
+mod bounce;
 mod engine;
 mod error;
 mod kind;
 mod sync;
+#[cfg(test)]
+mod testutil;
 mod uring;
 
 pub use backing::{Backing, BackingKind, OpenOptions};

@@ -7,24 +7,36 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use crate::backing::Transfer;
+use crate::bounce::{self, BouncePool};
 use crate::{Backing, Completion, Engine, IoBuf, Op, Request, SubmitError};
 
 /// Runs requests with `preadv`/`pwritev`/`fdatasync`/`fallocate` on the
 /// calling thread.
+///
+/// With `O_DIRECT`, requests whose memory breaks the alignment are copied
+/// through a pooled, aligned bounce buffer (see [`Backing::mem_alignment`]).
 #[derive(Debug)]
 pub struct SyncEngine {
     backing: Arc<Backing>,
     done: VecDeque<Completion>,
     capacity: usize,
+    /// The request's iovecs, advanced after short transfers; reused so the
+    /// hot path does not allocate.
+    iov: Vec<IoBuf>,
+    pool: BouncePool,
 }
 
 impl SyncEngine {
     /// An engine over `backing` holding at most `capacity` uncollected completions.
     pub fn new(backing: Arc<Backing>, capacity: usize) -> Self {
+        let pool = BouncePool::new(backing.mem_alignment());
         Self {
             backing,
             done: VecDeque::with_capacity(capacity),
             capacity: capacity.max(1),
+            iov: Vec::new(),
+            pool,
         }
     }
 
@@ -34,8 +46,13 @@ impl SyncEngine {
             Op::Read | Op::Write => {
                 let total: usize = req.bufs.iter().map(|b| b.len).sum();
                 let total32 = u32::try_from(total).map_err(|_| libc::EINVAL)?;
-                let fd = self.backing.fd_for(req.offset, req.bufs);
-                rw_vectored(fd, req.op, req.offset, req.bufs, total)?;
+                let fd = self.backing.fd();
+                self.iov.clear();
+                self.iov.extend_from_slice(req.bufs);
+                match self.backing.transfer(req.offset, total, req.bufs)? {
+                    Transfer::Direct => rw_vectored(fd, req.op, req.offset, &mut self.iov, total)?,
+                    Transfer::Bounce => self.bounced(req.op, req.offset, total)?,
+                }
                 Ok(total32)
             }
             Op::Flush => self.backing.flush().map(|()| 0).map_err(errno),
@@ -50,6 +67,44 @@ impl SyncEngine {
                 .map(|()| 0)
                 .map_err(errno),
         }
+    }
+}
+
+impl SyncEngine {
+    /// Moves `total` bytes between `self.iov` and the backing through
+    /// aligned bounce buffers, one chunk at a time.
+    #[cold]
+    fn bounced(&mut self, op: Op, offset: u64, total: usize) -> Result<(), i32> {
+        let fd = self.backing.fd();
+        let mut buf = self.pool.get(total).ok_or(libc::ENOMEM)?;
+        let mut first = 0;
+        let mut done = 0;
+        let mut result = Ok(());
+        while done < total {
+            let n = (total - done).min(buf.len());
+            let mut chunk = [IoBuf {
+                addr: buf.as_mut_ptr(),
+                len: n,
+            }];
+            let at = offset + done as u64;
+            if op == Op::Write {
+                // SAFETY: the submitter keeps `iov`'s memory valid for the
+                // whole request (see `Engine::submit`).
+                unsafe { bounce::gather(&self.iov[first..], buf.slice_mut(n)) };
+            }
+            result = rw_vectored(fd, op, at, &mut chunk, n);
+            if result.is_err() {
+                break;
+            }
+            if op == Op::Read {
+                // SAFETY: as above, and for reads nobody else touches it.
+                unsafe { bounce::scatter(buf.slice(n), &self.iov[first..]) };
+            }
+            bounce::advance(&mut self.iov, &mut first, n);
+            done += n;
+        }
+        self.pool.put(buf);
+        result
     }
 }
 
@@ -84,17 +139,19 @@ impl Engine for SyncEngine {
     }
 }
 
-/// `preadv`/`pwritev` until all `total` bytes moved, resuming after short transfers.
-fn rw_vectored(fd: RawFd, op: Op, offset: u64, bufs: &[IoBuf], total: usize) -> Result<(), i32> {
-    let mut iov: Vec<libc::iovec> = bufs.iter().map(IoBuf::as_iovec).collect();
+/// `preadv`/`pwritev` until all `total` bytes moved, resuming after short
+/// transfers (`iov` is advanced in place).
+fn rw_vectored(fd: RawFd, op: Op, offset: u64, iov: &mut [IoBuf], total: usize) -> Result<(), i32> {
     let mut done = 0usize;
     let mut first = 0usize;
     while done < total {
         let off = libc::off_t::try_from(offset + done as u64).map_err(|_| libc::EINVAL)?;
         let cnt = libc::c_int::try_from((iov.len() - first).min(1024)).map_err(|_| libc::EINVAL)?;
-        let ptr = iov[first..].as_ptr();
+        // IoBuf has the layout of `struct iovec` (asserted in engine.rs).
+        let ptr = iov[first..].as_ptr().cast::<libc::iovec>();
         // SAFETY: `iov[first..]` describes memory the submitter keeps valid
-        // for the whole request (see `Engine::submit`); `cnt` is within it.
+        // for the whole request (see `Engine::submit`), or an engine-owned
+        // bounce buffer; `cnt` is within it.
         let n = unsafe {
             match op {
                 Op::Read => libc::preadv(fd, ptr, cnt, off),
@@ -111,23 +168,12 @@ fn rw_vectored(fd: RawFd, op: Op, offset: u64, bufs: &[IoBuf], total: usize) -> 
             return Err(e);
         }
         // A zero transfer means the store shrank under us: fail rather than spin.
-        let mut n = usize::try_from(n).map_err(|_| libc::EIO)?;
+        let n = usize::try_from(n).map_err(|_| libc::EIO)?;
         if n == 0 {
             return Err(libc::EIO);
         }
         done += n;
-        while n > 0 && first < iov.len() {
-            let v = &mut iov[first];
-            if n >= v.iov_len {
-                n -= v.iov_len;
-                first += 1;
-            } else {
-                // SAFETY: advancing within the same iovec, by less than its length.
-                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
-                v.iov_len -= n;
-                n = 0;
-            }
-        }
+        bounce::advance(iov, &mut first, n);
     }
     Ok(())
 }
@@ -145,8 +191,8 @@ mod tests {
         let b = Backing::open(
             &p,
             OpenOptions {
-                read_only: false,
                 direct,
+                ..OpenOptions::default()
             },
         )
         .unwrap();
@@ -175,30 +221,83 @@ mod tests {
 
     #[test]
     fn write_then_read_scattered_buffers() {
+        // Odd segment lengths (so bounced under O_DIRECT), aligned total.
         for direct in [false, true] {
             let (_d, mut e) = engine(1 << 20, direct);
-            let mut w = vec![vec![1u8; 4096], vec![2u8; 8192], vec![3u8; 100]];
+            assert_eq!(e.backing.is_direct(), direct);
+            let mut w = vec![
+                vec![1u8; 4096],
+                vec![2u8; 8192],
+                vec![3u8; 100],
+                vec![4u8; 412],
+            ];
             let c = run(&mut e, Op::Write, 4096, &mut w);
             assert_eq!(
                 c,
                 Completion {
                     user_data: 7,
-                    result: Ok(12388)
+                    result: Ok(12800)
                 }
             );
-            let mut r = vec![vec![0u8; 100], vec![0u8; 12288]];
+            let mut r = vec![vec![0u8; 100], vec![0u8; 12700]];
             let c = run(&mut e, Op::Read, 4096, &mut r);
-            assert_eq!(c.result, Ok(12388));
+            assert_eq!(c.result, Ok(12800));
             assert!(r[0].iter().all(|&x| x == 1));
             assert!(r[1][..3996].iter().all(|&x| x == 1));
             assert!(r[1][3996..12188].iter().all(|&x| x == 2));
-            assert!(r[1][12188..].iter().all(|&x| x == 3));
+            assert!(r[1][12188..12288].iter().all(|&x| x == 3));
+            assert!(r[1][12288..].iter().all(|&x| x == 4));
         }
     }
 
     #[test]
-    fn unaligned_offset_with_direct_io_goes_through_the_page_cache() {
+    fn bounced_requests_larger_than_a_chunk_move_every_byte() {
+        let (_d, mut e) = engine(4 << 20, true);
+        let total = 3 * bounce::MAX_CHUNK + 4096;
+        // One odd-length segment first, so the whole request is bounced.
+        let mut w = vec![vec![0u8; 1], vec![0u8; total - 1]];
+        let pattern = |i: usize| (i % 251) as u8 ^ (i / 4096) as u8;
+        w[0][0] = pattern(0);
+        for (i, b) in w[1].iter_mut().enumerate() {
+            *b = pattern(i + 1);
+        }
+        assert_eq!(
+            run(&mut e, Op::Write, 8192, &mut w).result,
+            Ok(total as u32)
+        );
+        let mut r = vec![vec![0u8; 777], vec![0u8; total - 777]];
+        assert_eq!(run(&mut e, Op::Read, 8192, &mut r).result, Ok(total as u32));
+        let got: Vec<u8> = r.concat();
+        assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(i)));
+        assert_eq!(run(&mut e, Op::Flush, 0, &mut []).result, Ok(0));
+    }
+
+    #[test]
+    fn misaligned_offset_or_length_with_direct_io_fails_with_einval() {
         let (_d, mut e) = engine(1 << 20, true);
+        assert_eq!(e.backing.alignment(), 512);
+        for (offset, len) in [(512 + 7, 512), (512, 513), (100, 100)] {
+            let mut w = vec![vec![9u8; len]];
+            assert_eq!(
+                run(&mut e, Op::Write, offset, &mut w).result,
+                Err(libc::EINVAL)
+            );
+            let mut r = vec![vec![0u8; len]];
+            assert_eq!(
+                run(&mut e, Op::Read, offset, &mut r).result,
+                Err(libc::EINVAL)
+            );
+        }
+        // Nothing was written, and the file is healthy.
+        let mut r = vec![vec![1u8; 4096]];
+        assert_eq!(run(&mut e, Op::Read, 0, &mut r).result, Ok(4096));
+        assert!(r[0].iter().all(|&x| x == 0));
+        assert_eq!(run(&mut e, Op::Flush, 0, &mut []).result, Ok(0));
+    }
+
+    #[test]
+    fn buffered_io_takes_any_offset_and_length() {
+        let (_d, mut e) = engine(1 << 20, false);
         let mut w = vec![vec![9u8; 513]];
         assert_eq!(run(&mut e, Op::Write, 512 + 7, &mut w).result, Ok(513));
         let mut r = vec![vec![0u8; 513]];
@@ -232,5 +331,15 @@ mod tests {
         while e.pop_completion().is_some() {}
         // SAFETY: as above.
         assert_eq!(unsafe { e.submit(&req, 9) }, Ok(()));
+    }
+
+    #[test]
+    fn unaligned_memory_mixed_with_aligned_on_shared_pages_from_two_queues() {
+        let d = tempfile::tempdir().unwrap();
+        crate::testutil::mixed_alignment_on_shared_pages(
+            d.path(),
+            |b| Box::new(SyncEngine::new(b, 8)),
+            8,
+        );
     }
 }

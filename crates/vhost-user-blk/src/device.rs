@@ -36,6 +36,7 @@ impl Device {
             OpenOptions {
                 read_only: cfg.read_only,
                 direct: cfg.direct_io,
+                logical_block_size: cfg.logical_block_size,
             },
         )?;
         if cfg.direct_io && !backing.is_direct() {
