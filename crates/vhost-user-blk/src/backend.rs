@@ -17,7 +17,8 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{
-    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
+    GuestMemoryMmap, GuestMemoryRegion,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -59,8 +60,12 @@ struct QueueWorker {
     vring: Option<Vring>,
     /// Used entries added since the last notification decision.
     pending_signal: bool,
-    /// How long to spin for more work after a batch (zero: never).
+    /// The longest spin for more work after a batch (zero: never).
     poll: Duration,
+    /// The next spin: halved after each spin that found nothing (down to
+    /// 1/64 of `poll`), back to `poll` after one that found work, so a
+    /// queue whose guest has gone quiet stops burning CPU.
+    poll_window: Duration,
 }
 
 // SAFETY: the raw pointers in `iobufs` are scratch space, only meaningful
@@ -108,6 +113,7 @@ impl QueueWorker {
             vring: None,
             pending_signal: false,
             poll,
+            poll_window: poll,
         }
     }
 
@@ -161,11 +167,14 @@ impl QueueWorker {
     /// poll time is up (false). Completions that arrive meanwhile are
     /// returned to the guest at once.
     fn poll_for_work(&mut self, dev: &Device, st: &mut VState, mem: &Arc<Mem>) -> bool {
-        let deadline = Instant::now() + self.poll;
+        let deadline = Instant::now() + self.poll_window;
         loop {
             let q = st.get_queue();
             match q.avail_idx(&**mem, Ordering::Acquire) {
-                Ok(idx) if idx != Wrapping(q.next_avail()) => return true,
+                Ok(idx) if idx != Wrapping(q.next_avail()) => {
+                    self.poll_window = self.poll;
+                    return true;
+                }
                 Ok(_) => {}
                 Err(_) => return false,
             }
@@ -173,6 +182,7 @@ impl QueueWorker {
                 self.signal(st, mem);
             }
             if Instant::now() >= deadline {
+                self.poll_window = (self.poll_window / 2).max(self.poll / 64);
                 return false;
             }
             std::hint::spin_loop();
@@ -518,6 +528,18 @@ fn map_segments(mem: &Mem, segs: &[Segment], out: &mut Vec<IoBuf>) -> bool {
         let Ok(len) = usize::try_from(seg.len) else {
             return false;
         };
+        // Fast path: the whole segment lies in one region (nearly always).
+        if let Some(region) = mem.find_region(seg.addr)
+            && let Some(start) = region.to_region_addr(seg.addr)
+            && start
+                .raw_value()
+                .checked_add(u64::from(seg.len))
+                .is_some_and(|end| end <= region.len())
+            && let Ok(addr) = region.get_host_address(start)
+        {
+            out.push(IoBuf { addr, len });
+            continue;
+        }
         let mut covered = 0usize;
         for slice in GuestMemoryBackend::get_slices(mem, seg.addr, len) {
             let Ok(slice) = slice else { return false };
@@ -905,8 +927,6 @@ mod tests {
         }
     }
 
-    use vm_memory::Address;
-
     fn st(n: u64) -> u64 {
         STATUS_BASE + n * 0x100
     }
@@ -971,8 +991,15 @@ mod tests {
             .write_slice(&seg, GuestAddress(0x1900))
             .unwrap();
         let s8 = r.chain(&[(0x1800, 16, false), (0x1900, 16, false), (st(8), 1, true)]);
-        // 9: a good read of what chain 0 wrote.
-        r.header(0x1a00, 0, 4);
+        // 9: a good read of data already in the file (requests of one batch
+        // may complete in any order, so not of what chain 0 writes).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&r.file)
+            .unwrap()
+            .write_all_at(&[0xa5u8; 1024], 16 * 512)
+            .unwrap();
+        r.header(0x1a00, 0, 16);
         let s9 = r.chain(&[
             (0x1a00, 16, false),
             (data2 + 0x4000, 1024, true),
@@ -1010,13 +1037,13 @@ mod tests {
         r.gm.memory()
             .read_slice(&mut back, GuestAddress(data2 + 0x4000))
             .unwrap();
-        assert!(back.iter().all(|&b| b == 0xc3));
+        assert!(back.iter().all(|&b| b == 0xa5));
         let mut file = [0u8; 1024];
         std::fs::File::open(&r.file)
             .unwrap()
             .read_exact_at(&mut file, 4 * 512)
             .unwrap();
-        assert_eq!(file, back);
+        assert!(file.iter().all(|&b| b == 0xc3), "chain 0's write landed");
     }
 
     #[test]
