@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo bench --bench compare -- [--quick] [--secs S] [--warmup S] [--repeat N] [--size-mib N]
-//!     [--backends qsd,qsd-direct,fio,ours,ours-uring,ours-sync] [--workloads NAME,...]
+//!     [--backends qsd,qsd-direct,fio,ours,ours-uring,ours-sync,ours-poll] [--workloads NAME,...]
 //!     [--no-rss] [--out DIR]
 //! ```
 //! Without `--bench` (as under `cargo test --all-targets`) it runs a smoke
@@ -31,6 +31,12 @@ struct Cell {
     mib_s: Option<f64>,
     /// IOPS of each round; `iops` is their median.
     samples: Vec<f64>,
+    /// The daemon's CPU time (user + system, every thread) per million
+    /// requests in the measured window: median of the rounds (None for fio,
+    /// which is not a daemon).
+    cpu_s_per_mio: Option<f64>,
+    /// CPU-seconds per million requests of each round.
+    cpu_samples: Vec<f64>,
     note: Option<String>,
 }
 
@@ -57,7 +63,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: cargo bench --bench compare -- [--quick] [--secs S] [--warmup S] [--repeat N] \
-[--size-mib N] [--backends qsd,qsd-direct,fio,ours,ours-uring,ours-sync] [--workloads NAME,...] [--no-rss] [--out DIR]";
+[--size-mib N] [--backends qsd,qsd-direct,fio,ours,ours-uring,ours-sync,ours-poll] [--workloads NAME,...] [--no-rss] [--out DIR]";
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -83,6 +89,7 @@ fn parse_args() -> Result<Args> {
             "ours",
             "ours-uring",
             "ours-sync",
+            "ours-poll",
         ]
         .map(String::from)
         .to_vec(),
@@ -133,7 +140,7 @@ fn parse_args() -> Result<Args> {
                 for b in &a.backends {
                     if b != "fio" && Backend::parse(b).is_none() {
                         bail!(
-                            "unknown backend {b:?}: use qsd, qsd-direct, fio, ours, ours-uring, ours-sync"
+                            "unknown backend {b:?}: use qsd, qsd-direct, fio, ours, ours-uring, ours-sync, ours-poll"
                         );
                     }
                 }
@@ -162,8 +169,15 @@ fn parse_args() -> Result<Args> {
     Ok(a)
 }
 
-/// Runs one workload against one daemon backend.
-fn run_daemon(b: Backend, image: &Path, dir: &Path, w: &Workload, a: &Args) -> Result<f64> {
+/// Runs one workload against one daemon backend. Returns its IOPS and the
+/// daemon's CPU-seconds per million requests over the measured window.
+fn run_daemon(
+    b: Backend,
+    image: &Path,
+    dir: &Path,
+    w: &Workload,
+    a: &Args,
+) -> Result<(f64, Option<f64>)> {
     let socket = dir.join(format!("{}.sock", b.name()));
     let argv = b.argv(image, &socket, w.queues);
     let daemon = Daemon::spawn(&argv, &socket, Duration::from_secs(10))?;
@@ -180,10 +194,30 @@ fn run_daemon(b: Backend, image: &Path, dir: &Path, w: &Workload, a: &Args) -> R
         warmup: a.warmup,
         measure: a.measure,
     };
-    let t = client.run(w, stop, 0x5eed)?;
+    // Sample the daemon's CPU time at the start and end of the measured
+    // window while the client runs (the client's own window starts within
+    // a millisecond of this one).
+    let pid = daemon.pid();
+    let (t, cpu) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| -> Result<Duration> {
+            std::thread::sleep(a.warmup);
+            let before = common::cpu_time(pid)?;
+            std::thread::sleep(a.measure);
+            Ok(common::cpu_time(pid)?.saturating_sub(before))
+        });
+        let t = client.run(w, stop, 0x5eed);
+        (t, sampler.join())
+    });
+    let t = t?;
+    let per_mio = match cpu {
+        Ok(Ok(cpu)) if t.ops > 0 => {
+            Some(cpu.as_secs_f64() / (t.iops() * a.measure.as_secs_f64()) * 1e6)
+        }
+        _ => None,
+    };
     drop(client);
     drop(daemon);
-    Ok(t.iops())
+    Ok((t.iops(), per_mio))
 }
 
 /// Memory of a daemon serving 4 queues of 256 after a short 4-queue load.
@@ -346,8 +380,8 @@ fn machine() -> serde_json::Value {
 /// A grouped bar chart, one group per workload, bars scaled to the
 /// workload's best backend (absolute IOPS printed on each bar).
 fn svg(workloads: &[Workload], backends: &[String], cells: &[Cell]) -> String {
-    const COLORS: [&str; 6] = [
-        "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1",
+    const COLORS: [&str; 7] = [
+        "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1", "#edc948",
     ];
     let bar_w = 26.0;
     let gap = 30.0;
@@ -445,6 +479,7 @@ fn main() -> Result<()> {
     // machines are shared) hits all of them; each cell reports the median.
     let mut samples: Vec<Vec<Vec<f64>>> =
         vec![vec![Vec::new(); a.backends.len()]; a.workloads.len()];
+    let mut cpu_samples = samples.clone();
     let mut errors: Vec<Vec<Option<String>>> =
         vec![vec![None; a.backends.len()]; a.workloads.len()];
     // A daemon that cannot start is skipped for the rest of the run.
@@ -456,7 +491,7 @@ fn main() -> Result<()> {
                 let result = if known_broken {
                     Err(anyhow::anyhow!("daemon unavailable (see the notes)"))
                 } else if b == "fio" {
-                    common::fio(&image.path, w, a.warmup, a.measure)
+                    common::fio(&image.path, w, a.warmup, a.measure).map(|v| (v, None))
                 } else {
                     let backend = Backend::parse(b).context("backend checked in parse_args")?;
                     let r = run_daemon(backend, &image.path, dir.path(), w, &a);
@@ -466,7 +501,10 @@ fn main() -> Result<()> {
                     r
                 };
                 match &result {
-                    Ok(iops) => samples[wi][bi].push(*iops),
+                    Ok((iops, cpu)) => {
+                        samples[wi][bi].push(*iops);
+                        cpu_samples[wi][bi].extend(*cpu);
+                    }
                     Err(e) => errors[wi][bi] = Some(format!("skipped: {e:#}")),
                 }
                 eprintln!(
@@ -474,7 +512,7 @@ fn main() -> Result<()> {
                     a.repeat,
                     w.name,
                     b,
-                    fmt_iops(result.as_ref().ok().copied()),
+                    fmt_iops(result.as_ref().ok().map(|r| r.0)),
                     result
                         .as_ref()
                         .err()
@@ -490,12 +528,17 @@ fn main() -> Result<()> {
             let mut v = samples[wi][bi].clone();
             v.sort_by(f64::total_cmp);
             let median = (!v.is_empty()).then(|| v[v.len() / 2]);
+            let mut c = cpu_samples[wi][bi].clone();
+            c.sort_by(f64::total_cmp);
+            let cpu_median = (!c.is_empty()).then(|| c[c.len() / 2]);
             cells.push(Cell {
                 backend: b.clone(),
                 workload: w.name.to_owned(),
                 iops: median,
                 mib_s: median.map(|iops| iops * w.bs as f64 / f64::from(1u32 << 20)),
                 samples: samples[wi][bi].clone(),
+                cpu_s_per_mio: cpu_median,
+                cpu_samples: cpu_samples[wi][bi].clone(),
                 note: if median.is_none() {
                     errors[wi][bi].clone()
                 } else {
@@ -566,6 +609,28 @@ fn main() -> Result<()> {
             fmt_ratio(ratio(ours, get(w.name, "qsd-direct"))),
             fmt_ratio(ratio(ours, get(w.name, "fio")))
         );
+    }
+    md += "\nDaemon CPU-seconds (user + system, all threads) per million requests, \
+from /proc/PID/stat over the measured window:\n\n| workload |";
+    let daemons: Vec<&String> = a.backends.iter().filter(|b| *b != "fio").collect();
+    for b in &daemons {
+        md += &format!(" {b} |");
+    }
+    md += "\n|---|";
+    for _ in &daemons {
+        md += "---:|";
+    }
+    md += "\n";
+    for w in &a.workloads {
+        md += &format!("| {} |", w.name);
+        for b in &daemons {
+            let c = cells
+                .iter()
+                .find(|c| c.workload == w.name && &c.backend == *b)
+                .and_then(|c| c.cpu_s_per_mio);
+            md += &c.map_or_else(|| " — |".to_owned(), |v| format!(" {v:.2} |"));
+        }
+        md += "\n";
     }
     let scaling: Vec<String> = a
         .backends

@@ -3,7 +3,7 @@
 //!
 //! The backend comes from `EXTSTORAGE_BENCH_BACKEND`: `qsd` (default,
 //! qemu-storage-daemon's documented export), `qsd-direct`, `ours` (our daemon,
-//! `--engine auto`), `ours-uring` or `ours-sync`. Each iteration is one completed request,
+//! `--engine auto`), `ours-uring`, `ours-sync` or `ours-poll` (`--poll-us 50`). Each iteration is one completed request,
 //! so criterion's throughput is IOPS.
 
 mod common;
@@ -28,7 +28,7 @@ fn vhost(c: &mut Criterion) {
     let name = std::env::var("EXTSTORAGE_BENCH_BACKEND").unwrap_or_else(|_| "qsd".to_owned());
     let Some(backend) = Backend::parse(&name) else {
         eprintln!(
-            "EXTSTORAGE_BENCH_BACKEND={name:?} is unknown: use qsd, qsd-direct, ours, ours-uring or ours-sync"
+            "EXTSTORAGE_BENCH_BACKEND={name:?} is unknown: use qsd, qsd-direct, ours, ours-uring, ours-sync or ours-poll"
         );
         std::process::exit(2);
     };

@@ -492,6 +492,12 @@ impl Daemon {
         }
     }
 
+    /// CPU time the daemon has used so far (user + system, all threads),
+    /// from /proc/PID/stat.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        cpu_time(self.pid())
+    }
+
     /// VmRSS and VmHWM of the daemon in KiB, from /proc/PID/status.
     pub fn rss_kib(&self) -> Result<(u64, u64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
@@ -547,16 +553,23 @@ pub enum Backend {
     OursUring,
     /// Our daemon forced to the synchronous engine.
     OursSync,
+    /// Our daemon (`--engine auto`) with adaptive polling (`--poll-us`
+    /// [`POLL_US`]): burns CPU, reported separately.
+    OursPoll,
 }
+
+/// The `--poll-us` of the `ours-poll` backend.
+pub const POLL_US: u32 = 50;
 
 impl Backend {
     /// Every daemon backend, in table order.
-    pub const ALL: [Backend; 5] = [
+    pub const ALL: [Backend; 6] = [
         Self::Qsd,
         Self::QsdDirect,
         Self::Ours,
         Self::OursUring,
         Self::OursSync,
+        Self::OursPoll,
     ];
 
     /// The name used on the command line and in tables.
@@ -567,6 +580,7 @@ impl Backend {
             Self::Ours => "ours",
             Self::OursUring => "ours-uring",
             Self::OursSync => "ours-sync",
+            Self::OursPoll => "ours-poll",
         }
     }
 
@@ -596,25 +610,31 @@ impl Backend {
                     ),
                 ]
             }
-            Self::Ours | Self::OursUring | Self::OursSync => vec![
-                our_daemon().display().to_string(),
-                "serve".into(),
-                "--path".into(),
-                img,
-                "--socket".into(),
-                sock,
-                "--num-queues".into(),
-                queues.to_string(),
-                "--queue-size".into(),
-                "256".into(),
-                "--engine".into(),
-                match self {
-                    Self::OursUring => "uring",
-                    Self::OursSync => "sync",
-                    _ => "auto",
+            Self::Ours | Self::OursUring | Self::OursSync | Self::OursPoll => {
+                let mut v = vec![
+                    our_daemon().display().to_string(),
+                    "serve".into(),
+                    "--path".into(),
+                    img,
+                    "--socket".into(),
+                    sock,
+                    "--num-queues".into(),
+                    queues.to_string(),
+                    "--queue-size".into(),
+                    "256".into(),
+                    "--engine".into(),
+                    match self {
+                        Self::OursUring => "uring",
+                        Self::OursSync => "sync",
+                        _ => "auto",
+                    }
+                    .into(),
+                ];
+                if self == Self::OursPoll {
+                    v.extend(["--poll-us".into(), POLL_US.to_string()]);
                 }
-                .into(),
-            ],
+                v
+            }
         }
     }
 }
@@ -678,4 +698,27 @@ pub fn fio(image: &Path, w: &Workload, warmup: Duration, measure: Duration) -> R
     side["iops"]
         .as_f64()
         .ok_or_else(|| anyhow!("fio's JSON has no jobs[0].{:?}.iops", w.dir))
+}
+
+/// CPU time process `pid` has used (utime + stime of /proc/PID/stat).
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may contain spaces; fields resume after its ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("malformed /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    let ticks = |i: usize| -> Result<u64> {
+        Ok(fields
+            .get(i - 3)
+            .ok_or_else(|| anyhow!("short /proc/{pid}/stat"))?
+            .parse()?)
+    };
+    let total = ticks(14)? + ticks(15)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100);
+    Ok(Duration::from_secs_f64(total as f64 / hz as f64))
 }

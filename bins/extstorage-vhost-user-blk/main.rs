@@ -94,9 +94,15 @@ struct ServeArgs {
     /// Unix socket accepting "resize" requests.
     #[arg(long)]
     control_socket: Option<PathBuf>,
-    /// I/O engine.
+    /// I/O engine: auto (io_uring unless the backing cannot do non-blocking
+    /// I/O, e.g. tmpfs), sync or uring.
     #[arg(long, value_enum, default_value = "auto")]
     engine: EngineArg,
+    /// Adaptive polling: after a batch, spin up to this many microseconds
+    /// for more requests before sleeping (0 = off). Lowers latency, costs
+    /// CPU: a queue worker spins for this long after every batch.
+    #[arg(long, default_value_t = 0)]
+    poll_us: u32,
 }
 
 fn main() -> std::process::ExitCode {
@@ -148,6 +154,7 @@ fn serve(args: ServeArgs) -> Result<()> {
             EngineArg::Sync => EngineKind::Sync,
             EngineArg::Uring => EngineKind::Uring,
         },
+        poll_us: args.poll_us,
     };
     let dev = Device::open(cfg)?;
     let server = match (&args.socket, args.listen_fd) {

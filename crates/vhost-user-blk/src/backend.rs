@@ -2,9 +2,11 @@
 //! owning its engine and in-flight table.
 
 use std::collections::BTreeSet;
+use std::num::Wrapping;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use extstorage_blockio::{Completion, Engine, IoBuf, Op, Request as IoRequest, SubmitError};
 use extstorage_virtio_blk::{
@@ -15,8 +17,8 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
 use vm_memory::{
-    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
-    GuestMemoryLoadGuard, GuestMemoryMmap,
+    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
+    GuestMemoryMmap, GuestMemoryRegion,
 };
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -42,6 +44,10 @@ struct InFlight {
     mem: Arc<Mem>,
 }
 
+/// The vring state as the worker holds it: the write lock is taken once per
+/// event, not once per request.
+type VState = vhost_user_backend::VringState<Gm>;
+
 /// One queue's private state, touched only by its worker thread (and by
 /// `stop_vring` while the worker is idle).
 struct QueueWorker {
@@ -54,6 +60,12 @@ struct QueueWorker {
     vring: Option<Vring>,
     /// Used entries added since the last notification decision.
     pending_signal: bool,
+    /// The longest spin for more work after a batch (zero: never).
+    poll: Duration,
+    /// The next spin: halved after each spin that found nothing (down to
+    /// 1/64 of `poll`), back to `poll` after one that found work, so a
+    /// queue whose guest has gone quiet stops burning CPU.
+    poll_window: Duration,
 }
 
 // SAFETY: the raw pointers in `iobufs` are scratch space, only meaningful
@@ -90,31 +102,45 @@ fn ioerr(queue: usize, reason: &'static str) -> Action {
 }
 
 impl QueueWorker {
-    fn new(index: usize, engine: Box<dyn Engine>, queue_size: usize) -> Self {
+    fn new(index: usize, engine: Box<dyn Engine>, queue_size: usize, poll: Duration) -> Self {
         Self {
             index,
             engine,
             slots: Vec::with_capacity(queue_size),
-            free: Vec::new(),
+            free: Vec::with_capacity(queue_size),
             segs: Vec::with_capacity(queue_size),
             iobufs: Vec::with_capacity(queue_size),
             vring: None,
             pending_signal: false,
+            poll,
+            poll_window: poll,
         }
     }
 
-    /// The EVENT_IDX drain loop: with notifications off, process everything
-    /// available; turn them back on; go again if more arrived meanwhile.
-    fn process_queue(&mut self, dev: &Device, mem: &Gm, vring: &Vring, event_idx: bool) {
+    /// Handles a kick. The EVENT_IDX drain loop: with notifications off,
+    /// process everything available; optionally spin for more (poll mode);
+    /// turn notifications back on; go again if more arrived meanwhile.
+    /// The guest memory is loaded and the vring locked once for all of it,
+    /// and the guest is signalled at most once per batch.
+    fn process_queue(&mut self, dev: &Device, gm: &Gm, vring: &Vring, event_idx: bool) {
+        let mem: Arc<Mem> = gm.memory().into_inner();
+        let mut st = vring.get_mut();
         loop {
-            if event_idx && let Err(e) = vring.disable_notification() {
+            if event_idx && let Err(e) = st.get_queue_mut().disable_notification(&*mem) {
                 tracing::warn!(queue = self.index, error = %e, "cannot disable notifications");
             }
-            self.process_available(dev, mem, vring);
+            self.process_available(dev, &mut st, &mem);
+            if !self.poll.is_zero() {
+                // Let the guest see this batch before spinning for the next.
+                self.signal(&mut st, &mem);
+                if self.poll_for_work(dev, &mut st, &mem) {
+                    continue;
+                }
+            }
             if !event_idx {
                 break;
             }
-            match vring.enable_notification() {
+            match st.get_queue_mut().enable_notification(&*mem) {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
@@ -123,65 +149,91 @@ impl QueueWorker {
                 }
             }
         }
-        self.signal(vring);
+        self.signal(&mut st, &mem);
     }
 
-    fn process_available(&mut self, dev: &Device, mem: &Gm, vring: &Vring) {
-        let guard: GuestMemoryLoadGuard<Mem> = mem.memory();
-        let mem_arc: Arc<Mem> = guard.clone().into_inner();
+    /// Handles the engine's completion eventfd.
+    fn process_completions(&mut self, dev: &Device, gm: &Gm, vring: &Vring) {
+        if let Some(fd) = self.engine.completion_fd() {
+            drain_eventfd(fd);
+        }
+        let mem: Arc<Mem> = gm.memory().into_inner();
+        let mut st = vring.get_mut();
+        self.reap(dev, &mut st);
+        self.signal(&mut st, &mem);
+    }
+
+    /// Poll mode: spins until new requests are available (true), or the
+    /// poll time is up (false). Completions that arrive meanwhile are
+    /// returned to the guest at once.
+    fn poll_for_work(&mut self, dev: &Device, st: &mut VState, mem: &Arc<Mem>) -> bool {
+        let deadline = Instant::now() + self.poll_window;
         loop {
-            let chain = vring
-                .get_mut()
-                .get_queue_mut()
-                .pop_descriptor_chain(guard.clone());
-            let Some(chain) = chain else { break };
+            let q = st.get_queue();
+            match q.avail_idx(&**mem, Ordering::Acquire) {
+                Ok(idx) if idx != Wrapping(q.next_avail()) => {
+                    self.poll_window = self.poll;
+                    return true;
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+            if self.engine.in_flight() > 0 && self.reap(dev, st) > 0 {
+                self.signal(st, mem);
+            }
+            if Instant::now() >= deadline {
+                self.poll_window = (self.poll_window / 2).max(self.poll / 64);
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn process_available(&mut self, dev: &Device, st: &mut VState, mem: &Arc<Mem>) {
+        while let Some(chain) = st.get_queue_mut().pop_descriptor_chain(&**mem) {
             let head = chain.head_index();
             match Request::parse(&chain, &mut self.segs) {
-                Ok(req) => {
-                    let action = self.decide(dev, &mem_arc, &req);
-                    match action {
-                        Action::Reply(status, used) => {
-                            self.reply(vring, &mem_arc, head, req.status_addr, status, used)
-                        }
-                        Action::Submit {
-                            op,
-                            offset,
-                            len,
-                            used_len,
-                        } => self.submit(dev, vring, &mem_arc, &req, op, offset, len, used_len),
+                Ok(req) => match self.decide(dev, mem, &req) {
+                    Action::Reply(status, used) => {
+                        self.reply(st, mem, head, req.status_addr, status, used)
                     }
-                }
-                Err(e) => self.reject(vring, &mem_arc, head, e),
+                    Action::Submit {
+                        op,
+                        offset,
+                        len,
+                        used_len,
+                    } => self.submit(dev, st, mem, &req, op, offset, len, used_len),
+                },
+                Err(e) => self.reject(st, mem, head, e),
             }
         }
         if let Err(e) = self.engine.commit() {
             tracing::error!(queue = self.index, error = %e, "engine commit failed");
         }
-        self.reap(dev, vring);
+        self.reap(dev, st);
     }
 
     #[cold]
     fn reject(
         &mut self,
-        vring: &Vring,
+        st: &mut VState,
         mem: &Mem,
         head: u16,
         e: extstorage_virtio_blk::ParseError,
     ) {
         tracing::debug!(queue = self.index, head, error = %e, "malformed request");
         match e.status_addr() {
-            Some(status) => self.reply(vring, mem, head, status, Status::IoErr, 1),
+            Some(status) => self.reply(st, mem, head, status, Status::IoErr, 1),
             None => {
                 // Nowhere to put a status: return the chain unanswered so
                 // the ring keeps moving.
-                if let Err(e) = vring.add_used(head, 0) {
+                if let Err(e) = st.get_queue_mut().add_used(mem, head, 0) {
                     tracing::warn!(queue = self.index, error = %e, "add_used failed");
                 }
                 self.pending_signal = true;
             }
         }
     }
-
     /// Checks a parsed request against the device and turns it into an action.
     fn decide(&mut self, dev: &Device, mem: &Mem, req: &Request) -> Action {
         let cap = dev.capacity_sectors();
@@ -286,10 +338,11 @@ impl QueueWorker {
         Action::Reply(Status::Ok, used)
     }
 
-    /// Writes the status byte and returns the chain to the guest.
+    /// Writes the status byte and returns the chain to the guest (the
+    /// notification comes later, once per batch).
     fn reply(
         &mut self,
-        vring: &Vring,
+        st: &mut VState,
         mem: &Mem,
         head: u16,
         status_addr: GuestAddress,
@@ -299,7 +352,7 @@ impl QueueWorker {
         if let Err(e) = mem.write_obj(status.as_u8(), status_addr) {
             tracing::warn!(queue = self.index, error = %e, "cannot write the status byte");
         }
-        if let Err(e) = vring.add_used(head, used_len) {
+        if let Err(e) = st.get_queue_mut().add_used(mem, head, used_len) {
             tracing::warn!(queue = self.index, error = %e, "add_used failed");
         }
         self.pending_signal = true;
@@ -310,7 +363,7 @@ impl QueueWorker {
     fn submit(
         &mut self,
         dev: &Device,
-        vring: &Vring,
+        st: &mut VState,
         mem: &Arc<Mem>,
         req: &Request,
         op: Op,
@@ -324,7 +377,7 @@ impl QueueWorker {
             self.iobufs = iobufs;
             let a = ioerr(self.index, "data segment not mapped");
             if let Action::Reply(s, u) = a {
-                self.reply(vring, mem, req.head_index, req.status_addr, s, u);
+                self.reply(st, mem, req.head_index, req.status_addr, s, u);
             }
             return;
         }
@@ -352,7 +405,7 @@ impl QueueWorker {
                     if let Err(e) = self.engine.commit() {
                         tracing::error!(queue = self.index, error = %e, "engine commit failed");
                     }
-                    if self.reap(dev, vring) == 0 {
+                    if self.reap(dev, st) == 0 {
                         self.wait_for_completion();
                     }
                 }
@@ -384,16 +437,16 @@ impl QueueWorker {
     }
 
     /// Completes every finished request; returns how many.
-    fn reap(&mut self, dev: &Device, vring: &Vring) -> usize {
+    fn reap(&mut self, dev: &Device, st: &mut VState) -> usize {
         let mut n = 0;
         while let Some(c) = self.engine.pop_completion() {
             n += 1;
-            self.complete(dev, vring, c);
+            self.complete(dev, st, c);
         }
         n
     }
 
-    fn complete(&mut self, dev: &Device, vring: &Vring, c: Completion) {
+    fn complete(&mut self, dev: &Device, st: &mut VState, c: Completion) {
         let Some(entry) = usize::try_from(c.user_data)
             .ok()
             .and_then(|i| self.slots.get_mut(i))
@@ -422,7 +475,7 @@ impl QueueWorker {
             }
         };
         self.reply(
-            vring,
+            st,
             &entry.mem,
             entry.head,
             entry.status,
@@ -431,14 +484,16 @@ impl QueueWorker {
         );
     }
 
-    fn signal(&mut self, vring: &Vring) {
+    /// One notification for everything added since the last one, if the
+    /// guest asked for it (EVENT_IDX `used_event`, or no NO_INTERRUPT flag).
+    fn signal(&mut self, st: &mut VState, mem: &Mem) {
         if !self.pending_signal {
             return;
         }
         self.pending_signal = false;
-        match vring.needs_notification() {
+        match st.get_queue_mut().needs_notification(mem) {
             Ok(true) => {
-                if let Err(e) = vring.signal_used_queue() {
+                if let Err(e) = st.signal_used_queue() {
                     tracing::warn!(queue = self.index, error = %e, "cannot signal the guest");
                 }
             }
@@ -448,16 +503,21 @@ impl QueueWorker {
     }
 
     /// Completes everything in flight (blocking), then signals.
-    fn drain(&mut self, dev: &Device) {
+    fn drain(&mut self, dev: &Device, gm: &Gm) {
         let Some(vring) = self.vring.clone() else {
             return;
         };
+        if self.engine.in_flight() == 0 && !self.pending_signal {
+            return;
+        }
+        let mem: Arc<Mem> = gm.memory().into_inner();
+        let mut st = vring.get_mut();
         while self.engine.in_flight() > 0 {
-            if self.reap(dev, &vring) == 0 {
+            if self.reap(dev, &mut st) == 0 {
                 self.wait_for_completion();
             }
         }
-        self.signal(&vring);
+        self.signal(&mut st, &mem);
     }
 }
 
@@ -468,6 +528,18 @@ fn map_segments(mem: &Mem, segs: &[Segment], out: &mut Vec<IoBuf>) -> bool {
         let Ok(len) = usize::try_from(seg.len) else {
             return false;
         };
+        // Fast path: the whole segment lies in one region (nearly always).
+        if let Some(region) = mem.find_region(seg.addr)
+            && let Some(start) = region.to_region_addr(seg.addr)
+            && start
+                .raw_value()
+                .checked_add(u64::from(seg.len))
+                .is_some_and(|end| end <= region.len())
+            && let Ok(addr) = region.get_host_address(start)
+        {
+            out.push(IoBuf { addr, len });
+            continue;
+        }
         let mut covered = 0usize;
         for slice in GuestMemoryBackend::get_slices(mem, seg.addr, len) {
             let Ok(slice) = slice else { return false };
@@ -531,8 +603,9 @@ impl BlkBackend {
     pub(crate) fn new(dev: Arc<Device>, mem: Gm, sockets_before: BTreeSet<RawFd>) -> Self {
         let n = usize::from(dev.config().num_queues);
         let qs = usize::from(dev.config().queue_size);
+        let poll = Duration::from_micros(u64::from(dev.config().poll_us));
         let queues = (0..n)
-            .map(|i| Mutex::new(QueueWorker::new(i, dev.new_engine(), qs)))
+            .map(|i| Mutex::new(QueueWorker::new(i, dev.new_engine(i), qs, poll)))
             .collect();
         Self {
             inner: Arc::new(Inner {
@@ -586,7 +659,7 @@ impl BlkBackend {
     pub(crate) fn drain(&self) {
         for q in 0..self.inner.queues.len() {
             if let Some(mut w) = self.worker(q) {
-                w.drain(&self.inner.dev);
+                w.drain(&self.inner.dev, &self.inner.mem);
             }
         }
     }
@@ -681,7 +754,7 @@ impl VhostUserBackend for BlkBackend {
     fn stop_vring(&self, queue_index: u32) -> std::io::Result<()> {
         let q = usize::try_from(queue_index).unwrap_or(usize::MAX);
         if let Some(mut w) = self.worker(q) {
-            w.drain(&self.inner.dev);
+            w.drain(&self.inner.dev, &self.inner.mem);
         }
         Ok(())
     }
@@ -709,11 +782,7 @@ impl VhostUserBackend for BlkBackend {
             let event_idx = self.inner.event_idx.load(Ordering::Acquire);
             w.process_queue(dev, &self.inner.mem, vring, event_idx);
         } else if u64::from(device_event) == self.completion_event() {
-            if let Some(fd) = w.engine.completion_fd() {
-                drain_eventfd(fd);
-            }
-            w.reap(dev, vring);
-            w.signal(vring);
+            w.process_completions(dev, &self.inner.mem, vring);
         }
         Ok(())
     }
@@ -752,6 +821,10 @@ mod tests {
 
     impl Rig {
         fn new(read_only: bool) -> Rig {
+            Rig::with_engine(read_only, crate::EngineKind::Sync)
+        }
+
+        fn with_engine(read_only: bool, engine: crate::EngineKind) -> Rig {
             let dir = tempfile::tempdir().unwrap();
             let file = dir.path().join("img");
             std::fs::File::create(&file)
@@ -762,6 +835,7 @@ mod tests {
             cfg.read_only = read_only;
             cfg.direct_io = false;
             cfg.queue_size = QSIZE;
+            cfg.engine = engine;
             cfg.serial = "serial-0123".into();
             let dev = Device::open(cfg).unwrap();
             let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
@@ -824,6 +898,19 @@ mod tests {
             self.backend
                 .handle_event(0, EventSet::IN, std::slice::from_ref(&self.vring), 0)
                 .unwrap();
+            // An asynchronous engine completes later: wait for its eventfd
+            // and deliver the completion event as the epoll loop would.
+            while self.backend.worker(0).unwrap().engine.in_flight() > 0 {
+                wait_readable(self.backend.completion_fd(0).unwrap());
+                self.backend
+                    .handle_event(
+                        u16::try_from(self.backend.completion_event()).unwrap(),
+                        EventSet::IN,
+                        std::slice::from_ref(&self.vring),
+                        0,
+                    )
+                    .unwrap();
+            }
             let idx: u16 = guard.read_obj(self.used_addr.unchecked_add(2)).unwrap();
             (0..u64::from(idx))
                 .map(|i| {
@@ -840,15 +927,26 @@ mod tests {
         }
     }
 
-    use vm_memory::Address;
-
     fn st(n: u64) -> u64 {
         STATUS_BASE + n * 0x100
     }
 
     #[test]
     fn good_and_bad_requests_in_one_batch() {
-        let mut r = Rig::new(false);
+        good_and_bad_requests(crate::EngineKind::Sync);
+    }
+
+    #[test]
+    fn good_and_bad_requests_in_one_batch_io_uring() {
+        if !extstorage_blockio::UringEngine::is_supported() {
+            eprintln!("io_uring unavailable here: skipping");
+            return;
+        }
+        good_and_bad_requests(crate::EngineKind::Uring);
+    }
+
+    fn good_and_bad_requests(engine: crate::EngineKind) {
+        let mut r = Rig::with_engine(false, engine);
         let (data, data2) = (0x10_0000u64, 0x20_0000u64);
         r.gm.memory()
             .write_slice(&[0xc3u8; 1024], GuestAddress(data))
@@ -893,8 +991,15 @@ mod tests {
             .write_slice(&seg, GuestAddress(0x1900))
             .unwrap();
         let s8 = r.chain(&[(0x1800, 16, false), (0x1900, 16, false), (st(8), 1, true)]);
-        // 9: a good read of what chain 0 wrote.
-        r.header(0x1a00, 0, 4);
+        // 9: a good read of data already in the file (requests of one batch
+        // may complete in any order, so not of what chain 0 writes).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&r.file)
+            .unwrap()
+            .write_all_at(&[0xa5u8; 1024], 16 * 512)
+            .unwrap();
+        r.header(0x1a00, 0, 16);
         let s9 = r.chain(&[
             (0x1a00, 16, false),
             (data2 + 0x4000, 1024, true),
@@ -932,13 +1037,13 @@ mod tests {
         r.gm.memory()
             .read_slice(&mut back, GuestAddress(data2 + 0x4000))
             .unwrap();
-        assert!(back.iter().all(|&b| b == 0xc3));
+        assert!(back.iter().all(|&b| b == 0xa5));
         let mut file = [0u8; 1024];
         std::fs::File::open(&r.file)
             .unwrap()
             .read_exact_at(&mut file, 4 * 512)
             .unwrap();
-        assert_eq!(file, back);
+        assert!(file.iter().all(|&b| b == 0xc3), "chain 0's write landed");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use extstorage_blockio::{Backing, BackingKind, Engine, OpenOptions, SyncEngine};
 use extstorage_virtio_blk::{BlkConfig, SECTOR_SHIFT, features};
 
 use crate::channel::ConfigChannel;
-use crate::{Config, EngineKind, Error, WriteCache};
+use crate::{Config, Error, WriteCache};
 
 /// Largest discard / write-zeroes segment offered, in sectors (2 GiB).
 const MAX_DISCARD_SECTORS: u32 = 1 << 22;
@@ -28,9 +28,6 @@ impl Device {
     /// Validates `cfg` and opens the backing store.
     pub fn open(cfg: Config) -> Result<Arc<Self>, Error> {
         cfg.validate()?;
-        if cfg.engine == EngineKind::Uring {
-            return Err(Error::EngineUnavailable { engine: "uring" });
-        }
         let backing = Backing::open(
             &cfg.path,
             OpenOptions {
@@ -57,6 +54,17 @@ impl Device {
             direct = dev.backing.is_direct(),
             "backing store opened"
         );
+        // Fail now, not at the first connection, if the engine cannot work here.
+        let probe = extstorage_blockio::open_engine(
+            dev.cfg.engine.to_blockio(),
+            Arc::clone(&dev.backing),
+            usize::from(dev.cfg.queue_size),
+        )
+        .map_err(|source| Error::Engine {
+            engine: dev.cfg.engine,
+            source,
+        })?;
+        tracing::info!(requested = %dev.cfg.engine, engine = probe.name(), "I/O engine");
         Ok(Arc::new(dev))
     }
 
@@ -128,15 +136,25 @@ impl Device {
         }
     }
 
-    /// Creates the engine one queue owns.
-    pub(crate) fn new_engine(&self) -> Box<dyn Engine> {
+    /// Creates the engine queue `queue` owns: the configured kind (`auto`
+    /// is blockio's choice). Should io_uring fail now although it worked in
+    /// `open` (e.g. the memlock limit is exhausted), the queue falls back to
+    /// the sync engine with a warning rather than refusing the frontend.
+    pub(crate) fn new_engine(&self, queue: usize) -> Box<dyn Engine> {
         let depth = usize::from(self.cfg.queue_size);
-        match self.cfg.engine {
-            // `Uring` is refused in `open`.
-            EngineKind::Auto | EngineKind::Sync | EngineKind::Uring => {
+        let engine = match extstorage_blockio::open_engine(
+            self.cfg.engine.to_blockio(),
+            Arc::clone(&self.backing),
+            depth,
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(queue, requested = %self.cfg.engine, error = %e, "cannot create the I/O engine; this queue uses the sync engine");
                 Box::new(SyncEngine::new(Arc::clone(&self.backing), depth))
             }
-        }
+        };
+        tracing::info!(queue, requested = %self.cfg.engine, engine = engine.name(), depth, "queue engine");
+        engine
     }
 
     /// Re-reads the backing size; if it changed, updates the capacity and

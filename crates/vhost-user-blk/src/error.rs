@@ -16,11 +16,14 @@ pub enum Error {
     /// The backing store could not be opened or inspected.
     #[error(transparent)]
     Backing(#[from] extstorage_blockio::Error),
-    /// The requested engine is not built into this version.
-    #[error("the {engine} I/O engine is not available yet: use --engine sync or auto")]
-    EngineUnavailable {
+    /// The requested engine cannot run here.
+    #[error("cannot start the {engine} I/O engine ({source}): use --engine sync or auto")]
+    Engine {
         /// The engine asked for.
-        engine: &'static str,
+        engine: crate::EngineKind,
+        /// Why it failed.
+        #[source]
+        source: extstorage_blockio::Error,
     },
     /// The vhost-user socket could not be created.
     #[error(

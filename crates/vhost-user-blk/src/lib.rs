@@ -29,16 +29,38 @@ pub use device::Device;
 pub use error::Error;
 pub use server::{Server, ShutdownHandle};
 
+/// The largest `--poll-us` accepted (10 ms): longer spins only waste CPU.
+pub const MAX_POLL_US: u32 = 10_000;
+
 /// Which I/O engine each queue uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineKind {
-    /// The best available (today: sync).
+    /// io_uring where the kernel has it and the backing supports
+    /// non-blocking I/O, else sync (tmpfs: io_uring would hand every
+    /// request to a kernel worker thread).
     #[default]
     Auto,
     /// Synchronous `preadv`/`pwritev` on the queue's worker thread.
     Sync,
-    /// io_uring (not wired in yet).
+    /// io_uring, submitting guest buffers directly; fails to start where
+    /// the kernel does not allow it.
     Uring,
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_blockio().fmt(f)
+    }
+}
+
+impl EngineKind {
+    pub(crate) fn to_blockio(self) -> extstorage_blockio::EngineKind {
+        match self {
+            Self::Auto => extstorage_blockio::EngineKind::Auto,
+            Self::Sync => extstorage_blockio::EngineKind::Sync,
+            Self::Uring => extstorage_blockio::EngineKind::Uring,
+        }
+    }
 }
 
 /// The write cache mode the device starts in (the guest may change it
@@ -73,6 +95,10 @@ pub struct Config {
     pub write_cache: WriteCache,
     /// The I/O engine.
     pub engine: EngineKind,
+    /// Adaptive polling: after a batch, keep checking the avail ring (and
+    /// the engine's completions) for up to this many microseconds before
+    /// sleeping. 0 (the default) never spins; anything else burns CPU.
+    pub poll_us: u32,
 }
 
 impl Config {
@@ -88,6 +114,7 @@ impl Config {
             direct_io: true,
             write_cache: WriteCache::Writeback,
             engine: EngineKind::Auto,
+            poll_us: 0,
         }
     }
 
@@ -111,6 +138,12 @@ impl Config {
             return bad(
                 "logical-block-size",
                 format!("{lbs} is not a power of two within 512..=65536"),
+            );
+        }
+        if self.poll_us > MAX_POLL_US {
+            return bad(
+                "poll-us",
+                format!("{} is above the maximum of {MAX_POLL_US}", self.poll_us),
             );
         }
         if self.serial.len() > extstorage_virtio_blk::SERIAL_LEN {
