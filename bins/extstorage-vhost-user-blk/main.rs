@@ -94,8 +94,9 @@ struct ServeArgs {
     /// Unix socket accepting "resize" requests.
     #[arg(long)]
     control_socket: Option<PathBuf>,
-    /// I/O engine: auto (io_uring unless the backing cannot do non-blocking
-    /// I/O, e.g. tmpfs), sync or uring.
+    /// I/O engine: auto (io_uring; on a backing without non-blocking I/O,
+    /// e.g. tmpfs, small requests synchronously and large ones on io_uring),
+    /// sync or uring.
     #[arg(long, value_enum, default_value = "auto")]
     engine: EngineArg,
     /// Adaptive polling: after a batch, spin up to this many microseconds

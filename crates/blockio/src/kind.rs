@@ -2,14 +2,16 @@
 
 use std::sync::Arc;
 
-use crate::{Backing, Engine, Error, SyncEngine, UringEngine};
+use crate::{Backing, DEFAULT_SPLIT_BYTES, Engine, Error, SplitEngine, SyncEngine, UringEngine};
 
 /// Which I/O engine a queue worker uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineKind {
     /// io_uring where the kernel allows it and the backing supports
-    /// non-blocking I/O, else the synchronous engine (see
-    /// [`UringEngine::is_efficient_for`]: on tmpfs the sync engine is faster).
+    /// non-blocking I/O. On a backing without it (tmpfs, see
+    /// [`UringEngine::is_efficient_for`]) the [`SplitEngine`]: small requests
+    /// synchronously, large ones on io_uring's workers. The synchronous
+    /// engine where io_uring is unavailable.
     #[default]
     Auto,
     /// The synchronous engine.
@@ -47,8 +49,9 @@ impl std::fmt::Display for EngineKind {
 }
 
 /// Opens an engine of `kind` over `backing` with room for `depth` requests
-/// in flight. `Auto` uses [`SyncEngine`] when [`UringEngine::is_supported`]
-/// or [`UringEngine::is_efficient_for`] says no, or when creating the ring fails.
+/// in flight. `Auto` uses [`SplitEngine`] where [`UringEngine::is_efficient_for`]
+/// says no, and [`SyncEngine`] where [`UringEngine::is_supported`] says no or
+/// creating the ring fails.
 pub fn open_engine(
     kind: EngineKind,
     backing: Arc<Backing>,
@@ -57,15 +60,16 @@ pub fn open_engine(
     match kind {
         EngineKind::Sync => Ok(Box::new(SyncEngine::new(backing, depth))),
         EngineKind::Uring => Ok(Box::new(UringEngine::new(backing, depth)?)),
+        EngineKind::Auto if !UringEngine::is_supported() => {
+            Ok(Box::new(SyncEngine::new(backing, depth)))
+        }
         EngineKind::Auto if !UringEngine::is_efficient_for(&backing) => {
             tracing::info!(
                 path = %backing.path().display(),
-                "no non-blocking I/O on this backing (tmpfs?): io_uring would hand every request to a worker thread; using the sync engine"
+                split_bytes = DEFAULT_SPLIT_BYTES,
+                "no non-blocking I/O on this backing (tmpfs?): small requests run synchronously, large ones on io_uring"
             );
-            Ok(Box::new(SyncEngine::new(backing, depth)))
-        }
-        EngineKind::Auto if UringEngine::is_supported() => {
-            match UringEngine::new(Arc::clone(&backing), depth) {
+            match SplitEngine::new(Arc::clone(&backing), depth, DEFAULT_SPLIT_BYTES) {
                 Ok(e) => Ok(Box::new(e)),
                 Err(e) => {
                     tracing::warn!(error = %e, "io_uring engine failed; using the sync engine");
@@ -73,7 +77,13 @@ pub fn open_engine(
                 }
             }
         }
-        EngineKind::Auto => Ok(Box::new(SyncEngine::new(backing, depth))),
+        EngineKind::Auto => match UringEngine::new(Arc::clone(&backing), depth) {
+            Ok(e) => Ok(Box::new(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring engine failed; using the sync engine");
+                Ok(Box::new(SyncEngine::new(backing, depth)))
+            }
+        },
     }
 }
 
@@ -92,7 +102,7 @@ mod tests {
     }
 
     #[test]
-    fn auto_picks_sync_on_tmpfs_where_io_uring_would_punt_every_request() {
+    fn auto_splits_on_tmpfs_where_io_uring_would_punt_every_request() {
         let shm = std::path::Path::new("/dev/shm");
         if !shm.is_dir() {
             eprintln!("no /dev/shm: skipping");
@@ -102,11 +112,16 @@ mod tests {
         f.as_file().set_len(4096).unwrap();
         let b = Arc::new(Backing::open(f.path(), OpenOptions::default()).unwrap());
         assert!(!UringEngine::is_efficient_for(&b));
+        let want = if UringEngine::is_supported() {
+            "sync+io_uring"
+        } else {
+            "sync"
+        };
         assert_eq!(
             open_engine(EngineKind::Auto, Arc::clone(&b), 4)
                 .unwrap()
                 .name(),
-            "sync"
+            want
         );
         if UringEngine::is_supported() {
             // Asked for explicitly, io_uring is still used.
@@ -135,7 +150,7 @@ mod tests {
             let want = if UringEngine::is_efficient_for(&b) {
                 "io_uring"
             } else {
-                "sync"
+                "sync+io_uring"
             };
             assert_eq!(auto.name(), want);
         }

@@ -19,6 +19,7 @@ mod bounce;
 mod engine;
 mod error;
 mod kind;
+mod split;
 mod sync;
 #[cfg(test)]
 mod testutil;
@@ -28,5 +29,6 @@ pub use backing::{Backing, BackingKind, OpenOptions};
 pub use engine::{Completion, Engine, IoBuf, Op, Request, SubmitError};
 pub use error::Error;
 pub use kind::{EngineKind, ParseEngineKindError, open_engine};
+pub use split::{DEFAULT_SPLIT_BYTES, SplitEngine};
 pub use sync::SyncEngine;
 pub use uring::UringEngine;
