@@ -12,9 +12,8 @@ use serde_json::json;
 
 use crate::exit;
 use crate::output::Output;
-use crate::uri::{
-    DiskArgs, TargetVolume, argv_strings, parse_provider_uri, secrets_json, write_secrets,
-};
+use crate::uri::{DiskArgs, argv_strings, parse_provider_uri, secrets_json, write_secrets};
+use crate::volume::VolumeId;
 
 /// Where vhost-user sockets go when `--socket` is not given.
 pub const DEFAULT_SOCKET_DIR: &str = "/run/extstorage/vhost-user";
@@ -29,7 +28,7 @@ const DAEMON: &str = "extstorage-vhost-user-blk";
 #[derive(Debug, clap::Args)]
 pub struct KvmArgsArgs {
     #[command(flatten)]
-    vol: TargetVolume,
+    vol: VolumeId,
     /// Hypervisor whose URI to use for userspace access.
     #[arg(long, default_value = "kvm")]
     hypervisor: String,

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use extstorage_core::{Access, ExtStorage, Volume, VolumeSpec};
+use extstorage_core::{Access, ExtStorage, Volume};
 use extstorage_uri::secret_files::write_secret_files;
 use extstorage_uri::{
     Aio, CacheMode, Discard, DiskOptions, SecretFormat, SecretObject, Source, render_blockdev,
@@ -15,50 +15,11 @@ use serde_json::{Value, json};
 
 use crate::exit;
 use crate::output::Output;
-use crate::volume::{param_arg, size_arg};
+use crate::volume::VolumeId;
 
 /// Where secret files go when `--secret-dir` is not given: a directory per
 /// volume below this one.
 pub const DEFAULT_SECRET_ROOT: &str = "/run/extstorage/secrets";
-
-/// Which volume (as for the volume commands, without `--access`: these
-/// commands derive `EXTP_ACCESS` from the access mode they render).
-#[derive(Debug, clap::Args)]
-pub struct TargetVolume {
-    /// Provider name (a directory in the search path).
-    #[arg(long)]
-    provider: String,
-    /// Volume name (Ganeti: UUID.ext.diskN).
-    #[arg(long)]
-    volume: String,
-    /// Volume size (512M, 10G; a plain number is MiB), if known.
-    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
-    size: Option<u64>,
-    /// An ext param, checked against the provider's parameters.list; repeat.
-    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = param_arg)]
-    params: Vec<(String, String)>,
-    /// Human-readable disk name (VOL_CNAME).
-    #[arg(long)]
-    cname: Option<String>,
-    /// Disk UUID (VOL_UUID).
-    #[arg(long)]
-    uuid: Option<String>,
-}
-
-impl TargetVolume {
-    /// The core's volume spec with `EXTP_ACCESS` set to `access`.
-    pub fn spec(self, access: Access) -> VolumeSpec {
-        VolumeSpec {
-            provider: self.provider,
-            name: self.volume,
-            size_mib: self.size,
-            params: self.params,
-            cname: self.cname,
-            uuid: self.uuid,
-            access,
-        }
-    }
-}
 
 /// How QEMU opens the disk.
 #[derive(Debug, clap::Args)]
@@ -170,7 +131,7 @@ pub enum Format {
 #[derive(Debug, clap::Args)]
 pub struct UriArgs {
     #[command(flatten)]
-    vol: TargetVolume,
+    vol: VolumeId,
     /// Hypervisor whose URI to take from the attach output.
     #[arg(long, default_value = "kvm")]
     hypervisor: String,

@@ -6,9 +6,9 @@ use serde_json::json;
 use crate::exit;
 use crate::output::Output;
 
-/// Which volume, as every volume command takes it.
+/// Which volume: the options every volume command takes, except the access mode.
 #[derive(Debug, clap::Args)]
-pub struct VolumeArgs {
+pub struct VolumeId {
     /// Provider name (a directory in the search path).
     #[arg(long)]
     provider: String,
@@ -28,6 +28,28 @@ pub struct VolumeArgs {
     /// Disk UUID (VOL_UUID).
     #[arg(long)]
     uuid: Option<String>,
+}
+
+impl VolumeId {
+    /// The core's volume spec with `EXTP_ACCESS` set to `access`.
+    pub fn spec(self, access: Access) -> VolumeSpec {
+        VolumeSpec {
+            provider: self.provider,
+            name: self.volume,
+            size_mib: self.size,
+            params: self.params,
+            cname: self.cname,
+            uuid: self.uuid,
+            access,
+        }
+    }
+}
+
+/// Which volume, as every volume command takes it.
+#[derive(Debug, clap::Args)]
+pub struct VolumeArgs {
+    #[command(flatten)]
+    id: VolumeId,
     /// Access mode exported as EXTP_ACCESS.
     #[arg(long, value_name = "MODE", default_value = "kernelspace", value_parser = access_arg)]
     access: Access,
@@ -136,15 +158,7 @@ pub enum VolumeCommand {
 }
 
 fn spec(v: VolumeArgs) -> VolumeSpec {
-    VolumeSpec {
-        provider: v.provider,
-        name: v.volume,
-        size_mib: v.size,
-        params: v.params,
-        cname: v.cname,
-        uuid: v.uuid,
-        access: v.access,
-    }
+    v.id.spec(v.access)
 }
 
 fn attach_text(info: &extstorage_core::AttachInfo) -> String {
@@ -166,9 +180,9 @@ pub fn run(es: &ExtStorage, cmd: VolumeCommand, out: &Output) -> anyhow::Result<
     use VolumeCommand as C;
     match cmd {
         C::Create(v) => {
-            let size = v
-                .size
-                .ok_or_else(|| anyhow::anyhow!("create needs --size (e.g. --size 1G)"))?;
+            let size =
+                v.id.size
+                    .ok_or_else(|| anyhow::anyhow!("create needs --size (e.g. --size 1G)"))?;
             let mut vol = es.volume(spec(v))?;
             let info = vol.create(size)?;
             out.print(&info, || attach_text(&info));
