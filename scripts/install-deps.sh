@@ -43,6 +43,20 @@ if [ -f "$src" ] && ! grep -q 'bookworm-backports' "$src"; then
     echo "install-deps: enabling bookworm-backports in $src"
     sed -i 's/^Suites: bookworm bookworm-updates$/Suites: bookworm bookworm-updates bookworm-backports/' "$src"
 fi
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    # A differently laid out sources file: add backports as its own stanza,
+    # from the same mirror as the main suite.
+    mirror=$(grep -rhs '^URIs:' /etc/apt/sources.list.d/*.sources | head -n 1 | awk '{print $2}')
+    mirror=${mirror:-http://deb.debian.org/debian}
+    echo "install-deps: adding bookworm-backports from $mirror"
+    cat > /etc/apt/sources.list.d/bookworm-backports.sources <<SRC
+Types: deb
+URIs: $mirror
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
