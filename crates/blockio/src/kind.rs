@@ -69,21 +69,28 @@ pub fn open_engine(
                 split_bytes = DEFAULT_SPLIT_BYTES,
                 "no non-blocking I/O on this backing (tmpfs?): small requests run synchronously, large ones on io_uring"
             );
-            match SplitEngine::new(Arc::clone(&backing), depth, DEFAULT_SPLIT_BYTES) {
-                Ok(e) => Ok(Box::new(e)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "io_uring engine failed; using the sync engine");
-                    Ok(Box::new(SyncEngine::new(backing, depth)))
-                }
-            }
+            let split = SplitEngine::new(Arc::clone(&backing), depth, DEFAULT_SPLIT_BYTES);
+            Ok(or_sync(split, backing, depth))
         }
-        EngineKind::Auto => match UringEngine::new(Arc::clone(&backing), depth) {
-            Ok(e) => Ok(Box::new(e)),
-            Err(e) => {
-                tracing::warn!(error = %e, "io_uring engine failed; using the sync engine");
-                Ok(Box::new(SyncEngine::new(backing, depth)))
-            }
-        },
+        EngineKind::Auto => {
+            let uring = UringEngine::new(Arc::clone(&backing), depth);
+            Ok(or_sync(uring, backing, depth))
+        }
+    }
+}
+
+/// `Auto`'s fallback: the engine if it could be created, else the sync engine.
+fn or_sync<E: Engine + 'static>(
+    engine: Result<E, Error>,
+    backing: Arc<Backing>,
+    depth: usize,
+) -> Box<dyn Engine> {
+    match engine {
+        Ok(e) => Box::new(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "io_uring engine failed; using the sync engine");
+            Box::new(SyncEngine::new(backing, depth))
+        }
     }
 }
 

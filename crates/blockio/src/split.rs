@@ -82,25 +82,7 @@ mod tests {
     use crate::{IoBuf, OpenOptions};
 
     fn wait_all(e: &mut SplitEngine, n: usize) -> Vec<Completion> {
-        let mut done = Vec::new();
-        while done.len() < n {
-            match e.pop_completion() {
-                Some(c) => done.push(c),
-                None => {
-                    let fd = e.completion_fd().expect("io_uring has a completion fd");
-                    let mut pfd = libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd for the duration of the call.
-                    unsafe { libc::poll(&mut pfd, 1, 5000) };
-                    let mut v = 0u64;
-                    // SAFETY: reading 8 bytes from an eventfd into a u64 we own.
-                    unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
-                }
-            }
-        }
+        let mut done = crate::testutil::wait(e, n);
         done.sort_by_key(|c| c.user_data);
         done
     }

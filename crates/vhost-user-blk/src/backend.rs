@@ -375,10 +375,12 @@ impl QueueWorker {
         iobufs.clear();
         if matches!(op, Op::Read | Op::Write) && !map_segments(mem, &self.segs, &mut iobufs) {
             self.iobufs = iobufs;
-            let a = ioerr(self.index, "data segment not mapped");
-            if let Action::Reply(s, u) = a {
-                self.reply(st, mem, req.head_index, req.status_addr, s, u);
-            }
+            tracing::debug!(
+                queue = self.index,
+                reason = "data segment not mapped",
+                "request failed"
+            );
+            self.reply(st, mem, req.head_index, req.status_addr, Status::IoErr, 1);
             return;
         }
         let slot = self.alloc_slot(InFlight {
@@ -447,10 +449,9 @@ impl QueueWorker {
     }
 
     fn complete(&mut self, dev: &Device, st: &mut VState, c: Completion) {
-        let Some(entry) = usize::try_from(c.user_data)
+        let Some((slot, entry)) = usize::try_from(c.user_data)
             .ok()
-            .and_then(|i| self.slots.get_mut(i))
-            .and_then(Option::take)
+            .and_then(|i| Some((i, self.slots.get_mut(i)?.take()?)))
         else {
             tracing::error!(
                 queue = self.index,
@@ -459,7 +460,7 @@ impl QueueWorker {
             );
             return;
         };
-        self.free.push(usize::try_from(c.user_data).unwrap_or(0));
+        self.free.push(slot);
         let status = match c.result {
             Ok(_) if entry.is_write && !dev.writeback() => match dev.backing().flush() {
                 Ok(()) => Status::Ok,

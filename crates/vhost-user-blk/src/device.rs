@@ -56,7 +56,7 @@ impl Device {
         );
         // Fail now, not at the first connection, if the engine cannot work here.
         let probe = extstorage_blockio::open_engine(
-            dev.cfg.engine.to_blockio(),
+            dev.cfg.engine,
             Arc::clone(&dev.backing),
             usize::from(dev.cfg.queue_size),
         )
@@ -143,7 +143,7 @@ impl Device {
     pub(crate) fn new_engine(&self, queue: usize) -> Box<dyn Engine> {
         let depth = usize::from(self.cfg.queue_size);
         let engine = match extstorage_blockio::open_engine(
-            self.cfg.engine.to_blockio(),
+            self.cfg.engine,
             Arc::clone(&self.backing),
             depth,
         ) {

@@ -32,36 +32,8 @@ pub use server::{Server, ShutdownHandle};
 /// The largest `--poll-us` accepted (10 ms): longer spins only waste CPU.
 pub const MAX_POLL_US: u32 = 10_000;
 
-/// Which I/O engine each queue uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum EngineKind {
-    /// io_uring where the kernel has it and the backing supports
-    /// non-blocking I/O, else sync (tmpfs: io_uring would hand every
-    /// request to a kernel worker thread).
-    #[default]
-    Auto,
-    /// Synchronous `preadv`/`pwritev` on the queue's worker thread.
-    Sync,
-    /// io_uring, submitting guest buffers directly; fails to start where
-    /// the kernel does not allow it.
-    Uring,
-}
-
-impl std::fmt::Display for EngineKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.to_blockio().fmt(f)
-    }
-}
-
-impl EngineKind {
-    pub(crate) fn to_blockio(self) -> extstorage_blockio::EngineKind {
-        match self {
-            Self::Auto => extstorage_blockio::EngineKind::Auto,
-            Self::Sync => extstorage_blockio::EngineKind::Sync,
-            Self::Uring => extstorage_blockio::EngineKind::Uring,
-        }
-    }
-}
+/// Which I/O engine each queue uses: blockio's choice, passed through.
+pub use extstorage_blockio::EngineKind;
 
 /// The write cache mode the device starts in (the guest may change it
 /// through the config space `wce` field).
