@@ -489,7 +489,7 @@ fn search_path_is_ordered_and_taken_from_the_environment() {
     );
     let out = format!("out={}", w.out().display());
     let run = |sp: String| -> common_cli::Run {
-        Command::new(env!("CARGO_BIN_EXE_extstorage"))
+        Command::new(extstorage_testbins::path(extstorage_testbins::CLI))
             .env("EXTSTORAGE_SEARCH_PATH", sp)
             .arg("--log-dir")
             .arg(w.logs())

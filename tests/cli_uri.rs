@@ -220,7 +220,7 @@ impl Backend {
     /// Whether the built daemon has its `serve` command (it was a
     /// placeholder before the vhost-user-blk work landed).
     fn ours_available() -> bool {
-        let out = Command::new(vhost_support::BIN)
+        let out = Command::new(vhost_support::bin())
             .args(["serve", "--help"])
             .stdin(Stdio::null())
             .output()
@@ -318,7 +318,11 @@ fn kvm_args_vhost_user_served_and_accepted_by_qemu() {
     assert_eq!(j["notes"], json!([]));
     let dev = j["dev_path"].as_str().unwrap().to_owned();
     let serve = strings(&j["serve_command"]);
-    assert_eq!(serve[0], vhost_support::BIN, "the daemon next to the CLI");
+    assert_eq!(
+        serve[0],
+        vhost_support::bin().to_str().unwrap(),
+        "the daemon next to the CLI"
+    );
     assert_eq!(
         serve[1..],
         [

@@ -278,7 +278,7 @@ fn a_grown_file_is_noticed_without_a_command() {
 #[test]
 fn resize_without_a_daemon_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(bin())
         .args(["resize", "--control-socket"])
         .arg(dir.path().join("nothing.sock"))
         .output()
@@ -309,7 +309,7 @@ fn bad_options_fail_with_a_message() {
     let img = dir.path().join("x.img");
     std::fs::File::create(&img).unwrap().set_len(MIB).unwrap();
     let run = |extra: &[&str]| {
-        std::process::Command::new(BIN)
+        std::process::Command::new(bin())
             .args(["serve", "--path"])
             .arg(&img)
             .arg("--socket")
@@ -326,7 +326,7 @@ fn bad_options_fail_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("serial"));
     let out = run(&["--logical-block-size", "1000"]);
     assert_eq!(out.status.code(), Some(1));
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(bin())
         .args(["serve", "--path"])
         .arg(dir.path().join("missing.img"))
         .arg("--socket")
@@ -440,7 +440,7 @@ fn serves_on_an_inherited_listening_fd() {
     )
     .unwrap();
     let log = dir.path().join("daemon.log");
-    let mut child = std::process::Command::new(BIN)
+    let mut child = std::process::Command::new(bin())
         .args(["serve", "--path"])
         .arg(&img)
         .args(["--listen-fd", &fd.to_string()])
@@ -466,7 +466,7 @@ fn a_listen_fd_that_is_not_a_socket_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("disk.img");
     std::fs::File::create(&img).unwrap().set_len(MIB).unwrap();
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(bin())
         .args(["serve", "--path"])
         .arg(&img)
         .args(["--listen-fd", "0"])

@@ -644,7 +644,7 @@ impl Backend {
 pub fn our_daemon() -> PathBuf {
     std::env::var_os("EXTSTORAGE_VHOST_USER_BLK")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_extstorage-vhost-user-blk")))
+        .unwrap_or_else(|| extstorage_testbins::path(extstorage_testbins::DAEMON))
 }
 
 /// Runs `w` with fio's io_uring engine directly on `image` (no

@@ -120,7 +120,7 @@ impl World {
 
     /// The CLI with this world's search path, log and lock directories.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_extstorage"));
+        let mut c = Command::new(extstorage_testbins::path(extstorage_testbins::CLI));
         c.env_remove("EXTSTORAGE_SEARCH_PATH")
             .env_remove("EXTSTORAGE_TIMEOUT")
             .env_remove("EXTSTORAGE_LOCK_TIMEOUT")

@@ -295,7 +295,7 @@ impl Backend {
                 c
             }
             BackendKind::Ours => {
-                let mut c = Command::new(env!("CARGO_BIN_EXE_extstorage-vhost-user-blk"));
+                let mut c = Command::new(extstorage_testbins::path(extstorage_testbins::DAEMON));
                 c.arg("serve")
                     .arg("--path")
                     .arg(image)
@@ -372,7 +372,7 @@ impl Backend {
                     .open(&self.image)
                     .and_then(|f| f.set_len(new_size))
                     .with_context(|| format!("growing {}", self.image.display()))?;
-                let out = Command::new(env!("CARGO_BIN_EXE_extstorage-vhost-user-blk"))
+                let out = Command::new(extstorage_testbins::path(extstorage_testbins::DAEMON))
                     .arg("resize")
                     .arg("--control-socket")
                     .arg(&self.control)

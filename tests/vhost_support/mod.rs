@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use blkio::{Blkio, Blkioq, MemoryRegion, ReqFlags};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_extstorage-vhost-user-blk");
+/// The daemon binary, built and up to date.
+pub fn bin() -> PathBuf {
+    extstorage_testbins::path(extstorage_testbins::DAEMON)
+}
 
 /// How long to wait for the daemon to create its socket or exit. Generous:
 /// a deadline for a hang, not a speed assertion.
@@ -39,7 +42,7 @@ impl Daemon {
         let sock = dir.path().join("vhost.sock");
         let ctl = dir.path().join("control.sock");
         let log = dir.path().join("daemon.log");
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .arg("serve")
             .arg("--path")
             .arg(&img)
@@ -127,7 +130,7 @@ impl Daemon {
 
     /// Runs `extstorage-vhost-user-blk resize` against this daemon.
     pub fn resize_cmd(&self) -> std::process::Output {
-        Command::new(BIN)
+        Command::new(bin())
             .arg("resize")
             .arg("--control-socket")
             .arg(&self.ctl)
