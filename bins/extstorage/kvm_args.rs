@@ -40,7 +40,7 @@ pub struct KvmArgsArgs {
     #[arg(long, value_name = "MODE")]
     access: Option<AccessMode>,
     /// vhost-user: the backend's unix socket (at most 107 bytes).
-    /// [default: /run/extstorage/vhost-user/PROVIDER-VOLUME.sock]
+    /// [default: /run/extstorage/vhost-user/PROVIDER@VOLUME.sock]
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Number of virtqueues.
@@ -69,6 +69,16 @@ pub struct KvmArgsArgs {
     reconnect_ms: Option<u32>,
     #[command(flatten)]
     disk: DiskArgs,
+}
+
+/// The default vhost-user socket of a volume:
+/// `DEFAULT_SOCKET_DIR/<provider>@<volume>.sock` (one unambiguous name per
+/// volume, see `extstorage_core::names::volume_key`).
+pub fn default_socket(provider: &str, volume: &str) -> PathBuf {
+    Path::new(DEFAULT_SOCKET_DIR).join(format!(
+        "{}.sock",
+        extstorage_core::names::volume_key(provider, volume)
+    ))
 }
 
 /// The QEMU version: `qemu-system-x86_64 --version` when it runs, else
@@ -158,9 +168,10 @@ pub fn run(es: &ExtStorage, args: KvmArgsArgs, out: &Output) -> anyhow::Result<u
             }
         }
         _ => {
-            let socket = args.socket.clone().unwrap_or_else(|| {
-                Path::new(DEFAULT_SOCKET_DIR).join(format!("{provider}-{name}.sock"))
-            });
+            let socket = args
+                .socket
+                .clone()
+                .unwrap_or_else(|| default_socket(&provider, &name));
             if info.dev_path.is_none() {
                 // The core's error (exit 1): the provider offers no device.
                 return Err(extstorage_core::Error::NoBlockDevice {

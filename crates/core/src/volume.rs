@@ -376,7 +376,7 @@ impl Volume<'_> {
         let bad = |reason: String| Error::BadAttachOutput {
             provider: self.provider.name.clone(),
             volume: self.spec.name.clone(),
-            reason,
+            reason: crate::redact::redact(&reason).into_owned(),
         };
         if out.stdout_truncated {
             return Err(bad("stdout is larger than the result limit".into()));
@@ -399,7 +399,8 @@ impl Volume<'_> {
             info.minor = Some(nix::sys::stat::minor(rdev) as u32);
             info.dev_path = Some(dev);
         }
-        tracing::debug!(volume = %self.spec.name, provider = %self.provider.name, dev = ?info.dev_path, uris = ?info.uris, "attached");
+        let uris: Vec<_> = info.uris.iter().map(|u| crate::redact::redact(u)).collect();
+        tracing::debug!(volume = %self.spec.name, provider = %self.provider.name, dev = ?info.dev_path, uris = ?uris, "attached");
         self.attached = Some(info.clone());
         Ok(info)
     }
