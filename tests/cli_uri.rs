@@ -584,7 +584,7 @@ fn access_mode_sets_extp_access_and_defaults() {
         .json();
     assert_eq!(recorded_access(&out), "kernelspace");
     assert_eq!(
-        j["socket"], "/run/extstorage/vhost-user/attachfile-both1.sock",
+        j["socket"], "/run/extstorage/vhost-user/attachfile@both1.sock",
         "default socket"
     );
     let ro = cli(

@@ -786,6 +786,37 @@ mod tests {
     }
 
     #[test]
+    fn log_lines_are_redacted_whole_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut log = BoundedLog::new(File::create(&path).unwrap(), 1 << 20);
+        // A secret split across two reads is still one line.
+        log.write(b"plain line\nrbd map --key AQBse");
+        log.write(b"cret== pool/img\nkvm:iscsi://u%pw");
+        log.write(b"@h/t/0");
+        log.flush_line();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "plain line\nrbd map --key *** pool/img\nkvm:iscsi://u%***@h/t/0"
+        );
+        // Non-UTF-8 bytes do not stop the redaction.
+        let mut log = BoundedLog::new(File::create(&path).unwrap(), 1 << 20);
+        log.write(b"\xff password=hunter2\n");
+        log.flush_line();
+        let text = String::from_utf8_lossy(&fs::read(&path).unwrap()).into_owned();
+        assert!(!text.contains("hunter2"), "{text}");
+        // The limit still holds.
+        let mut log = BoundedLog::new(File::create(&path).unwrap(), 100);
+        for _ in 0..100 {
+            log.write(b"0123456789\n");
+        }
+        log.flush_line();
+        assert!(log.truncated);
+        assert!(fs::metadata(&path).unwrap().len() < 200);
+    }
+
+    #[test]
     fn timestamps() {
         assert_eq!(log_timestamp(UNIX_EPOCH), "1970-01-01_00_00_00");
         let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096); // 2024-02-29 12:34:56
