@@ -39,8 +39,8 @@ pub struct KvmArgsArgs {
     /// device, else userspace]
     #[arg(long, value_name = "MODE")]
     access: Option<AccessMode>,
-    /// vhost-user: the backend's unix socket (at most 107 bytes).
-    /// [default: /run/extstorage/vhost-user/PROVIDER@VOLUME.sock]
+    /// vhost-user: the backend's unix socket (at most 107 bytes); by
+    /// default /run/extstorage/vhost-user/PROVIDER@VOLUME.sock.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Number of virtqueues.

@@ -45,7 +45,7 @@ pub struct DiskArgs {
     #[arg(long)]
     read_only: bool,
     /// Directory for secret files (rbd keys, passwords), mode 0700, files
-    /// 0600. [default: /run/extstorage/secrets/PROVIDER@VOLUME]
+    /// 0600; by default /run/extstorage/secrets/PROVIDER@VOLUME.
     #[arg(long, value_name = "DIR", env = "EXTSTORAGE_SECRET_DIR")]
     secret_dir: Option<PathBuf>,
 }

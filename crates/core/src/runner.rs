@@ -419,6 +419,15 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
             }
         },
     );
+    if matches!(outcome, Err(PumpError::Io(_))) {
+        // We cannot supervise the script any more: stop it rather than
+        // leave it running without its lock.
+        kill_group(
+            cfg,
+            &mut child,
+            Pid::from_raw(i32::try_from(pgid).unwrap_or(i32::MAX)),
+        );
+    }
     // The group is dealt with (exited, killed, or left to its daemons): the
     // keeper can go.
     if let Some(k) = keeper {
