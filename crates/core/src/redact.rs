@@ -22,6 +22,7 @@
 //! closing quote.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 
 /// What a secret is replaced with.
 pub const MASK: &str = "***";
@@ -152,58 +153,109 @@ fn option_or_end_at(b: &[u8], i: usize) -> bool {
     b[j] == b'='
 }
 
-/// The end of a bare (unquoted) value starting at `start`.
-fn bare_value_end(b: &[u8], start: usize) -> usize {
-    let mut i = start;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 2,
-            b',' if b.get(i + 1) == Some(&b',') => i += 2,
-            b':' | b',' | b';' if option_or_end_at(b, i + 1) => return i,
-            c if c.is_ascii_whitespace() => return i,
-            b'"' | b'\'' | b'`' | b'&' | b'<' | b'>' => return i,
-            _ => i += 1,
-        }
-    }
-    b.len()
+/// Where values end, for every start position, computed once per text and
+/// only when a secret name is found: every lookup is then O(1), so text with
+/// many secret names inside one long value (`key=key=key=...`) costs linear
+/// time, not quadratic.
+struct Ends<'a> {
+    b: &'a [u8],
+    bare: OnceCell<Vec<usize>>,
+    double: OnceCell<Vec<usize>>,
+    single: OnceCell<Vec<usize>>,
+    escaped: OnceCell<Vec<usize>>,
 }
 
-/// The end of a quoted value whose opening `quote` (`"`, `'` or `\"`) ends
-/// just before `start`: the closing quote, or the end of the text.
-fn quoted_value_end(text: &str, start: usize, quote: &str) -> usize {
-    let b = text.as_bytes();
-    if quote == "\\\"" {
-        return text[start..].find(quote).map_or(b.len(), |n| start + n);
-    }
-    let q = quote.as_bytes()[0];
-    let mut i = start;
-    while i < b.len() {
-        match b[i] {
-            b'\\' => i += 2,
-            c if c == q => return i,
-            _ => i += 1,
+impl<'a> Ends<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Ends {
+            b,
+            bare: OnceCell::new(),
+            double: OnceCell::new(),
+            single: OnceCell::new(),
+            escaped: OnceCell::new(),
         }
     }
-    b.len()
-}
 
-/// The value starting at `j`: inside its quotes when quoted, else a bare
-/// value ([`bare_value_end`], or up to whitespace for a flag's `word`).
-fn value_at(text: &str, j: usize, word: bool) -> (usize, usize) {
-    let b = text.as_bytes();
-    if text[j..].starts_with("\\\"") {
-        (j + 2, quoted_value_end(text, j + 2, "\\\""))
-    } else if matches!(b.get(j), Some(b'"' | b'\'')) {
-        let q = if b[j] == b'"' { "\"" } else { "'" };
-        (j + 1, quoted_value_end(text, j + 1, q))
-    } else if word {
-        let len = b[j..]
-            .iter()
-            .position(|c| c.is_ascii_whitespace())
-            .unwrap_or(b.len() - j);
-        (j, j + len)
-    } else {
-        (j, bare_value_end(b, j).min(b.len()))
+    /// A table `t` of `len + 2` entries filled from the right: `step(i, t)`
+    /// gives `t[i]` from the entries after it.
+    fn table(&self, step: impl Fn(usize, &[usize]) -> usize) -> Vec<usize> {
+        let n = self.b.len();
+        let mut t = vec![n; n + 2];
+        for i in (0..n).rev() {
+            t[i] = step(i, &t);
+        }
+        t
+    }
+
+    /// The end of a bare (unquoted) value starting at `start`: see the
+    /// module documentation.
+    fn bare(&self, start: usize) -> usize {
+        let b = self.b;
+        let t = self.bare.get_or_init(|| {
+            self.table(|i, t| match b[i] {
+                b'\\' => t[(i + 2).min(b.len())],
+                b',' if b.get(i + 1) == Some(&b',') => t[i + 2],
+                b':' | b',' | b';' if option_or_end_at(b, i + 1) => i,
+                c if c.is_ascii_whitespace() => i,
+                b'"' | b'\'' | b'`' | b'&' | b'<' | b'>' => i,
+                _ => t[i + 1],
+            })
+        });
+        t[start]
+    }
+
+    /// The end of a value quoted with `"` or `'` that starts at `start`:
+    /// the closing quote (a backslash escapes), or the end of the text.
+    fn quoted(&self, start: usize, q: u8) -> usize {
+        let b = self.b;
+        let cell = if q == b'"' {
+            &self.double
+        } else {
+            &self.single
+        };
+        let t = cell.get_or_init(|| {
+            self.table(|i, t| match b[i] {
+                b'\\' => t[(i + 2).min(b.len())],
+                c if c == q => i,
+                _ => t[i + 1],
+            })
+        });
+        t[start]
+    }
+
+    /// The next `\"` at or after `start` (the end of a value quoted that way
+    /// in JSON inside a debug string), or the end of the text.
+    fn escaped_quote(&self, start: usize) -> usize {
+        let b = self.b;
+        let t = self.escaped.get_or_init(|| {
+            self.table(|i, t| {
+                if b[i] == b'\\' && b.get(i + 1) == Some(&b'"') {
+                    i
+                } else {
+                    t[i + 1]
+                }
+            })
+        });
+        t[start]
+    }
+
+    /// The value starting at `j`: inside its quotes when quoted, else a
+    /// bare value, or up to whitespace for a flag's `word`.
+    fn value_at(&self, j: usize, word: bool) -> (usize, usize) {
+        let b = self.b;
+        if b[j..].starts_with(b"\\\"") {
+            (j + 2, self.escaped_quote(j + 2))
+        } else if matches!(b.get(j), Some(b'"' | b'\'')) {
+            (j + 1, self.quoted(j + 1, b[j]))
+        } else if word {
+            let len = b[j..]
+                .iter()
+                .position(|c| c.is_ascii_whitespace())
+                .unwrap_or(b.len() - j);
+            (j, j + len)
+        } else {
+            (j, self.bare(j))
+        }
     }
 }
 
@@ -211,6 +263,7 @@ fn value_at(text: &str, j: usize, word: bool) -> (usize, usize) {
 /// names that [`looks_secret_name`].
 fn secret_options(text: &str, spans: &mut Vec<(usize, usize)>) {
     let b = text.as_bytes();
+    let ends = Ends::new(b);
     let mut i = 0;
     while i < b.len() {
         if !is_name_byte(b[i]) {
@@ -243,7 +296,7 @@ fn secret_options(text: &str, spans: &mut Vec<(usize, usize)>) {
         // A command-line flag with its value in the next word: `--key X`
         // (whatever X looks like: a secret may start with '-').
         if b[start] == b'-' && j > i && sep != b'=' {
-            let (value_start, value_end) = value_at(text, j, true);
+            let (value_start, value_end) = ends.value_at(j, true);
             if value_start < value_end {
                 spans.push((value_start, value_end));
             }
@@ -259,7 +312,7 @@ fn secret_options(text: &str, spans: &mut Vec<(usize, usize)>) {
         while j < b.len() && matches!(b[j], b' ' | b'\t') {
             j += 1;
         }
-        let (value_start, value_end) = value_at(text, j, false);
+        let (value_start, value_end) = ends.value_at(j, false);
         if value_start < value_end {
             spans.push((value_start, value_end));
         }
@@ -374,6 +427,23 @@ mod tests {
             "",
         ] {
             assert!(matches!(redact(same), Cow::Borrowed(_)), "{same}");
+        }
+    }
+
+    #[test]
+    fn many_names_in_one_value_cost_linear_time() {
+        // Each name's value runs to the end of the text: scanning it anew
+        // for every name (quadratic) would take hours here, not
+        // milliseconds.
+        for (unit, want) in [
+            ("key=", "key=***"),
+            ("password='", "password='***"),
+            ("--key ", "--key ***"),
+            ("\"secret\": \\\"", "\"secret\": \\\"***"),
+        ] {
+            let text = unit.repeat(200_000);
+            assert!(redact(&text).starts_with(want), "{unit}");
+            assert!(redact(&text).len() < text.len(), "{unit}");
         }
     }
 

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -162,7 +162,7 @@ impl Tail {
 
 /// A log file that stops growing at a limit; lines are redacted whole.
 struct BoundedLog {
-    file: File,
+    file: BufWriter<File>,
     written: u64,
     limit: u64,
     truncated: bool,
@@ -173,7 +173,7 @@ struct BoundedLog {
 impl BoundedLog {
     fn new(file: File, limit: u64) -> BoundedLog {
         BoundedLog {
-            file,
+            file: BufWriter::with_capacity(64 * 1024, file),
             written: 0,
             limit,
             truncated: false,
@@ -216,6 +216,14 @@ impl BoundedLog {
         }
         self.line = line;
         self.line.clear();
+    }
+
+    /// Writes the pending line and everything buffered.
+    fn finish(&mut self) {
+        self.flush_line();
+        if self.file.flush().is_err() {
+            self.truncated = true;
+        }
     }
 
     fn write_raw(&mut self, data: &[u8]) {
@@ -434,7 +442,7 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
         k.release();
     }
     let tail = tail.finish();
-    log.flush_line();
+    log.finish();
     if log.truncated {
         let mut end = String::from("[extstorage: last lines of output]\n");
         for line in &tail {
@@ -442,6 +450,7 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
             end.push('\n');
         }
         let _ = log.file.write_all(end.as_bytes());
+        let _ = log.file.flush();
     }
     let interrupted = |signal: Signal, outcome: String| Error::Interrupted {
         signal: signal as i32,
@@ -803,7 +812,7 @@ mod tests {
         log.write(b"plain line\nrbd map --key AQBse");
         log.write(b"cret== pool/img\nkvm:iscsi://u%pw");
         log.write(b"@h/t/0");
-        log.flush_line();
+        log.finish();
         let text = fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
@@ -812,7 +821,7 @@ mod tests {
         // Non-UTF-8 bytes do not stop the redaction.
         let mut log = BoundedLog::new(File::create(&path).unwrap(), 1 << 20);
         log.write(b"\xff password=hunter2\n");
-        log.flush_line();
+        log.finish();
         let text = String::from_utf8_lossy(&fs::read(&path).unwrap()).into_owned();
         assert!(!text.contains("hunter2"), "{text}");
         // The limit still holds.
@@ -820,7 +829,7 @@ mod tests {
         for _ in 0..100 {
             log.write(b"0123456789\n");
         }
-        log.flush_line();
+        log.finish();
         assert!(log.truncated);
         assert!(fs::metadata(&path).unwrap().len() < 200);
     }
