@@ -568,7 +568,10 @@ fn pump(
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let mut forwarded: Option<Signal> = None;
     loop {
-        if status.is_none() && interrupt::count() != seen {
+        // Forwarded while the script runs, and again (a second Ctrl-C) while
+        // its group is waited for; not once the script has finished on its
+        // own: then the run is complete and the next script will not start.
+        if (status.is_none() || forwarded.is_some()) && interrupt::count() != seen {
             seen = interrupt::count();
             if let Some(signal) = interrupt::pending() {
                 let _ = killpg(pgid, signal);
