@@ -231,9 +231,16 @@ pub(crate) fn close_all_except(keep: [c_int; 2]) {
     close_range(0, a - 1);
     close_range(a + 1, b - 1);
     close_range(b.saturating_add(1), c_int::MAX);
-    if ok {
-        return;
+    if !ok {
+        close_all_except_fallback(keep);
     }
+}
+
+/// [`close_all_except`] without `close_range` (Linux before 5.9): every fd
+/// listed in `/proc/self/fd`, else every fd below the open-file limit (at
+/// most 65536). Async-signal-safe.
+pub(crate) fn close_all_except_fallback(keep: [c_int; 2]) {
+    let (a, b) = (keep[0], keep[1]);
     let listed = for_each_entry(b"/proc/self/fd\0", |name, dir| {
         if let Some(fd) = parse_dec(name).and_then(|v| c_int::try_from(v).ok())
             && fd != a
@@ -367,6 +374,41 @@ mod tests {
             let fds = child_fds(mark);
             // 0-2 and the directory ls itself opened.
             assert_eq!(fds, ["0", "1", "2", "3"], "{fds:?}");
+        }
+    }
+
+    #[test]
+    fn all_fds_but_two_are_closed() {
+        // fd 7 and fd 9 are copies of a file; keep stdout (for ls) and 9.
+        let marks: [fn(); 2] = [
+            || close_all_except([9, 1]),
+            || close_all_except_fallback([1, 9]),
+        ];
+        for mark in marks {
+            let file = tempfile::tempfile().unwrap();
+            let raw = file.as_raw_fd();
+            let mut cmd = Command::new("ls");
+            cmd.arg("/proc/self/fd").stdout(Stdio::piped());
+            // SAFETY: dup2 and the closing function are async-signal-safe.
+            // (Closing std's exec-error pipe only makes spawn report success
+            // early; ls runs all the same.)
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(raw, 7) < 0 || libc::dup2(raw, 9) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    mark();
+                    Ok(())
+                });
+            }
+            let out = cmd.output().unwrap();
+            let fds: Vec<String> = String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            // ls's own directory fd takes the lowest free number, 0.
+            assert_eq!(fds, ["0", "1", "9"], "{fds:?}");
         }
     }
 
