@@ -6,6 +6,9 @@
 mod kvm_args;
 mod output;
 mod providers;
+#[cfg(feature = "serve")]
+mod serve;
+mod status;
 mod uri;
 mod volume;
 
@@ -97,6 +100,10 @@ struct Cli {
         help_heading = "Global options"
     )]
     lock_timeout: f64,
+    /// Directory for a served volume's claim, control socket and default
+    /// vhost-user socket (created on demand).
+    #[arg(long, value_name = "DIR", env = "EXTSTORAGE_RUN_DIR", default_value = extstorage_serve_api::paths::DEFAULT_RUN_DIR, global = true, help_heading = "Global options")]
+    run_dir: PathBuf,
     /// Print results (and errors) as JSON on stdout.
     #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
@@ -117,6 +124,13 @@ enum Command {
     Uri(uri::UriArgs),
     /// Attach and print the full QEMU argv for the volume in an access mode.
     KvmArgs(kvm_args::KvmArgsArgs),
+    /// Serve the volume to QEMU over vhost-user-blk until SIGTERM/SIGINT:
+    /// attach, open, serve; on stop drain, close and detach.
+    #[cfg(feature = "serve")]
+    Serve(serve::ServeArgs),
+    /// Show a served volume's per-queue counters (requests, bytes, errors,
+    /// in flight, latency).
+    Status(status::StatusArgs),
 }
 
 fn seconds(what: &str, secs: f64) -> Result<Duration, String> {
@@ -147,10 +161,7 @@ fn main() -> ExitCode {
     match run(cli, &out) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            let code = match err
-                .downcast_ref::<extstorage_core::Error>()
-                .map(|e| e.kind())
-            {
+            let code = match error_kind(&err) {
                 Some(ErrorKind::Failed) => exit::FAILED,
                 Some(ErrorKind::Invalid) | None => exit::USAGE,
                 Some(ErrorKind::Timeout) => exit::TIMEOUT,
@@ -160,6 +171,31 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// The name of a volume's files in the run directory (claim, control
+/// socket, default vhost-user socket).
+pub fn volume_key(provider: &str, volume: &str) -> String {
+    format!("{provider}.{volume}")
+}
+
+/// The class of an error, for the exit code: the core's, or the serve
+/// crate's (which maps a volume served elsewhere to "busy").
+fn error_kind(err: &anyhow::Error) -> Option<ErrorKind> {
+    if let Some(e) = err.downcast_ref::<extstorage_core::Error>() {
+        return Some(e.kind());
+    }
+    #[cfg(feature = "serve")]
+    if let Some(e) = err.downcast_ref::<extstorage_serve::Error>() {
+        return Some(e.kind());
+    }
+    if let Some(e) = err.downcast_ref::<extstorage_serve_api::Error>() {
+        return Some(match e {
+            extstorage_serve_api::Error::InvalidOption { .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Failed,
+        });
+    }
+    None
 }
 
 fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
@@ -181,10 +217,14 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         lock_wait: seconds("--lock-timeout", cli.lock_timeout).map_err(anyhow::Error::msg)?,
     };
     let es = ExtStorage::new(config);
+    let run_dir = extstorage_serve_api::RunDir::new(cli.run_dir);
     match cli.command {
         Command::Providers(args) => providers::run(&es, &args, out),
-        Command::Volume(cmd) => volume::run(&es, cmd, out),
+        Command::Volume(cmd) => volume::run(&es, cmd, &run_dir, out),
         Command::Uri(args) => uri::run(&es, args, out),
         Command::KvmArgs(args) => kvm_args::run(&es, args, out),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(&es, args, run_dir, out),
+        Command::Status(args) => status::run(&args, &run_dir, out),
     }
 }

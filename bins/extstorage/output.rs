@@ -27,6 +27,19 @@ impl Output {
         }
     }
 
+    /// Prints a result as one line: `human` as text, or `value` as compact
+    /// JSON (a readiness line that tools read line by line).
+    pub fn print_line<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) {
+        if self.json {
+            match serde_json::to_string(value) {
+                Ok(s) => stdout_line(&s),
+                Err(e) => eprintln!("extstorage: cannot render JSON: {e}"),
+            }
+        } else {
+            stdout_line(&human());
+        }
+    }
+
     /// Prints an error on stderr, and as JSON on stdout with `--json`.
     pub fn error(&self, err: &anyhow::Error, code: u8) {
         eprintln!("extstorage: error: {err:#}");

@@ -1,6 +1,8 @@
 //! The volume subcommands: one `extstorage-core` call each.
 
 use extstorage_core::{Access, ExtStorage, VolumeSpec, parse_size_mib};
+use extstorage_serve_api::RunDir;
+use extstorage_serve_api::control::{self, Request, ResizeReply};
 use serde_json::json;
 
 use crate::exit;
@@ -175,8 +177,34 @@ fn attach_text(info: &extstorage_core::AttachInfo) -> String {
     lines.join("\n")
 }
 
+/// After a grow, tells the backend serving the volume on this node (if
+/// any) to re-read the size, so the running guest sees it at once.
+/// `None`: the volume is not served here.
+fn notify_served(
+    run_dir: &RunDir,
+    provider: &str,
+    volume: &str,
+    new_mib: u64,
+) -> anyhow::Result<Option<ResizeReply>> {
+    let path = run_dir.control_socket(&crate::volume_key(provider, volume));
+    match control::call::<ResizeReply>(&path, Request::Resize) {
+        Ok(r) => Ok(Some(r)),
+        Err(extstorage_serve_api::Error::NotServing { .. }) => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "the volume was grown to {new_mib} MiB, but its server could not be told; \
+             run `extstorage-vhost-user-blk resize --control-socket {}`",
+            path.display()
+        ))),
+    }
+}
+
 /// Runs one volume subcommand.
-pub fn run(es: &ExtStorage, cmd: VolumeCommand, out: &Output) -> anyhow::Result<u8> {
+pub fn run(
+    es: &ExtStorage,
+    cmd: VolumeCommand,
+    run_dir: &RunDir,
+    out: &Output,
+) -> anyhow::Result<u8> {
     use VolumeCommand as C;
     match cmd {
         C::Create(v) => {
@@ -233,11 +261,26 @@ pub fn run(es: &ExtStorage, cmd: VolumeCommand, out: &Output) -> anyhow::Result<
         } => {
             let mut vol = es.volume(spec(vol))?;
             let new = vol.grow(amount, dry_run)?;
+            let served = if dry_run {
+                None
+            } else {
+                notify_served(run_dir, &vol.provider().name, vol.name(), new)?
+            };
             out.print(
-                &json!({"ok": true, "new_size_mib": new, "dry_run": dry_run}),
+                &json!({
+                    "ok": true,
+                    "new_size_mib": new,
+                    "dry_run": dry_run,
+                    "served_size_bytes": served.map(|r| r.size_bytes),
+                }),
                 || {
                     if dry_run {
                         format!("dry run: would grow to {new} MiB")
+                    } else if let Some(r) = served {
+                        format!(
+                            "grown to {new} MiB; the running guest now sees {} bytes",
+                            r.size_bytes
+                        )
                     } else {
                         format!("grown to {new} MiB")
                     }
