@@ -265,3 +265,54 @@ fn the_cli_without_the_serve_feature_links_no_vhost_or_io_uring() {
         assert!(!tree.contains(&format!(" {dep} v")), "{dep} in:\n{tree}");
     }
 }
+
+#[test]
+fn kvm_args_states_the_served_queue_count() {
+    let w = World::new();
+    w.install("loopfile");
+    create(&w, "vol1", "16M");
+    let kvm = |extra: &[&str]| {
+        let mut a = vec!["--json".to_owned(), "kvm-args".into()];
+        a.extend(vol_args(&w, "vol1"));
+        a.extend(["--access".into(), "vhost-user".into()]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        w.run(&strs(&a))
+    };
+    // Not served: the default, min(vCPUs, 4), stated explicitly, and the
+    // serve command that offers exactly that.
+    let j = kvm(&["--vcpus", "3"]).ok().json();
+    assert_eq!(j["served"], false);
+    assert_eq!(j["num_queues"], 3);
+    let device = j["argv"].as_array().unwrap().last().unwrap().to_string();
+    assert!(device.contains("num-queues=3"), "{j:#}");
+    let serve_cmd: Vec<String> = j["serve_command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        serve_cmd.contains(&"--num-queues=3".to_owned()),
+        "{serve_cmd:?}"
+    );
+
+    // Served: the server's settings, whatever the defaults here.
+    let mut args = vol_args(&w, "vol1");
+    args.extend([
+        "--num-queues".into(),
+        "3".into(),
+        "--queue-size".into(),
+        "64".into(),
+    ]);
+    let served = w.serve(&strs(&args)).unwrap();
+    let j = kvm(&[]).ok().json();
+    assert_eq!(j["served"], true, "{j:#}");
+    assert_eq!(j["serve_command"], serde_json::Value::Null);
+    assert_eq!(j["socket"], served.ready["socket"]);
+    let device = j["argv"].as_array().unwrap().last().unwrap().to_string();
+    assert!(device.contains("num-queues=3"), "{device}");
+    assert!(device.contains("queue-size=64"), "{device}");
+    // Asking for something else is refused, saying what is served.
+    let r = kvm(&["--num-queues", "2"]).code(2);
+    assert!(r.stderr.contains("served with 3"), "{r:#?}");
+}

@@ -8,6 +8,7 @@ mod output;
 mod providers;
 #[cfg(feature = "serve")]
 mod serve;
+mod shell;
 mod status;
 mod uri;
 mod volume;
@@ -173,6 +174,66 @@ fn main() -> ExitCode {
     }
 }
 
+/// The global options that locate providers, logs, locks and the run
+/// directory, as given to this run: a command line printed for the user
+/// (e.g. the `serve` command `kvm-args` suggests) repeats them.
+static GLOBAL_ARGS: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
+
+/// The global options of this run that differ from the defaults, with
+/// absolute paths (a printed command may run from another directory).
+fn globals_of(
+    es: &ExtStorage,
+    run_dir: &extstorage_serve_api::RunDir,
+    timeout: f64,
+) -> Vec<std::ffi::OsString> {
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    let mut push = |opt: &str, value: &std::path::Path| {
+        let mut arg = std::ffi::OsString::from(format!("{opt}="));
+        arg.push(abs(value));
+        out.push(arg);
+    };
+    let cfg = es.config();
+    let default_search = [PathBuf::from(
+        extstorage_core::provider::DEFAULT_SEARCH_PATH,
+    )];
+    if cfg.search_path.dirs() != default_search {
+        for d in cfg.search_path.dirs() {
+            push("--search-path", d);
+        }
+    }
+    for (opt, value, default) in [
+        (
+            "--log-dir",
+            &cfg.runner.log_dir,
+            extstorage_core::runner::DEFAULT_LOG_DIR,
+        ),
+        (
+            "--lock-dir",
+            &cfg.lock_dir,
+            extstorage_core::lock::DEFAULT_LOCK_DIR,
+        ),
+        (
+            "--run-dir",
+            &run_dir.root().to_path_buf(),
+            extstorage_serve_api::paths::DEFAULT_RUN_DIR,
+        ),
+    ] {
+        if value.as_path() != std::path::Path::new(default) {
+            push(opt, value);
+        }
+    }
+    if timeout != 300.0 {
+        out.push(format!("--timeout={timeout}").into());
+    }
+    out
+}
+
+/// See [`GLOBAL_ARGS`].
+pub fn global_args() -> Vec<std::ffi::OsString> {
+    GLOBAL_ARGS.get().cloned().unwrap_or_default()
+}
+
 /// The name of a volume's files in the run directory (claim, control
 /// socket, default vhost-user socket).
 pub fn volume_key(provider: &str, volume: &str) -> String {
@@ -218,11 +279,12 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
     };
     let es = ExtStorage::new(config);
     let run_dir = extstorage_serve_api::RunDir::new(cli.run_dir);
+    let _ = GLOBAL_ARGS.set(globals_of(&es, &run_dir, cli.timeout));
     match cli.command {
         Command::Providers(args) => providers::run(&es, &args, out),
         Command::Volume(cmd) => volume::run(&es, cmd, &run_dir, out),
         Command::Uri(args) => uri::run(&es, args, out),
-        Command::KvmArgs(args) => kvm_args::run(&es, args, out),
+        Command::KvmArgs(args) => kvm_args::run(&es, args, &run_dir, out),
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve::run(&es, args, run_dir, out),
         Command::Status(args) => status::run(&args, &run_dir, out),

@@ -34,9 +34,6 @@ pub struct DiskArgs {
     /// Guest discard requests: unmap (pass down) or ignore.
     #[arg(long, value_name = "MODE", default_value = "ignore")]
     discard: Discard,
-    /// Open the disk read-only.
-    #[arg(long)]
-    read_only: bool,
     /// Directory for secret files (rbd keys, passwords), mode 0700, files
     /// 0600. [default: /run/extstorage/secrets/PROVIDER-VOLUME]
     #[arg(long, value_name = "DIR", env = "EXTSTORAGE_SECRET_DIR")]
@@ -44,9 +41,10 @@ pub struct DiskArgs {
 }
 
 impl DiskArgs {
-    /// The uri crate's options: Ganeti's ext-disk rules plus these flags;
-    /// secrets go to `--secret-dir` or a per-volume default directory.
-    pub fn options(&self, provider: &str, volume: &str) -> DiskOptions {
+    /// The uri crate's options: Ganeti's ext-disk rules plus these flags
+    /// and `read_only`; secrets go to `--secret-dir` or a per-volume default
+    /// directory.
+    pub fn options(&self, provider: &str, volume: &str, read_only: bool) -> DiskOptions {
         let secret_dir = self
             .secret_dir
             .clone()
@@ -55,7 +53,7 @@ impl DiskArgs {
             cache: self.cache,
             aio: self.aio,
             discard: self.discard,
-            read_only: self.read_only,
+            read_only,
             secret_dir: Some(secret_dir),
             ..DiskOptions::ganeti_ext()
         }
@@ -141,6 +139,9 @@ pub struct UriArgs {
     /// Drive id / top block node name (the protocol node is NAME-file).
     #[arg(long, value_name = "NAME", default_value = "disk0")]
     node_name: String,
+    /// Open the disk read-only.
+    #[arg(long)]
+    read_only: bool,
     #[command(flatten)]
     disk: DiskArgs,
 }
@@ -152,10 +153,11 @@ pub fn run(es: &ExtStorage, args: UriArgs, out: &Output) -> anyhow::Result<u8> {
         hypervisor,
         format,
         node_name,
+        read_only,
         disk,
     } = args;
     let mut vol = es.volume(vol.spec(Access::Userspace))?;
-    let opts = disk.options(&vol.provider().name, vol.name());
+    let opts = disk.options(&vol.provider().name, vol.name(), read_only);
     let uri = vol.userspace_uri(&hypervisor)?;
     let source = parse_provider_uri(&vol, &uri)?;
     tracing::debug!(volume = %vol.name(), provider = %vol.provider().name, driver = source.driver(), "parsed userspace URI");

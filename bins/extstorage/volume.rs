@@ -9,14 +9,14 @@ use crate::exit;
 use crate::output::Output;
 
 /// Which volume: the options every volume command takes, except the access mode.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct VolumeId {
     /// Provider name (a directory in the search path).
     #[arg(long)]
-    provider: String,
+    pub provider: String,
     /// Volume name (Ganeti: UUID.ext.diskN); letters, digits, '_', '.', '+', '-'.
     #[arg(long)]
-    volume: String,
+    pub volume: String,
     /// Volume size (512M, 10G, 1T; a plain number is MiB). Needed by create;
     /// otherwise measured on the attached device when needed.
     #[arg(long, value_name = "SIZE", value_parser = size_arg)]
@@ -33,6 +33,25 @@ pub struct VolumeId {
 }
 
 impl VolumeId {
+    /// The arguments that parse back into this volume (for printed
+    /// command lines); `=` joins values so none is taken for an option.
+    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            format!("--provider={}", self.provider).into(),
+            format!("--volume={}", self.volume).into(),
+        ];
+        for (k, v) in &self.params {
+            args.push(format!("--param={k}={v}").into());
+        }
+        if let Some(c) = &self.cname {
+            args.push(format!("--cname={c}").into());
+        }
+        if let Some(u) = &self.uuid {
+            args.push(format!("--uuid={u}").into());
+        }
+        args
+    }
+
     /// The core's volume spec with `EXTP_ACCESS` set to `access`.
     pub fn spec(self, access: Access) -> VolumeSpec {
         VolumeSpec {

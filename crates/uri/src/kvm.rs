@@ -224,6 +224,37 @@ impl KvmDisk {
         }
     }
 
+    /// Checks what can be checked before the volume is attached: the ids,
+    /// queue count and size, and the memory size, in every access mode.
+    /// [`render`](Self::render) checks again, with the source.
+    pub fn validate(&self) -> Result<()> {
+        crate::render::check_id("disk id", &self.id, 26)?;
+        if self.num_queues == Some(0) {
+            return Err(UriError::InvalidValue {
+                field: "num-queues",
+                value: "0".into(),
+                reason: "at least one queue".into(),
+            });
+        }
+        if let Some(q) = self.queue_size
+            && (!q.is_power_of_two() || !(2..=1024).contains(&q))
+        {
+            return Err(UriError::InvalidValue {
+                field: "queue-size",
+                value: q.to_string(),
+                reason: "a power of two from 2 to 1024".into(),
+            });
+        }
+        if self.memory_mib == Some(0) {
+            return Err(UriError::InvalidValue {
+                field: "memory size",
+                value: "0".into(),
+                reason: "give the guest RAM size in MiB (same as -m)".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Renders the argv for `access`: `-blockdev` nodes plus
     /// `-device virtio-blk-pci` for kernelspace and userspace; the shared
     /// memory (when `memory_mib` is set), `-chardev socket` and
@@ -317,6 +348,22 @@ mod tests {
 
     fn strs(v: &[OsString]) -> Vec<&str> {
         v.iter().map(|s| s.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn validate_checks_before_attach() {
+        let mut d = KvmDisk::new("disk0", V10);
+        d.validate().unwrap();
+        for bad in ["a,b", "0disk", "", &"d".repeat(27)] {
+            d.id = bad.to_string();
+            assert!(d.validate().is_err(), "{bad:?}");
+        }
+        d.id = "disk0".into();
+        d.queue_size = Some(100);
+        assert!(d.validate().is_err());
+        d.queue_size = Some(128);
+        d.num_queues = Some(0);
+        assert!(d.validate().is_err());
     }
 
     #[test]
