@@ -347,9 +347,7 @@ fn kvm_args_vhost_user_served_and_accepted_by_qemu() {
     .ok();
     assert!(
         human.stderr.contains("start its backend first:")
-            && human
-                .stderr
-                .contains(&format!(" serve --provider=loopfile"))
+            && human.stderr.contains(" serve --provider=loopfile")
             && human.stderr.contains(&format!("--socket {sock}")),
         "{human:#?}"
     );
