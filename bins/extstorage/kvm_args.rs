@@ -203,7 +203,7 @@ fn serve_command(args: &KvmArgsArgs, device: &DeviceOptions, socket: &Path) -> V
 /// and print the argv.
 pub fn run(
     es: &ExtStorage,
-    args: KvmArgsArgs,
+    args: &KvmArgsArgs,
     run_dir: &RunDir,
     out: &Output,
 ) -> anyhow::Result<u8> {
@@ -218,7 +218,7 @@ pub fn run(
     let (provider, name) = (vol.provider().name.clone(), vol.name().to_owned());
     let options = args.disk.options(&provider, &name, device.read_only);
     let vhost = match args.access {
-        Some(AccessMode::VhostUser) => Some(plan_vhost_user(&args, run_dir)?),
+        Some(AccessMode::VhostUser) => Some(plan_vhost_user(args, run_dir)?),
         _ => None,
     };
     let mut disk = KvmDisk {

@@ -284,7 +284,7 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         Command::Providers(args) => providers::run(&es, &args, out),
         Command::Volume(cmd) => volume::run(&es, cmd, &run_dir, out),
         Command::Uri(args) => uri::run(&es, args, out),
-        Command::KvmArgs(args) => kvm_args::run(&es, args, &run_dir, out),
+        Command::KvmArgs(args) => kvm_args::run(&es, &args, &run_dir, out),
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve::run(&es, args, run_dir, out),
         Command::Status(args) => status::run(&args, &run_dir, out),
