@@ -316,3 +316,108 @@ fn kvm_args_states_the_served_queue_count() {
     let r = kvm(&["--num-queues", "2"]).code(2);
     assert!(r.stderr.contains("served with 3"), "{r:#?}");
 }
+
+/// The uid and gid lines of a process.
+fn ids(pid: u32) -> (String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    (line("Uid:"), line("Gid:"))
+}
+
+fn served_pid(w: &World, vol: &str) -> u32 {
+    let mut c = vec!["--json".to_owned(), "kvm-args".into()];
+    c.extend(vol_args(w, vol));
+    c.extend(["--access".into(), "vhost-user".into()]);
+    assert_eq!(w.run(&strs(&c)).ok().json()["served"], true);
+    let ctl = w.run_dir().join(format!("serve/loopfile.{vol}.ctl"));
+    let out = Command::new(vhost_support::bin())
+        .args(["config", "--control-socket"])
+        .arg(&ctl)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["pid"].as_u64().unwrap() as u32
+}
+
+#[test]
+fn with_user_the_io_process_runs_unprivileged_and_root_cleans_up() {
+    let w = World::new();
+    w.install("loopfile");
+    create(&w, "vol1", "16M");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let mut args = vol_args(&w, "vol1");
+    args.extend([
+        "--user".into(),
+        "nobody".into(),
+        "--num-queues".into(),
+        "2".into(),
+    ]);
+    let mut served = w.serve(&strs(&args)).unwrap_or_else(|r| panic!("{r:#?}"));
+    let io_pid = served_pid(&w, "vol1");
+    assert_ne!(io_pid, served.pid() as u32, "a separate I/O process");
+    assert_eq!(
+        ids(io_pid),
+        (nobody.uid.to_string(), nobody.gid.to_string())
+    );
+    assert_eq!(
+        ids(served.pid() as u32).0,
+        "0",
+        "the script runner keeps root"
+    );
+    {
+        let mut c = Client::connect(&served.socket(), 2, false).unwrap();
+        let (m0, m1) = (c.mem(0), c.mem(1));
+        assert_eq!(write(&mut c.queues[0], m0, MIB, &[3; 4096]), 0);
+        assert_eq!(read(&mut c.queues[1], m1, MIB, 4096), (0, vec![3; 4096]));
+    }
+    assert_eq!(served.stop(Signal::SIGTERM), Some(0), "{}", served.log());
+    assert!(
+        loop_devices_of(&img(&w, "vol1")).is_empty(),
+        "root detached after the I/O process drained"
+    );
+    assert!(!w.vols().join("vol1.img.open").exists(), "closed");
+}
+
+#[test]
+fn a_dead_io_process_leaves_the_volume_attached_and_a_dead_parent_takes_the_child_along() {
+    let w = World::new();
+    w.install("loopfile");
+    create(&w, "vol1", "16M");
+    let mut args = vol_args(&w, "vol1");
+    args.extend(["--user".into(), "nobody".into()]);
+    let mut served = w.serve(&strs(&args)).unwrap();
+    let io_pid = served_pid(&w, "vol1");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(io_pid as i32), Signal::SIGKILL).unwrap();
+    assert_eq!(served.stop(Signal::SIGCONT), Some(1), "{}", served.log());
+    assert!(
+        served.log().contains("I/O process died"),
+        "{}",
+        served.log()
+    );
+    assert_eq!(loop_devices_of(&img(&w, "vol1")).len(), 1, "still attached");
+
+    // A killed parent: its I/O process stops too, releasing the claim.
+    let mut served = w.serve(&strs(&args)).unwrap();
+    let io_pid = served_pid(&w, "vol1");
+    assert_eq!(served.stop(Signal::SIGKILL), None);
+    let start = std::time::Instant::now();
+    while !common_cli::process_gone(io_pid as i32) {
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "I/O process {io_pid} outlived its parent"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let again = w.serve(&strs(&vol_args(&w, "vol1"))).unwrap();
+    assert_eq!(again.ready["ok"], true);
+}

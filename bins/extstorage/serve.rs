@@ -1,14 +1,10 @@
 //! `extstorage serve`: attach, open and serve a volume over vhost-user-blk
 //! in the foreground until SIGTERM/SIGINT/SIGHUP, then close and detach.
 
-use std::sync::{Arc, Mutex};
-
 use anyhow::Context;
 use extstorage_core::{Access, ExtStorage};
-use extstorage_serve::{ServeRequest, VolumeServer};
+use extstorage_serve::{ServeRequest, StopHandle, VolumeServer};
 use extstorage_serve_api::{DeviceArgs, ListenArgs, RunDir, systemd};
-use extstorage_vhost_user_blk::ShutdownHandle;
-use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
 
 use crate::exit;
@@ -34,21 +30,12 @@ pub struct ServeArgs {
     listen: ListenArgs,
 }
 
-/// What the signal thread stops: the server once it runs, and whether a
-/// stop was asked for before it did.
-#[derive(Default)]
-struct StopState {
-    handle: Option<ShutdownHandle>,
-    requested: bool,
-}
-
 /// Blocks SIGTERM, SIGINT and SIGHUP in every thread and starts the thread
-/// that waits for them.
-fn signal_thread(state: Arc<Mutex<StopState>>) -> anyhow::Result<()> {
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        signals.add(s);
-    }
+/// that waits for them and stops the server. Started once the server runs:
+/// until then the process has one thread, so `--user` can fork its I/O
+/// process.
+fn signal_thread(stop: StopHandle) -> anyhow::Result<()> {
+    let signals = extstorage_vhost_user_blk::threads::stop_signals();
     signals
         .thread_block()
         .context("blocking SIGTERM/SIGINT/SIGHUP")?;
@@ -58,11 +45,7 @@ fn signal_thread(state: Arc<Mutex<StopState>>) -> anyhow::Result<()> {
             while let Ok(sig) = signals.wait() {
                 tracing::info!(signal = %sig, "stop requested");
                 let _ = systemd::notify("STOPPING=1");
-                let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-                st.requested = true;
-                if let Some(h) = &st.handle {
-                    h.shutdown();
-                }
+                stop.stop();
             }
         })
         .context("starting the signal thread")?;
@@ -74,8 +57,6 @@ pub fn run(es: &ExtStorage, args: ServeArgs, run_dir: RunDir, out: &Output) -> a
     // Every option is checked before anything runs.
     let device = args.device.resolve()?;
     let listen = args.listen.resolve()?;
-    let state = Arc::new(Mutex::new(StopState::default()));
-    signal_thread(Arc::clone(&state))?;
     let server = VolumeServer::start(
         es,
         ServeRequest {
@@ -87,13 +68,7 @@ pub fn run(es: &ExtStorage, args: ServeArgs, run_dir: RunDir, out: &Output) -> a
             run_dir,
         },
     )?;
-    {
-        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-        st.handle = Some(server.shutdown_handle());
-        if st.requested {
-            server.shutdown_handle().shutdown();
-        }
-    }
+    signal_thread(server.stop_handle())?;
     let opts = server.device_options();
     let ready = json!({
         "ok": true,

@@ -170,10 +170,15 @@ impl World {
             for _ in lines {}
         });
         let first = rx.recv_timeout(Duration::from_secs(120)).ok().flatten();
-        let ready: Option<serde_json::Value> = first.map(|line| {
-            serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("ready line is not JSON ({e}): {line}"))
-        });
+        let ready: Option<serde_json::Value> = match first.map(|l| (serde_json::from_str(&l), l)) {
+            Some((Ok(v), _)) => Some(v),
+            Some((Err(e), line)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ready line is not JSON ({e}): {line}");
+            }
+            None => None,
+        };
         match ready {
             Some(ready) if ready["ok"] == true => Ok(Served {
                 ready,

@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod claim;
+mod privsep;
 
 use std::path::{Path, PathBuf};
 
@@ -63,6 +64,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The unprivileged I/O process (`--user`) could not be started.
+    #[error("cannot start the unprivileged I/O process: {0}")]
+    PrivilegeSeparation(String),
+    /// The unprivileged I/O process ended on its own.
+    #[error("the I/O process died ({0}); the volume stays open and attached for the next serve")]
+    ServerDied(String),
     /// Serving stopped, but undoing `open` or `attach` failed.
     #[error("the backend stopped, but {step} failed; the volume may still be open or attached")]
     Cleanup {
@@ -86,7 +93,11 @@ impl Error {
             Error::Backend(extstorage_vhost_user_blk::Error::InvalidConfig(_)) => {
                 ErrorKind::Invalid
             }
-            Error::Backend(_) | Error::Claim { .. } | Error::Cleanup { .. } => ErrorKind::Failed,
+            Error::Backend(_)
+            | Error::Claim { .. }
+            | Error::Cleanup { .. }
+            | Error::PrivilegeSeparation(_)
+            | Error::ServerDied(_) => ErrorKind::Failed,
         }
     }
 }
@@ -110,23 +121,56 @@ pub struct ServeRequest {
     pub run_dir: RunDir,
 }
 
+/// Where the backend runs: in this process, or (with `--user`) in an
+/// unprivileged child.
+#[derive(Debug)]
+enum Backend {
+    InProcess(Serving),
+    Child(privsep::ChildServer),
+}
+
+/// Stops a [`VolumeServer`] from another thread (e.g. a signal thread).
+#[derive(Debug, Clone)]
+pub struct StopHandle(StopInner);
+
+#[derive(Debug, Clone)]
+enum StopInner {
+    InProcess(ShutdownHandle),
+    Child(privsep::ChildStop),
+}
+
+impl StopHandle {
+    /// Asks the backend to drain and stop; [`VolumeServer::run`] then
+    /// closes and detaches.
+    pub fn stop(&self) {
+        match &self.0 {
+            StopInner::InProcess(h) => h.shutdown(),
+            StopInner::Child(c) => c.stop(),
+        }
+    }
+}
+
 /// A served volume.
 #[derive(Debug)]
 pub struct VolumeServer<'a> {
     vol: Volume<'a>,
-    serving: Serving,
+    backend: Backend,
     keep_attached: bool,
     control_socket: PathBuf,
     device_path: PathBuf,
+    device: DeviceOptions,
     _claim: claim::Claim,
 }
 
-/// The default socket is used when nothing else says where to listen.
-fn with_default_socket(mut listen: ListenOptions, run_dir: &RunDir, key: &str) -> ListenOptions {
-    let inherited =
-        listen.listen_fd.is_some() || extstorage_serve_api::systemd::listen_fd().is_some();
-    if listen.socket.is_none() && !inherited {
-        listen.socket = Some(run_dir.vhost_user_socket(key));
+/// Where to listen: the given socket or fd, else systemd's socket (named
+/// explicitly, so an I/O child, whose pid is not LISTEN_PID, uses it
+/// too), else the run directory's default socket for the volume.
+fn resolve_listen(mut listen: ListenOptions, run_dir: &RunDir, key: &str) -> ListenOptions {
+    if listen.socket.is_none() && listen.listen_fd.is_none() {
+        listen.listen_fd = extstorage_serve_api::systemd::listen_fd();
+        if listen.listen_fd.is_none() {
+            listen.socket = Some(run_dir.vhost_user_socket(key));
+        }
     }
     listen
 }
@@ -141,7 +185,8 @@ impl<'a> VolumeServer<'a> {
         let provider = vol.provider().name.clone();
         let volume = vol.name().to_owned();
         let key = volume_key(&provider, &volume);
-        let listen = with_default_socket(req.listen, &req.run_dir, &key);
+        let listen = resolve_listen(req.listen, &req.run_dir, &key);
+        let separate = listen.user.is_some();
         let claim = claim::claim(&req.run_dir.claim(&key), &provider, &volume)?;
         let info = vol.attach()?;
         let Some(device_path) = info.dev_path else {
@@ -154,10 +199,10 @@ impl<'a> VolumeServer<'a> {
         };
         vol.open(!req.shared)?;
         let control_socket = req.run_dir.control_socket(&key);
-        let started = Serving::start(ServeSpec {
+        let spec = ServeSpec {
             config: Config {
                 path: device_path.clone(),
-                device: req.device,
+                device: req.device.clone(),
             },
             listen,
             control_socket: Some(control_socket.clone()),
@@ -166,37 +211,51 @@ impl<'a> VolumeServer<'a> {
                 volume: Some(volume.clone()),
                 socket: None,
             },
-        });
-        let serving = match started {
-            Ok(s) => s,
+        };
+        let started = if separate {
+            privsep::spawn(spec).map(Backend::Child)
+        } else {
+            Serving::start(spec)
+                .map(Backend::InProcess)
+                .map_err(Error::from)
+        };
+        let backend = match started {
+            Ok(b) => b,
             Err(e) => {
                 if !req.keep_attached {
                     undo(&mut vol);
                 }
-                return Err(e.into());
+                return Err(e);
             }
+        };
+        let server = VolumeServer {
+            vol,
+            backend,
+            keep_attached: req.keep_attached,
+            control_socket,
+            device_path,
+            device: req.device,
+            _claim: claim,
         };
         tracing::info!(
             provider,
             volume,
-            device = %device_path.display(),
-            socket = ?serving.socket(),
-            control_socket = %control_socket.display(),
+            device = %server.device_path.display(),
+            socket = ?server.socket(),
+            control_socket = %server.control_socket.display(),
+            unprivileged = separate,
             "serving"
         );
-        Ok(VolumeServer {
-            vol,
-            serving,
-            keep_attached: req.keep_attached,
-            control_socket,
-            device_path,
-            _claim: claim,
-        })
+        Ok(server)
     }
 
     /// The vhost-user socket, unless inherited.
     pub fn socket(&self) -> Option<&Path> {
-        self.serving.socket().map(PathBuf::as_path)
+        match &self.backend {
+            Backend::InProcess(s) => s.socket(),
+            Backend::Child(c) => c.socket(),
+        }
+        .map(PathBuf::as_path)
     }
 
     /// The control socket.
@@ -211,12 +270,15 @@ impl<'a> VolumeServer<'a> {
 
     /// The device options in force.
     pub fn device_options(&self) -> &DeviceOptions {
-        &self.serving.device().config().device
+        &self.device
     }
 
     /// A handle that stops [`run`](Self::run) from another thread.
-    pub fn shutdown_handle(&self) -> ShutdownHandle {
-        self.serving.shutdown_handle()
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(match &self.backend {
+            Backend::InProcess(s) => StopInner::InProcess(s.shutdown_handle()),
+            Backend::Child(c) => StopInner::Child(c.stop_handle()),
+        })
     }
 
     /// Serves until shut down; then, unless `keep_attached`, runs `close`
@@ -224,17 +286,25 @@ impl<'a> VolumeServer<'a> {
     pub fn run(self) -> Result<(), Error> {
         let VolumeServer {
             mut vol,
-            serving,
+            backend,
             keep_attached,
             ..
         } = self;
-        let served = serving.run();
+        let served = match backend {
+            Backend::InProcess(s) => s.run().map_err(Error::from),
+            Backend::Child(c) => match c.wait() {
+                // A crashed I/O process: leave the volume attached for the
+                // next serve (as if this process had crashed).
+                Err(e @ Error::ServerDied(_)) => return Err(e),
+                other => other,
+            },
+        };
         if keep_attached {
             tracing::info!(
                 volume = vol.name(),
                 "stopped; the volume stays open and attached"
             );
-            return Ok(served?);
+            return served;
         }
         let closed = vol.close();
         let detached = vol.shutdown();

@@ -52,22 +52,20 @@ pub fn spawn(dev: Arc<Device>, path: &Path, identity: Identity) -> Result<Contro
     let listener = crate::socket::bind_ready(path, &access)?;
     let handle = listener.as_fd().try_clone_to_owned().map_err(control_err)?;
     tracing::info!(control_socket = %path.display(), "control socket ready");
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(c) => answer(&dev, &identity, &c),
-                    // The handle was dropped (shutdown) or the socket broke.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
-                    Err(e) => tracing::warn!(error = %e, "control accept failed"),
-                }
+    crate::threads::spawn_quiet("control", move || {
+        for conn in listener.incoming() {
+            match conn {
+                Ok(c) => answer(&dev, &identity, &c),
+                // The handle was dropped (shutdown) or the socket broke.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+                Err(e) => tracing::warn!(error = %e, "control accept failed"),
             }
-        })
-        .map_err(|source| Error::Io {
-            what: "starting the control thread",
-            source,
-        })?;
+        }
+    })
+    .map_err(|source| Error::Io {
+        what: "starting the control thread",
+        source,
+    })?;
     Ok(ControlSocket {
         path: path.to_path_buf(),
         listener: handle,

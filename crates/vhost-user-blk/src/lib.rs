@@ -31,6 +31,7 @@ pub mod serve;
 mod server;
 mod socket;
 pub mod stats;
+pub mod threads;
 
 pub use device::Device;
 pub use error::Error;

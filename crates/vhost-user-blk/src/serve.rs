@@ -130,20 +130,18 @@ impl Serving {
     pub fn run(self) -> Result<(), Error> {
         let watch_dev = Arc::clone(&self.dev);
         let watch_stop = self.server.shutdown_handle();
-        std::thread::Builder::new()
-            .name("size-watch".into())
-            .spawn(move || {
-                while !watch_stop.is_requested() {
-                    std::thread::sleep(Duration::from_secs(1));
-                    if let Err(e) = watch_dev.poll_size() {
-                        tracing::warn!(error = %e, "cannot check the backing size");
-                    }
+        crate::threads::spawn_quiet("size-watch", move || {
+            while !watch_stop.is_requested() {
+                std::thread::sleep(Duration::from_secs(1));
+                if let Err(e) = watch_dev.poll_size() {
+                    tracing::warn!(error = %e, "cannot check the backing size");
                 }
-            })
-            .map_err(|source| Error::Io {
-                what: "starting the size watcher",
-                source,
-            })?;
+            }
+        })
+        .map_err(|source| Error::Io {
+            what: "starting the size watcher",
+            source,
+        })?;
         let result = self.server.run();
         drop(self.control);
         result
