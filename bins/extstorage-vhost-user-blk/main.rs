@@ -47,6 +47,12 @@ enum Cmd {
     Status(ControlArgs),
     /// Print what a running daemon serves and how (JSON).
     Config(ControlArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or
+    /// powershell.
+    Completions(extstorage_clidoc::CompletionsArgs),
+    /// Write a man page per command into a directory (for packaging).
+    #[command(hide = true)]
+    Man(extstorage_clidoc::ManArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +93,21 @@ fn main() -> std::process::ExitCode {
             .context("resize failed"),
         Cmd::Status(c) => print_json::<StatusReport>(&c, Request::Status),
         Cmd::Config(c) => print_json::<ServedConfig>(&c, Request::Config),
+        Cmd::Completions(a) => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            extstorage_clidoc::write_completions(cmd, a.shell, &mut std::io::stdout())
+                .map_err(Into::into)
+        }
+        Cmd::Man(a) => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            extstorage_clidoc::write_man_pages(cmd, &a.dir)
+                .map(|pages| {
+                    for page in pages {
+                        println!("{}", page.display());
+                    }
+                })
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -132,6 +132,12 @@ enum Command {
     /// Show a served volume's per-queue counters (requests, bytes, errors,
     /// in flight, latency).
     Status(status::StatusArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or
+    /// powershell (e.g. `source <(extstorage completions bash)`).
+    Completions(extstorage_clidoc::CompletionsArgs),
+    /// Write a man page per command into a directory (for packaging).
+    #[command(hide = true)]
+    Man(extstorage_clidoc::ManArgs),
 }
 
 fn seconds(what: &str, secs: f64) -> Result<Duration, String> {
@@ -250,6 +256,9 @@ fn error_kind(err: &anyhow::Error) -> Option<ErrorKind> {
     if let Some(e) = err.downcast_ref::<extstorage_serve::Error>() {
         return Some(e.kind());
     }
+    if err.downcast_ref::<extstorage_clidoc::Error>().is_some() {
+        return Some(ErrorKind::Failed);
+    }
     if let Some(e) = err.downcast_ref::<extstorage_serve_api::Error>() {
         return Some(match e {
             extstorage_serve_api::Error::InvalidOption { .. } => ErrorKind::Invalid,
@@ -288,5 +297,17 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve::run(&es, args, run_dir, out),
         Command::Status(args) => status::run(&args, &run_dir, out),
+        Command::Completions(args) => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            extstorage_clidoc::write_completions(cmd, args.shell, &mut std::io::stdout())?;
+            Ok(exit::OK)
+        }
+        Command::Man(args) => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            for page in extstorage_clidoc::write_man_pages(cmd, &args.dir)? {
+                println!("{}", page.display());
+            }
+            Ok(exit::OK)
+        }
     }
 }
