@@ -2,6 +2,8 @@
 //! `extstorage_uri::libvirt`, checked by libvirt's own schema
 //! (`virt-xml-validate`, Debian's libvirt-clients) inside a minimal domain.
 
+mod common_cli;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -83,4 +85,48 @@ fn the_validator_rejects_what_libvirt_would() {
         let err = validate(&doc).expect_err("refused");
         assert!(err.contains("fails to validate"), "{err}");
     }
+}
+
+#[test]
+fn kvm_args_prints_the_served_disk_for_libvirt() {
+    let w = common_cli::World::new();
+    w.install("loopfile");
+    let dir = format!("dir={}", w.vols().display());
+    let vol = [
+        "--provider",
+        "loopfile",
+        "--volume",
+        "vm1.disk0",
+        "-p",
+        &dir,
+    ];
+    let mut create = vec!["create"];
+    create.extend(vol);
+    create.extend(["--size", "16M"]);
+    w.run(&create).ok();
+    let mut serve = vol.to_vec();
+    serve.extend(["--num-queues", "3"]);
+    let served = w.serve(&serve).unwrap_or_else(|r| panic!("{r:#?}"));
+    let mut kvm = vec!["kvm-args"];
+    kvm.extend(vol);
+    kvm.extend([
+        "--access",
+        "vhost-user",
+        "--format",
+        "libvirt-xml",
+        "--target-dev",
+        "vdb",
+    ]);
+    let run = w.run(&kvm).ok();
+    let socket = served.ready["socket"].as_str().unwrap();
+    assert!(run.stdout.contains("queues='3'"), "{run:#?}");
+    assert!(run.stdout.contains(&format!("path='{socket}'")), "{run:#?}");
+    assert!(run.stderr.contains("shared memory"), "{run:#?}");
+    validate(&domain(&run.stdout)).unwrap();
+    // Only vhost-user disks have a libvirt form here; nothing runs.
+    let mut bad = vec!["kvm-args"];
+    bad.extend(vol);
+    bad.extend(["--format", "libvirt-xml"]);
+    let r = w.run(&bad).code(2);
+    assert!(r.stderr.contains("--access vhost-user"), "{r:#?}");
 }

@@ -20,6 +20,15 @@ use crate::volume::VolumeId;
 /// The version assumed when no `qemu-system-x86_64` is installed.
 pub const ASSUMED_QEMU: QemuVersion = QemuVersion::new(10, 0, 0);
 
+/// What `kvm-args` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvmFormat {
+    /// QEMU arguments, one per line.
+    Argv,
+    /// A libvirt `<disk type='vhostuser'>` element (vhost-user only).
+    LibvirtXml,
+}
+
 /// Arguments of `kvm-args`.
 #[derive(Debug, clap::Args)]
 pub struct KvmArgsArgs {
@@ -58,6 +67,13 @@ pub struct KvmArgsArgs {
     /// vhost-user: reconnect to a restarted backend after this many ms.
     #[arg(long, value_name = "MS")]
     reconnect_ms: Option<u32>,
+    /// Output form: argv (one QEMU argument per line) or libvirt-xml (a
+    /// `<disk type='vhostuser'>` element; vhost-user access only).
+    #[arg(long, value_enum, default_value = "argv")]
+    format: KvmFormat,
+    /// libvirt-xml: the guest disk name (`vda`, `vdb`, ...).
+    #[arg(long, value_name = "DEV", default_value = "vda")]
+    target_dev: String,
     #[command(flatten)]
     disk: DiskArgs,
     /// The device options: for vhost-user they must match the server's, and
@@ -213,6 +229,12 @@ pub fn run(
     };
     // Options first: nothing runs when one is wrong.
     let device = args.device.resolve()?;
+    if args.format == KvmFormat::LibvirtXml && args.access != Some(AccessMode::VhostUser) {
+        anyhow::bail!(
+            "--format libvirt-xml renders a vhost-user disk: add --access vhost-user (for the \
+             other access modes use the argv form)"
+        );
+    }
     let qemu_version = args.qemu_version.unwrap_or_else(detect_qemu_version);
     let mut vol = es.volume(args.vol.clone().spec(extp_access))?;
     let (provider, name) = (vol.provider().name.clone(), vol.name().to_owned());
@@ -270,6 +292,41 @@ pub fn run(
             DiskAccess::resolve(mode, info.dev_path.as_deref(), None, socket)?
         }
     };
+    if args.format == KvmFormat::LibvirtXml
+        && let Some(plan) = &vhost
+    {
+        let xml = extstorage_uri::libvirt::vhost_user_disk_xml(
+            &plan.socket,
+            plan.device.num_queues,
+            disk.queue_size,
+            args.reconnect_ms,
+            &args.target_dev,
+        )?;
+        let value = json!({
+            "access": mode.as_str(),
+            "libvirt_xml": xml,
+            "memory_backing": extstorage_uri::libvirt::SHARED_MEMORY_BACKING,
+            "served": plan.served,
+            "socket": plan.socket,
+            "num_queues": plan.device.num_queues,
+            "serve_command": plan.serve_command.as_deref().map(argv_strings),
+        });
+        if !out.json {
+            eprintln!(
+                "extstorage: note: the domain needs shared memory: {}",
+                extstorage_uri::libvirt::SHARED_MEMORY_BACKING.replace('\n', "")
+            );
+            if let Some(cmd) = &plan.serve_command {
+                eprintln!(
+                    "extstorage: note: the volume is not served on this node; start its backend \
+                     first: {}",
+                    crate::shell::quote_args(cmd)
+                );
+            }
+        }
+        out.print(&value, || xml.trim_end().to_owned());
+        return Ok(exit::OK);
+    }
     let rendered = disk.render(&access)?;
     write_secrets(&rendered.secrets)?;
     tracing::info!(volume = %name, provider = %provider, access = %mode, "rendered KVM arguments");
