@@ -13,9 +13,9 @@ use extstorage_uri::{AccessMode, DiskAccess, KvmDisk, QemuVersion};
 use serde_json::json;
 
 use crate::exit;
-use crate::output::Output;
+use crate::output::{Output, note};
 use crate::uri::{DiskArgs, argv_strings, parse_provider_uri, secrets_json, write_secrets};
-use crate::volume::VolumeId;
+use crate::volume::{VolumeId, check_hypervisor};
 
 /// The version assumed when no `qemu-system-x86_64` is installed.
 pub const ASSUMED_QEMU: QemuVersion = QemuVersion::new(10, 0, 0);
@@ -223,11 +223,22 @@ pub fn run(
     run_dir: &RunDir,
     out: &Output,
 ) -> anyhow::Result<u8> {
-    let extp_access = match args.access {
-        Some(AccessMode::Userspace) => Access::Userspace,
-        _ => Access::Kernelspace,
+    // Options first: nothing runs when one is wrong (attach may start a
+    // daemon).
+    check_hypervisor(&args.hypervisor)?;
+    args.disk.check()?;
+    // As in Ganeti, an `access` disk parameter picks the access mode when
+    // --access does not (a bad value is the core's error, below).
+    let param_mode = match args.vol.param("access").map(str::parse::<Access>) {
+        Some(Ok(Access::Userspace)) => Some(AccessMode::Userspace),
+        Some(Ok(Access::Kernelspace)) => Some(AccessMode::Kernelspace),
+        _ => None,
     };
-    // Options first: nothing runs when one is wrong.
+    let chosen = args.access.or(param_mode);
+    let extp_access = args.access.map(|mode| match mode {
+        AccessMode::Userspace => Access::Userspace,
+        _ => Access::Kernelspace,
+    });
     let device = args.device.resolve()?;
     if args.format == KvmFormat::LibvirtXml && args.access != Some(AccessMode::VhostUser) {
         anyhow::bail!(
@@ -261,11 +272,9 @@ pub fn run(
         disk.queue_size = Some(plan.device.queue_size.min(1024));
         disk.options.read_only = plan.device.read_only;
     }
-    disk.validate()?;
+    disk.validate_for(chosen, vhost.as_ref().map(|p| p.socket.as_path()))?;
     let info = vol.attach()?;
-    let mode = args
-        .access
-        .unwrap_or_else(|| AccessMode::default_for(info.dev_path.is_some()));
+    let mode = chosen.unwrap_or_else(|| AccessMode::default_for(info.dev_path.is_some()));
     let access = match mode {
         AccessMode::Userspace => {
             // The core's error when the provider has no URI for this hypervisor.
@@ -351,16 +360,15 @@ pub fn run(
     });
     if !out.json {
         for n in &rendered.notes {
-            eprintln!("extstorage: note: {n}");
+            note(&format!("note: {n}"));
         }
         if let Some(cmd) = &serve_command {
-            eprintln!(
-                "extstorage: note: the volume is not served on this node; start its backend \
-                 first: {}",
+            note(&format!(
+                "note: the volume is not served on this node; start its backend first: {}",
                 crate::shell::quote_args(cmd)
-            );
+            ));
         }
     }
-    out.print(&value, || argv.join("\n"));
+    out.print(&value, || argv.join("\n"))?;
     Ok(exit::OK)
 }
