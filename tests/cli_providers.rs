@@ -519,6 +519,15 @@ impl Drop for Holder {
     }
 }
 
+/// Unmounts a directory on drop.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 #[test]
 fn loopfile_refuses_to_detach_or_remove_a_device_in_use() {
     let w = World::new();
@@ -544,6 +553,26 @@ fn loopfile_refuses_to_detach_or_remove_a_device_in_use() {
         assert_eq!(backing_file(&dev).as_deref(), Some(file.to_str().unwrap()));
     }
     drop(holder);
+    // A mounted file system is a user too.
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", &dev])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mnt = w.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let out = Command::new("mount").arg(&dev).arg(&mnt).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mounted = Unmount(mnt.clone());
+    let r = run(&w, "detach", &v, &[]).code(1);
+    assert!(
+        r.stderr
+            .contains(&format!("is in use by: mount on {}", mnt.display())),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(loop_devices_of(&file), vec![dev.clone()]);
+    drop(mounted);
     run(&w, "remove", &v, &[]).ok();
     assert!(!file.exists());
     assert_ne!(backing_file(&dev).as_deref(), Some(file.to_str().unwrap()));

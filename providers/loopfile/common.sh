@@ -85,11 +85,14 @@ device_users() {
 detach_device() {
     local dev=$1 name users
     name=${dev##*/}
-    # A udev probe of a device attached a moment ago is not a user.
-    if command -v udevadm >/dev/null; then
-        udevadm settle --timeout=5 2>/dev/null || true
-    fi
-    users=$(device_users "$dev" | sed -e ':a' -e 'N' -e '$!ba' -e 's/\n/, /g')
+    # Tools that scan loop devices (losetup, udev's blkid probe of a device
+    # attached a moment ago) open them briefly: only a user that stays for a
+    # second counts.
+    for _ in $(seq 10); do
+        users=$(device_users "$dev" | sed -e ':a' -e 'N' -e '$!ba' -e 's/\n/, /g')
+        [ -n "$users" ] || break
+        sleep 0.1
+    done
     [ -z "$users" ] || die "$dev (volume file $VOL_FILE) is in use by: $users; stop using it (shut the guest down, unmount it, close it), then retry"
     losetup --detach "$dev"
     # The kernel only defers the detach of a device that is still open (it

@@ -324,13 +324,17 @@ pub fn sanitize_metadata(text: &str) -> String {
         .collect()
 }
 
-/// Parses attach output: line 1 the device (or empty), then URIs. Line ends
-/// and surrounding whitespace are trimmed; blank URI lines are ignored.
+/// Parses attach output: line 1 the device (or empty), then URIs. Lines
+/// end at `\n`, `\r\n` or a lone `\r` (Ganeti 3 reads script output with
+/// Python's universal newlines, so its split on `\n` sees the same lines);
+/// surrounding whitespace is trimmed and blank URI lines are ignored.
 pub fn parse_attach_output(
     stdout: &[u8],
 ) -> std::result::Result<(Option<PathBuf>, Vec<String>), String> {
     let text = std::str::from_utf8(stdout).map_err(|_| "output is not valid UTF-8".to_owned())?;
-    let mut lines = text.lines();
+    // "\r\n" splits into a line and an empty one: only URI lines can be
+    // empty that way, and those are ignored.
+    let mut lines = text.split(['\n', '\r']);
     let dev = lines.next().map(str::trim).unwrap_or("");
     let uris: Vec<String> = lines
         .map(str::trim)
@@ -819,6 +823,13 @@ mod tests {
         assert!(parse_attach_output(b"\n\n  \n").is_err());
         assert!(parse_attach_output(b"/dev/x").unwrap().1.is_empty());
         assert!(parse_attach_output(b"\xff\xfe").is_err());
+        // A lone \r ends a line too, as in Ganeti 3.
+        let (dev, uris) = parse_attach_output(b"/dev/loop1\rkvm:a\r\rkvm:b").unwrap();
+        assert_eq!(dev.as_deref(), Some(Path::new("/dev/loop1")));
+        assert_eq!(uris, ["kvm:a", "kvm:b"]);
+        let (dev, uris) = parse_attach_output(b"\r\nkvm:c\r\n").unwrap();
+        assert!(dev.is_none());
+        assert_eq!(uris, ["kvm:c"]);
     }
 
     #[test]
