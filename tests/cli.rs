@@ -1163,6 +1163,21 @@ fn options_are_checked_before_any_script_runs() {
             "--secret-dir",
         ),
         (
+            with(
+                "kvm-args",
+                &base,
+                &[
+                    "--access",
+                    "vhost-user",
+                    "--format",
+                    "libvirt-xml",
+                    "--target-dev",
+                    "sda",
+                ],
+            ),
+            "disk target",
+        ),
+        (
             with("kvm-args", &base, &["--hypervisor", ""]),
             "--hypervisor",
         ),

@@ -273,6 +273,18 @@ pub fn run(
         disk.options.read_only = plan.device.read_only;
     }
     disk.validate_for(chosen, vhost.as_ref().map(|p| p.socket.as_path()))?;
+    // The libvirt disk depends on the server's settings only: rendered (and
+    // so checked) before attach too.
+    let libvirt_xml = match (&vhost, args.format) {
+        (Some(plan), KvmFormat::LibvirtXml) => Some(extstorage_uri::libvirt::vhost_user_disk_xml(
+            &plan.socket,
+            plan.device.num_queues,
+            disk.queue_size,
+            args.reconnect_ms,
+            &args.target_dev,
+        )?),
+        _ => None,
+    };
     let info = vol.attach()?;
     let mode = chosen.unwrap_or_else(|| AccessMode::default_for(info.dev_path.is_some()));
     let access = match mode {
@@ -301,16 +313,7 @@ pub fn run(
             DiskAccess::resolve(mode, info.dev_path.as_deref(), None, socket)?
         }
     };
-    if args.format == KvmFormat::LibvirtXml
-        && let Some(plan) = &vhost
-    {
-        let xml = extstorage_uri::libvirt::vhost_user_disk_xml(
-            &plan.socket,
-            plan.device.num_queues,
-            disk.queue_size,
-            args.reconnect_ms,
-            &args.target_dev,
-        )?;
+    if let (Some(xml), Some(plan)) = (libvirt_xml, &vhost) {
         let value = json!({
             "access": mode.as_str(),
             "libvirt_xml": xml,
@@ -321,19 +324,18 @@ pub fn run(
             "serve_command": plan.serve_command.as_deref().map(argv_strings),
         });
         if !out.json {
-            eprintln!(
-                "extstorage: note: the domain needs shared memory: {}",
+            note(&format!(
+                "note: the domain needs shared memory: {}",
                 extstorage_uri::libvirt::SHARED_MEMORY_BACKING.replace('\n', "")
-            );
+            ));
             if let Some(cmd) = &plan.serve_command {
-                eprintln!(
-                    "extstorage: note: the volume is not served on this node; start its backend \
-                     first: {}",
+                note(&format!(
+                    "note: the volume is not served on this node; start its backend first: {}",
                     crate::shell::quote_args(cmd)
-                );
+                ));
             }
         }
-        out.print(&value, || xml.trim_end().to_owned());
+        out.print(&value, || xml.trim_end().to_owned())?;
         return Ok(exit::OK);
     }
     let rendered = disk.render(&access)?;
