@@ -610,6 +610,24 @@ fn access_mode_sets_extp_access_and_defaults() {
     assert!(ro["notes"].to_string().contains("read-only"), "{ro:#}");
     cli(&w, true, "uri", &base, &[]).ok();
     assert_eq!(recorded_access(&out), "userspace", "uri asks for userspace");
+    // As in Ganeti, an `access` disk parameter chooses the access: attach
+    // sees it as EXTP_ACCESS and kvm-args renders that mode.
+    let j = cli(&w, true, "kvm-args", &base, &["-p", "access=userspace"])
+        .ok()
+        .json();
+    assert_eq!(j["access"], "userspace", "{j:#}");
+    assert_eq!(recorded_access(&out), "userspace");
+    let r = cli(
+        &w,
+        true,
+        "kvm-args",
+        &base,
+        &["-p", "access=userspace", "--access", "vhost-user"],
+    )
+    .code(2);
+    assert!(r.stderr.contains("conflicts"), "{}", r.stderr);
+    let r = cli(&w, true, "uri", &base, &["-p", "access=kernelspace"]).code(2);
+    assert!(r.stderr.contains("conflicts"), "{}", r.stderr);
     // Raw Ceph options have a -drive form only: --json says why -blockdev is missing.
     let (rbd, _) = attachfile(&w, "rbdopt", "\nkvm:rbd:pool/img:rbd_cache=true\n");
     let j = cli(&w, true, "uri", &rbd, &[]).ok().json();

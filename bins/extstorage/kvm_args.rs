@@ -13,9 +13,9 @@ use extstorage_uri::{AccessMode, DiskAccess, KvmDisk, QemuVersion};
 use serde_json::json;
 
 use crate::exit;
-use crate::output::Output;
+use crate::output::{Output, note};
 use crate::uri::{DiskArgs, argv_strings, parse_provider_uri, secrets_json, write_secrets};
-use crate::volume::VolumeId;
+use crate::volume::{VolumeId, check_hypervisor};
 
 /// The version assumed when no `qemu-system-x86_64` is installed.
 pub const ASSUMED_QEMU: QemuVersion = QemuVersion::new(10, 0, 0);
@@ -223,11 +223,22 @@ pub fn run(
     run_dir: &RunDir,
     out: &Output,
 ) -> anyhow::Result<u8> {
-    let extp_access = match args.access {
-        Some(AccessMode::Userspace) => Access::Userspace,
-        _ => Access::Kernelspace,
+    // Options first: nothing runs when one is wrong (attach may start a
+    // daemon).
+    check_hypervisor(&args.hypervisor)?;
+    args.disk.check()?;
+    // As in Ganeti, an `access` disk parameter picks the access mode when
+    // --access does not (a bad value is the core's error, below).
+    let param_mode = match args.vol.param("access").map(str::parse::<Access>) {
+        Some(Ok(Access::Userspace)) => Some(AccessMode::Userspace),
+        Some(Ok(Access::Kernelspace)) => Some(AccessMode::Kernelspace),
+        _ => None,
     };
-    // Options first: nothing runs when one is wrong.
+    let chosen = args.access.or(param_mode);
+    let extp_access = args.access.map(|mode| match mode {
+        AccessMode::Userspace => Access::Userspace,
+        _ => Access::Kernelspace,
+    });
     let device = args.device.resolve()?;
     if args.format == KvmFormat::LibvirtXml && args.access != Some(AccessMode::VhostUser) {
         anyhow::bail!(
@@ -261,11 +272,21 @@ pub fn run(
         disk.queue_size = Some(plan.device.queue_size.min(1024));
         disk.options.read_only = plan.device.read_only;
     }
-    disk.validate()?;
+    disk.validate_for(chosen, vhost.as_ref().map(|p| p.socket.as_path()))?;
+    // The libvirt disk depends on the server's settings only: rendered (and
+    // so checked) before attach too.
+    let libvirt_xml = match (&vhost, args.format) {
+        (Some(plan), KvmFormat::LibvirtXml) => Some(extstorage_uri::libvirt::vhost_user_disk_xml(
+            &plan.socket,
+            plan.device.num_queues,
+            disk.queue_size,
+            args.reconnect_ms,
+            &args.target_dev,
+        )?),
+        _ => None,
+    };
     let info = vol.attach()?;
-    let mode = args
-        .access
-        .unwrap_or_else(|| AccessMode::default_for(info.dev_path.is_some()));
+    let mode = chosen.unwrap_or_else(|| AccessMode::default_for(info.dev_path.is_some()));
     let access = match mode {
         AccessMode::Userspace => {
             // The core's error when the provider has no URI for this hypervisor.
@@ -292,16 +313,7 @@ pub fn run(
             DiskAccess::resolve(mode, info.dev_path.as_deref(), None, socket)?
         }
     };
-    if args.format == KvmFormat::LibvirtXml
-        && let Some(plan) = &vhost
-    {
-        let xml = extstorage_uri::libvirt::vhost_user_disk_xml(
-            &plan.socket,
-            plan.device.num_queues,
-            disk.queue_size,
-            args.reconnect_ms,
-            &args.target_dev,
-        )?;
+    if let (Some(xml), Some(plan)) = (libvirt_xml, &vhost) {
         let value = json!({
             "access": mode.as_str(),
             "libvirt_xml": xml,
@@ -312,19 +324,18 @@ pub fn run(
             "serve_command": plan.serve_command.as_deref().map(argv_strings),
         });
         if !out.json {
-            eprintln!(
-                "extstorage: note: the domain needs shared memory: {}",
+            note(&format!(
+                "note: the domain needs shared memory: {}",
                 extstorage_uri::libvirt::SHARED_MEMORY_BACKING.replace('\n', "")
-            );
+            ));
             if let Some(cmd) = &plan.serve_command {
-                eprintln!(
-                    "extstorage: note: the volume is not served on this node; start its backend \
-                     first: {}",
+                note(&format!(
+                    "note: the volume is not served on this node; start its backend first: {}",
                     crate::shell::quote_args(cmd)
-                );
+                ));
             }
         }
-        out.print(&value, || xml.trim_end().to_owned());
+        out.print(&value, || xml.trim_end().to_owned())?;
         return Ok(exit::OK);
     }
     let rendered = disk.render(&access)?;
@@ -351,16 +362,15 @@ pub fn run(
     });
     if !out.json {
         for n in &rendered.notes {
-            eprintln!("extstorage: note: {n}");
+            note(&format!("note: {n}"));
         }
         if let Some(cmd) = &serve_command {
-            eprintln!(
-                "extstorage: note: the volume is not served on this node; start its backend \
-                 first: {}",
+            note(&format!(
+                "note: the volume is not served on this node; start its backend first: {}",
                 crate::shell::quote_args(cmd)
-            );
+            ));
         }
     }
-    out.print(&value, || argv.join("\n"));
+    out.print(&value, || argv.join("\n"))?;
     Ok(exit::OK)
 }

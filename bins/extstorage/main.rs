@@ -161,8 +161,49 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
+/// Parses the command line. A usage error prints clap's text on stderr and,
+/// with `--json` anywhere before `--`, the documented JSON error object on
+/// stdout; `--help` and `--version` print as clap does.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind as Clap;
+    let err = match Cli::try_parse() {
+        Ok(cli) => return Ok(cli),
+        Err(e) => e,
+    };
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if !json || matches!(err.kind(), Clap::DisplayHelp | Clap::DisplayVersion) {
+        err.exit();
+    }
+    let _ = err.print();
+    let message = if err.kind() == Clap::DisplayHelpOnMissingArgumentOrSubcommand {
+        "a subcommand or argument is missing; see extstorage --help".to_owned()
+    } else {
+        // clap's message: the text before its usage section, without the
+        // "error: " prefix.
+        let text = err.render().to_string();
+        let message: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        let message = message.join(" ");
+        message
+            .strip_prefix("error: ")
+            .unwrap_or(&message)
+            .to_owned()
+    };
+    output::json_error(&message, exit::USAGE);
+    Err(ExitCode::from(exit::USAGE))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     init_tracing(cli.verbose);
     let out = Output { json: cli.json };
     match run(cli, &out) {
@@ -170,9 +211,11 @@ fn main() -> ExitCode {
         Err(err) => {
             let code = match error_kind(&err) {
                 Some(ErrorKind::Failed) => exit::FAILED,
-                Some(ErrorKind::Invalid) | None => exit::USAGE,
+                Some(ErrorKind::Invalid) => exit::USAGE,
                 Some(ErrorKind::Timeout) => exit::TIMEOUT,
                 Some(ErrorKind::LockBusy) => exit::LOCK_BUSY,
+                None if err.is::<output::WriteError>() => exit::FAILED,
+                None => exit::USAGE,
             };
             out.error(&err, code);
             ExitCode::from(code)

@@ -60,7 +60,7 @@ pub fn run(es: &ExtStorage, args: ServeArgs, run_dir: RunDir, out: &Output) -> a
     let server = VolumeServer::start(
         es,
         ServeRequest {
-            volume: args.vol.spec(Access::Kernelspace),
+            volume: args.vol.spec(Some(Access::Kernelspace)),
             shared: args.shared,
             keep_attached: args.keep_attached,
             device,

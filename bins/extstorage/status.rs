@@ -93,6 +93,6 @@ fn report_text(r: &StatusReport) -> String {
 pub fn run(args: &StatusArgs, run_dir: &RunDir, out: &Output) -> anyhow::Result<u8> {
     let path = control_socket(run_dir, &args.provider, &args.volume)?;
     let report: StatusReport = control::call(&path, Request::Status)?;
-    out.print(&report, || report_text(&report));
+    out.print(&report, || report_text(&report))?;
     Ok(exit::OK)
 }

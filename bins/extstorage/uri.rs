@@ -14,8 +14,8 @@ use extstorage_uri::{
 use serde_json::{Value, json};
 
 use crate::exit;
-use crate::output::Output;
-use crate::volume::VolumeId;
+use crate::output::{Output, note};
+use crate::volume::{VolumeId, check_hypervisor};
 
 /// Where secret files go when `--secret-dir` is not given: a directory per
 /// volume below this one.
@@ -41,6 +41,20 @@ pub struct DiskArgs {
 }
 
 impl DiskArgs {
+    /// Checks what can be checked before attach: the secret directory must
+    /// be absolute (it is created later, when a URI has a secret).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(dir) = &self.secret_dir
+            && !dir.is_absolute()
+        {
+            anyhow::bail!(
+                "--secret-dir {} is not an absolute path; give one like /run/extstorage/secrets/vol1",
+                dir.display()
+            );
+        }
+        Ok(())
+    }
+
     /// The uri crate's options: Ganeti's ext-disk rules plus these flags
     /// and `read_only`; secrets go to `--secret-dir` or a per-volume default
     /// directory.
@@ -156,8 +170,11 @@ pub fn run(es: &ExtStorage, args: UriArgs, out: &Output) -> anyhow::Result<u8> {
         read_only,
         disk,
     } = args;
-    let mut vol = es.volume(vol.spec(Access::Userspace))?;
+    check_hypervisor(&hypervisor)?;
+    disk.check()?;
+    let mut vol = es.volume(vol.spec(Some(Access::Userspace)))?;
     let opts = disk.options(&vol.provider().name, vol.name(), read_only);
+    check_before_attach(format, out.json, &opts, &node_name)?;
     let uri = vol.userspace_uri(&hypervisor)?;
     let source = parse_provider_uri(&vol, &uri)?;
     tracing::debug!(volume = %vol.name(), provider = %vol.provider().name, driver = source.driver(), "parsed userspace URI");
@@ -197,27 +214,24 @@ pub fn run(es: &ExtStorage, args: UriArgs, out: &Output) -> anyhow::Result<u8> {
         let mut seen = BTreeSet::new();
         secrets.retain(|s| seen.insert(s.path.clone()));
         value["secrets"] = secrets_json(&secrets);
-        out.print(&value, String::new);
+        out.print(&value, String::new)?;
         return Ok(exit::OK);
     }
     let (lines, secrets) = match format {
         Format::Drive => {
             let d = render_drive(&source, &opts, node)?;
             for s in &d.secrets {
-                eprintln!(
-                    "extstorage: note: the drive needs -object {}",
+                note(&format!(
+                    "note: the drive needs -object {}",
                     s.object_arg()?
-                );
+                ));
             }
             (vec![d.drive.clone()], d.secrets)
         }
         Format::Blockdev => {
             let b = render_blockdev(&source, &opts, node)?;
             for s in &b.secrets {
-                eprintln!(
-                    "extstorage: note: the nodes need -object {}",
-                    s.object_arg()?
-                );
+                note(&format!("note: the nodes need -object {}", s.object_arg()?));
             }
             (b.json_nodes.clone(), b.secrets)
         }
@@ -227,6 +241,27 @@ pub fn run(es: &ExtStorage, args: UriArgs, out: &Output) -> anyhow::Result<u8> {
         }
     };
     write_secrets(&secrets)?;
-    out.print(&Value::Null, || lines.join("\n"));
+    out.print(&Value::Null, || lines.join("\n"))?;
     Ok(exit::OK)
+}
+
+/// Refuses, before the volume is attached, the options and node names that
+/// the chosen output form would refuse whatever the URI: rendering a
+/// stand-in block device runs those checks. With `--json` one of the two
+/// forms is enough.
+fn check_before_attach(
+    format: Format,
+    json: bool,
+    opts: &DiskOptions,
+    node: &str,
+) -> anyhow::Result<()> {
+    let stand_in = Source::from_block_device("/dev/null")?;
+    let drive = || render_drive(&stand_in, opts, node).map(drop);
+    let blockdev = || render_blockdev(&stand_in, opts, node).map(drop);
+    match format {
+        _ if json => drive().or_else(|e| blockdev().map_err(|_| e))?,
+        Format::Drive => drive()?,
+        Format::Blockdev | Format::Args => blockdev()?,
+    }
+    Ok(())
 }

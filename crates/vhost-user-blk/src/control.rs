@@ -21,12 +21,15 @@ pub struct Identity {
     pub socket: Option<PathBuf>,
 }
 
-/// A running control socket. Dropping it stops answering and removes the
-/// socket file, so nobody mistakes a stopped backend for a running one.
+/// A running control socket. Dropping it stops answering, removes the
+/// socket file, so nobody mistakes a stopped backend for a running one, and
+/// waits for the thread (bounded by the protocol's timeout), so the device
+/// it holds is released when the drop returns.
 #[derive(Debug)]
 pub struct ControlSocket {
     path: PathBuf,
     listener: OwnedFd,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for ControlSocket {
@@ -37,6 +40,9 @@ impl Drop for ControlSocket {
             nix::sys::socket::Shutdown::Both,
         );
         let _ = std::fs::remove_file(&self.path);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -52,7 +58,7 @@ pub fn spawn(dev: Arc<Device>, path: &Path, identity: Identity) -> Result<Contro
     let listener = crate::socket::bind_ready(path, &access)?;
     let handle = listener.as_fd().try_clone_to_owned().map_err(control_err)?;
     tracing::info!(control_socket = %path.display(), "control socket ready");
-    crate::threads::spawn_quiet("control", move || {
+    let thread = crate::threads::spawn_quiet("control", move || {
         for conn in listener.incoming() {
             match conn {
                 Ok(c) => answer(&dev, &identity, &c),
@@ -69,6 +75,7 @@ pub fn spawn(dev: Arc<Device>, path: &Path, identity: Identity) -> Result<Contro
     Ok(ControlSocket {
         path: path.to_path_buf(),
         listener: handle,
+        thread: Some(thread),
     })
 }
 

@@ -126,13 +126,17 @@ impl Serving {
     /// Serves frontends one after another until shut down; in-flight
     /// requests are completed before it returns. A regular file is watched
     /// for growth every second (block devices are resized on a control
-    /// `resize` request). The control socket goes away on return.
+    /// `resize` request). The control socket goes away on return, and the
+    /// helper threads are joined, so the device is closed once the caller
+    /// drops nothing else holding it (the volume can then be detached).
     pub fn run(self) -> Result<(), Error> {
         let watch_dev = Arc::clone(&self.dev);
-        let watch_stop = self.server.shutdown_handle();
-        crate::threads::spawn_quiet("size-watch", move || {
-            while !watch_stop.is_requested() {
-                std::thread::sleep(Duration::from_secs(1));
+        let (stop_watch, stopped) = std::sync::mpsc::channel::<()>();
+        let watcher = crate::threads::spawn_quiet("size-watch", move || {
+            // Wakes every second, or at once when `stop_watch` drops.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_secs(1))
+            {
                 if let Err(e) = watch_dev.poll_size() {
                     tracing::warn!(error = %e, "cannot check the backing size");
                 }
@@ -143,6 +147,8 @@ impl Serving {
             source,
         })?;
         let result = self.server.run();
+        drop(stop_watch);
+        let _ = watcher.join();
         drop(self.control);
         result
     }
