@@ -27,7 +27,11 @@ fi
 
 work=$(mktemp -d /tmp/extstorage-demo.XXXXXX)
 cleanup() {
-    # Detach anything still backed by our files, then remove the tree.
+    # Stop a server still running, detach anything still backed by our
+    # files, then remove the tree.
+    if [ -n "${serve_pid:-}" ] && kill -0 "$serve_pid" 2>/dev/null; then
+        kill -TERM "$serve_pid" && wait "$serve_pid" || true
+    fi
     for f in "$work"/vols/*.img; do
         [ -e "$f" ] || continue
         for dev in $(losetup --list --noheadings --output NAME --associated "$f"); do
@@ -40,7 +44,8 @@ trap cleanup EXIT
 
 es() {
     echo "+ extstorage $*"
-    "$bin" --search-path "$repo/providers" --log-dir "$work/log" --lock-dir "$work/lock" "$@"
+    "$bin" --search-path "$repo/providers" --log-dir "$work/log" --lock-dir "$work/lock" \
+        --run-dir "$work/run" "$@"
 }
 vol=(--provider loopfile --volume demo.ext.disk0 -p "dir=$work/vols")
 
@@ -65,11 +70,33 @@ echo "read:  $got"
 step "QEMU arguments for this volume: QEMU opens the block device"
 es kvm-args "${vol[@]}" --qemu-version 10.0
 
-step "QEMU arguments when our vhost-user-blk daemon serves it"
-es kvm-args "${vol[@]}" --qemu-version 10.0 --access vhost-user --socket "$work/disk0.sock" --memory-mib 512
+step "serve it to QEMU over vhost-user-blk (extstorage serve, in the background)"
+echo "+ extstorage serve ${vol[*]} --vcpus 2 &"
+"$bin" --search-path "$repo/providers" --log-dir "$work/log" --lock-dir "$work/lock" \
+    --run-dir "$work/run" serve "${vol[@]}" --vcpus 2 >"$work/serve.out" 2>"$work/serve.log" &
+serve_pid=$!
+for _ in $(seq 300); do
+    [ -s "$work/serve.out" ] && break
+    kill -0 "$serve_pid" 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
+    sleep 0.1
+done
+cat "$work/serve.out"
 
-step "grow by 32 MiB"
-es grow "${vol[@]}" --size 64 --amount 32M
+step "QEMU arguments for the served volume (num-queues and socket come from the server)"
+es kvm-args "${vol[@]}" --qemu-version 10.0 --access vhost-user --memory-mib 512
+
+step "grow the served volume by 32 MiB: the server re-reads the size and tells the guest"
+es grow "${vol[@]}" --amount 32M
+
+step "the server's per-queue counters"
+es status --provider loopfile --volume demo.ext.disk0
+
+step "stop the server (SIGTERM): it drains, then runs close and detach"
+kill -TERM "$serve_pid"
+wait "$serve_pid"
+serve_pid=
+echo "server exited 0"
+losetup --list --associated "$work/vols/demo.ext.disk0.img"
 
 step "size (bytes, from the device)"
 size=$(es size "${vol[@]}" | tail -n 1)

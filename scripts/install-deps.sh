@@ -19,6 +19,11 @@ done
 for p in gcc libc6-dev xz-utils zstd; do
     have "$p" || need+=("$p")
 done
+# Operations tests: libvirt's schema checker (virt-xml-validate runs
+# xmllint), man page rendering (groff, man), systemd-analyze (systemd).
+for p in libvirt-clients libxml2-utils groff-base man-db systemd; do
+    have "$p" || need+=("$p")
+done
 # Packages that must come from backports (QEMU 10).
 backports=()
 for p in qemu-system-x86 qemu-utils qemu-block-extra; do

@@ -674,8 +674,8 @@ fn optional_scripts_absent_and_rename() {
     let r = w.run(&args("rename", &["--new-name", "v2"])).code(1);
     assert!(r.stderr.contains("rename not supported"), "{}", r.stderr);
     // Bad sizes and amounts are usage errors.
-    let r = w.run(&args("grow", &["--amount", "1.5G"])).code(2);
-    assert!(r.stderr.contains("1.5G"), "{}", r.stderr);
+    let r = w.run(&args("grow", &["--amount", "1.2.3G"])).code(2);
+    assert!(r.stderr.contains("1.2.3G"), "{}", r.stderr);
     w.run(&args("grow", &["--amount", "0"])).code(2);
     w.run(&args("create", &[])).code(2);
 }
@@ -781,4 +781,424 @@ fn help_documents_exit_codes_and_examples() {
     }
     let r = w.run(&["--timeout", "nan", "providers"]).code(2);
     assert!(r.stderr.contains("--timeout"), "{}", r.stderr);
+}
+
+/// The environment variables one action recorded, or none when it did not run.
+fn recorded(w: &World, action: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let path = w.out().join(format!("{action}.env"));
+    path.exists().then(|| read_env(&path))
+}
+
+#[test]
+fn sizes_follow_ganeti_parse_unit() {
+    let w = World::new();
+    let base = recorder(&w);
+    for (size, mib) in [
+        ("1.5G", "1536"),
+        ("1", "4"),
+        ("125", "128"),
+        ("0.5", "4"),
+        ("1.8G", "1844"),
+        ("64 MiB", "64"),
+        ("2gb", "2048"),
+    ] {
+        w.run(&with("create", &base, &["--size", size])).ok();
+        assert_eq!(recorded(&w, "create").unwrap()["VOL_SIZE"], mib, "{size}");
+    }
+    // Bytes and K were once read as MiB (64B made a 64 MiB volume, 4096B a
+    // 4 GiB one); input that crashes Ganeti's ParseUnit is a clear error.
+    fs::remove_file(w.out().join("create.env")).unwrap();
+    for (size, why) in [
+        ("64B", "unknown unit \"B\""),
+        ("4096B", "unknown unit \"B\""),
+        ("2048K", "unknown unit \"K\""),
+        ("1.2.3", "more than one '.'"),
+        (".", "no digits"),
+        ("-1", "does not start with a number"),
+    ] {
+        let arg = format!("--size={size}");
+        let r = w.run(&with("create", &base, &[&arg])).code(2);
+        assert!(r.stderr.contains(why), "{size}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("multiple of 4 MiB"),
+            "{size}: {}",
+            r.stderr
+        );
+        assert!(recorded(&w, "create").is_none(), "{size}: create ran");
+    }
+    // Amounts too: --amount 1M adds 4 MiB, as gnt-instance grow-disk.
+    w.run(&with("grow", &base, &["--size", "64", "--amount", "1M"]))
+        .ok();
+    let env = recorded(&w, "grow").unwrap();
+    assert_eq!(
+        (env["VOL_SIZE"].as_str(), env["VOL_NEW_SIZE"].as_str()),
+        ("64", "68")
+    );
+    let r = w.run(&["create", "--help"]).ok();
+    assert!(r.stdout.contains("ParseUnit"), "{}", r.stdout);
+    assert!(r.stdout.contains("multiple of 4 MiB"), "{}", r.stdout);
+}
+
+#[test]
+fn snapshot_size_zero_and_empty_name_mean_the_defaults() {
+    let w = World::new();
+    let base = recorder(&w);
+    w.run(&with(
+        "snapshot",
+        &base,
+        &[
+            "--size",
+            "2G",
+            "--snapshot-size",
+            "0",
+            "--snapshot-name",
+            "",
+        ],
+    ))
+    .ok();
+    let env = recorded(&w, "snapshot").unwrap();
+    assert_eq!(env["VOL_SNAPSHOT_SIZE"], "2048");
+    assert_eq!(env["VOL_SNAPSHOT_NAME"], format!("{VOL}.snap"));
+    // Without --size the volume size is measured on the device; the
+    // recorder has none, so the error says to pass --size.
+    let r = w
+        .run(&with("snapshot", &base, &["--snapshot-size", "0"]))
+        .code(2);
+    assert!(r.stderr.contains("pass --size"), "{}", r.stderr);
+}
+
+#[test]
+fn access_and_provider_params_are_ganeti_disk_params() {
+    let w = World::new();
+    let base = recorder(&w);
+    let list = w.providers().join("recorder/parameters.list");
+    // As listed in parameters.list (and also when not listed: they are
+    // Ganeti disk parameters, not provider parameters).
+    for listed in [false, true] {
+        if listed {
+            let mut text = fs::read_to_string(&list).unwrap();
+            text.push_str("access\thow the volume is accessed\nprovider\tthe provider\n");
+            fs::write(&list, text).unwrap();
+        }
+        w.run(&with(
+            "verify",
+            &base,
+            &["-p", "access=userspace", "-p", "provider=recorder"],
+        ))
+        .ok();
+        let env = recorded(&w, "verify").unwrap();
+        assert_eq!(env["EXTP_ACCESS"], "userspace", "listed: {listed}");
+        assert_eq!(env["EXTP_PROVIDER"], "recorder", "listed: {listed}");
+        fs::remove_file(w.out().join("verify.env")).unwrap();
+        // The same access twice is fine; a different one is an error.
+        w.run(&with(
+            "verify",
+            &base,
+            &["-p", "access=kernelspace", "--access", "kernelspace"],
+        ))
+        .ok();
+        assert_eq!(
+            recorded(&w, "verify").unwrap()["EXTP_ACCESS"],
+            "kernelspace"
+        );
+        fs::remove_file(w.out().join("verify.env")).unwrap();
+        for (extra, why) in [
+            (
+                &["-p", "access=userspace", "--access", "kernelspace"][..],
+                "-p access=userspace conflicts with the access mode kernelspace",
+            ),
+            (
+                &["-p", "access=vhost"][..],
+                "neither 'kernelspace' nor 'userspace'",
+            ),
+            (
+                &["-p", "provider=loopfile"][..],
+                "the volume's provider is \"recorder\"",
+            ),
+        ] {
+            let r = w.run(&with("verify", &base, extra)).code(2);
+            assert!(r.stderr.contains(why), "{extra:?}: {}", r.stderr);
+            assert!(recorded(&w, "verify").is_none(), "{extra:?}: verify ran");
+        }
+    }
+    // Names that are no environment name, or collide after upper-casing.
+    let mut text = fs::read_to_string(&list).unwrap();
+    text.push_str("OUT\tclashes with out\npool-name\tnot an environment name\nACCESS\tclashes\n");
+    fs::write(&list, text).unwrap();
+    for (extra, why) in [
+        (
+            &["-p", "OUT=x"][..],
+            "it and \"out\" would both be passed as EXTP_OUT",
+        ),
+        (
+            &["-p", "pool-name=x"][..],
+            "not be a valid environment variable name",
+        ),
+        (
+            &["-p", "ACCESS=userspace"][..],
+            "would both be passed as EXTP_ACCESS",
+        ),
+    ] {
+        let r = w.run(&with("verify", &base, extra)).code(2);
+        assert!(r.stderr.contains(why), "{extra:?}: {}", r.stderr);
+        assert!(recorded(&w, "verify").is_none(), "{extra:?}: verify ran");
+    }
+}
+
+#[test]
+fn a_dangling_symlink_is_an_absent_optional_script() {
+    let w = World::new();
+    let base = recorder(&w);
+    let dir = w.providers().join("recorder");
+    for script in ["snapshot", "open"] {
+        fs::remove_file(dir.join(script)).unwrap();
+        std::os::unix::fs::symlink(w.path("nowhere"), dir.join(script)).unwrap();
+    }
+    let r = w
+        .run(&["--json", "providers", "--provider", "recorder"])
+        .ok();
+    assert_eq!(r.json()[0]["valid"], true, "{}", r.stdout);
+    assert_eq!(r.json()[0]["optional"], serde_json::json!(["close"]));
+    let r = w.run(&with("snapshot", &base, &["--size", "4"])).code(1);
+    assert!(
+        r.stderr
+            .contains("snapshot not supported by provider \"recorder\""),
+        "{}",
+        r.stderr
+    );
+    let r = w.run(&with("open", &base, &["--json"])).ok();
+    assert_eq!(r.json()["script_ran"], false);
+    // A required script that dangles is still missing.
+    fs::remove_file(dir.join("grow")).unwrap();
+    std::os::unix::fs::symlink(w.path("nowhere"), dir.join("grow")).unwrap();
+    let r = w
+        .run(&["--json", "providers", "--provider", "recorder"])
+        .code(1);
+    let reason = r.json()[0]["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("File 'grow' under path") && reason.contains("is missing"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_result_that_cannot_be_written_is_an_error() {
+    let w = World::new();
+    let base = recorder(&w);
+    for json in [false, true] {
+        let mut args = with("attach", &base, &[]);
+        if json {
+            args.insert(0, "--json");
+        }
+        let full = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let r: common_cli::Run = w.cmd().args(&args).stdout(full).output().unwrap().into();
+        let r = r.code(1);
+        assert!(
+            r.stderr
+                .contains("cannot write the result to stdout: No space left on device"),
+            "json {json}: {}",
+            r.stderr
+        );
+    }
+    // A reader that went away (`| head`) is not an error.
+    let mut child = w
+        .cmd()
+        .args(with("attach", &base, &[]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let r: common_cli::Run = child.wait_with_output().unwrap().into();
+    let r = r.ok();
+    assert!(!r.stderr.contains("error"), "{}", r.stderr);
+}
+
+/// Runs `line` with `sh -c` in `dir` and returns the arguments `set --`
+/// made of it, one per element.
+fn shell_words(dir: &std::path::Path, line: &str) -> Vec<String> {
+    let script = format!("set -- {line}\nfor a; do printf '%s\\0' \"$a\"; done");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_terminator('\0')
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn commands_printed_for_a_shell_are_quoted() {
+    let w = World::new();
+    w.install_test("attachout", "attachout");
+    let lo = LoopDev::new(w.path("backing.img"), 8 << 20);
+    // A device path that runs code when pasted unquoted.
+    let evil = w.path("dev $(touch INJECTED) 'q'");
+    std::os::unix::fs::symlink(&lo.dev, &evil).unwrap();
+    let dev = format!("dev={}", evil.display());
+    let v = [
+        "--provider",
+        "attachout",
+        "--volume",
+        "v1",
+        "-p",
+        "mode=device",
+        "-p",
+        &dev,
+    ];
+    for cmd in ["export-command", "import-command"] {
+        let mut args = vec![cmd];
+        args.extend_from_slice(&v);
+        let line = w.run(&args).ok().stdout.trim_end().to_owned();
+        let mut jargs = vec!["--json", cmd];
+        jargs.extend_from_slice(&v);
+        let argv: Vec<String> = serde_json::from_value(w.run(&jargs).ok().json()).unwrap();
+        assert_eq!(shell_words(&w.out(), &line), argv, "{cmd}: {line}");
+        assert!(!w.out().join("INJECTED").exists(), "{cmd}: {line} ran code");
+    }
+    // Pasting the export command runs dd on the device, and only that.
+    let mut args = vec!["export-command"];
+    args.extend_from_slice(&v);
+    let line = w.run(&args).ok().stdout.trim_end().to_owned();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{line} 2>/dev/null | wc -c"))
+        .current_dir(w.out())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (8u64 << 20).to_string()
+    );
+    assert!(!w.out().join("INJECTED").exists(), "{line} ran code");
+}
+
+#[test]
+fn usage_errors_under_json_print_the_json_object() {
+    let w = World::new();
+    let base = recorder(&w);
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["--json", "attach", "--provider"],
+        vec!["--json", "no-such-command"],
+        vec!["--json"],
+        with("create", &base, &["--json", "--size", "64B"]),
+        with("grow", &base, &["--json", "--amount", "1", "--bogus"]),
+    ];
+    for args in cases {
+        let r = w.run(&args).code(2);
+        let j = r.json();
+        assert_eq!(j["ok"], false, "{args:?}: {}", r.stdout);
+        assert_eq!(j["exit_code"], 2, "{args:?}");
+        let msg = j["error"].as_str().unwrap();
+        assert!(
+            !msg.is_empty() && !msg.starts_with("error:"),
+            "{args:?}: {msg}"
+        );
+        assert!(r.stderr.contains("error"), "{args:?}: {}", r.stderr);
+    }
+    let r = w
+        .run(&with("create", &base, &["--json", "--size", "64B"]))
+        .code(2);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown unit \"B\"")
+    );
+    // --help and --version stay text, exit 0.
+    let r = w.run(&["--json", "--help"]).ok();
+    assert!(r.stdout.contains("Exit codes:"), "{}", r.stdout);
+    let r = w.run(&["--json", "--version"]).ok();
+    assert!(r.stdout.starts_with("extstorage "), "{}", r.stdout);
+    // Without --json a usage error stays clap's text.
+    let r = w.run(&["attach", "--provider"]).code(2);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+}
+
+#[test]
+fn options_are_checked_before_any_script_runs() {
+    let w = World::new();
+    let base = recorder(&w);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (with("kvm-args", &base, &["--disk-id", "a,b"]), "a,b"),
+        (
+            with("kvm-args", &base, &["--queue-size", "3"]),
+            "queue-size",
+        ),
+        (
+            with("kvm-args", &base, &["--num-queues", "0"]),
+            "num-queues",
+        ),
+        (
+            with("kvm-args", &base, &["--cache", "writeback"]),
+            "cache=none",
+        ),
+        (
+            with(
+                "kvm-args",
+                &base,
+                &["--access", "vhost-user", "--socket", "rel.sock"],
+            ),
+            "rel.sock",
+        ),
+        (
+            with(
+                "kvm-args",
+                &base,
+                &["--access", "vhost-user", "--aio", "native"],
+            ),
+            "aio",
+        ),
+        (
+            with("kvm-args", &base, &["--secret-dir", "rel"]),
+            "--secret-dir",
+        ),
+        (
+            with(
+                "kvm-args",
+                &base,
+                &[
+                    "--access",
+                    "vhost-user",
+                    "--format",
+                    "libvirt-xml",
+                    "--target-dev",
+                    "sda",
+                ],
+            ),
+            "disk target",
+        ),
+        (
+            with("kvm-args", &base, &["--hypervisor", ""]),
+            "--hypervisor",
+        ),
+        (with("uri", &base, &["--node-name", "a,b"]), "a,b"),
+        (with("uri", &base, &["--cache", "writeback"]), "cache=none"),
+        (
+            with("uri", &base, &["--hypervisor", "kvm:x"]),
+            "--hypervisor",
+        ),
+        (
+            with("uri-lookup", &base, &["--hypervisor", ""]),
+            "--hypervisor",
+        ),
+    ];
+    for (args, want) in cases {
+        let r = w.run(&args).code(2);
+        assert!(r.stderr.contains(want), "{args:?}: {}", r.stderr);
+        assert_eq!(
+            fs::read_dir(w.out()).unwrap().count(),
+            0,
+            "{args:?}: a script ran"
+        );
+    }
 }

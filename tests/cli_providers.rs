@@ -324,3 +324,439 @@ fn qemunbd_serves_userspace_only_volumes_over_a_real_socket() {
     assert!(!file.exists());
     assert!(!w.vols().join("nbd1.nbd.pid").exists());
 }
+
+/// Data at 60 MiB of a 64 MiB volume: what a shrink would lose.
+const AT_60M: u64 = 60 << 20;
+
+fn write_at(path: &std::path::Path, offset: u64, data: &[u8]) {
+    let mut f = OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(data).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn read_at(path: &std::path::Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut f = fs::File::open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut back = vec![0u8; len];
+    f.read_exact(&mut back).unwrap();
+    back
+}
+
+/// Runs a provider script directly, as any caller (Ganeti) would: clean
+/// environment, provider directory as working directory.
+fn run_script(dir: &std::path::Path, script: &str, env: &[(&str, &str)]) -> common_cli::Run {
+    Command::new(dir.join(script))
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("LC_ALL", "C")
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .unwrap()
+        .into()
+}
+
+#[test]
+fn grow_with_a_stale_size_never_shrinks_a_loopfile_volume() {
+    let w = World::new();
+    let dir = w.install("loopfile");
+    let v = vol_args(&w, "loopfile", "g1");
+    let file = w.vols().join("g1.img");
+    let info = run(&w, "create", &v, &["--size", "64M"]).ok().json();
+    let dev = info["dev_path"].as_str().unwrap().to_owned();
+    let data = pattern(60, 1 << 20);
+    write_at(dev.as_ref(), AT_60M, &data);
+
+    // The CLI measures the device and refuses the stale size.
+    let r = run(&w, "grow", &v, &["--size", "8M", "--amount", "1M"]).code(2);
+    assert!(
+        r.stderr.contains("is 64 MiB (67108864 bytes, measured on")
+            && r.stderr
+                .contains("not the 8 MiB given with --size; omit --size"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(fs::metadata(&file).unwrap().len(), 64 << 20);
+    assert!(
+        read_at(&file, AT_60M, data.len()) == data,
+        "data at 60 MiB lost"
+    );
+
+    // The grow script itself refuses a shrink, whoever passes the stale size.
+    let vols = w.vols().display().to_string();
+    let r = run_script(
+        &dir,
+        "grow",
+        &[
+            ("VOL_NAME", "g1"),
+            ("EXTP_DIR", &vols),
+            ("VOL_SIZE", "8"),
+            ("VOL_NEW_SIZE", "12"),
+        ],
+    )
+    .code(1);
+    assert!(r.stderr.contains("refusing to shrink"), "{}", r.stderr);
+    assert_eq!(fs::metadata(&file).unwrap().len(), 64 << 20);
+    assert!(
+        read_at(&file, AT_60M, data.len()) == data,
+        "data at 60 MiB lost"
+    );
+
+    // Without --size the measured size is used: 64 + 4 (1M rounded up).
+    let grown = run(&w, "grow", &v, &["--amount", "1M"]).ok().json();
+    assert_eq!(grown["new_size_mib"], 68);
+    assert_eq!(fs::metadata(&file).unwrap().len(), 68 << 20);
+    assert!(
+        read_at(&file, AT_60M, data.len()) == data,
+        "data at 60 MiB lost"
+    );
+    assert!(read_at(dev.as_ref(), AT_60M, data.len()) == data);
+}
+
+#[test]
+fn grow_with_a_stale_size_never_shrinks_a_qemunbd_volume() {
+    let w = World::new();
+    w.install("qemunbd");
+    let v = vol_args(&w, "qemunbd", "g2");
+    let file = w.vols().join("g2.img");
+    run(&w, "create", &v, &["--size", "64M"]).ok();
+    let uri = run(&w, "uri-lookup", &v, &[]).ok().json()["uri"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x5a 60M 1M", &uri])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // No block device to measure: the grow script refuses the shrink.
+    let r = run(&w, "grow", &v, &["--size", "8M", "--amount", "1M"]).code(1);
+    assert!(
+        r.stderr.contains("refusing to shrink") && r.stderr.contains("67108864 bytes"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(fs::metadata(&file).unwrap().len(), 64 << 20);
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "read -P 0x5a 60M 1M", &uri])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("Pattern verification failed"),
+        "data at 60 MiB lost: {text}"
+    );
+    // The right size grows it.
+    run(&w, "grow", &v, &["--size", "64M", "--amount", "1M"]).ok();
+    assert_eq!(fs::metadata(&file).unwrap().len(), 68 << 20);
+    run(&w, "remove", &v, &[]).ok();
+}
+
+/// The loop device's backing file as sysfs shows it, if it is bound.
+fn backing_file(dev: &str) -> Option<String> {
+    let name = dev.trim_start_matches("/dev/");
+    fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"))
+        .ok()
+        .map(|s| s.trim_end().to_owned())
+}
+
+/// Detaches `dev` on drop if it still holds `file` (deleted or not), so a
+/// failing test does not leak it; a device reused by someone else is left
+/// alone.
+struct DetachIfOurs {
+    dev: String,
+    file: String,
+}
+
+impl Drop for DetachIfOurs {
+    fn drop(&mut self) {
+        if backing_file(&self.dev)
+            .is_some_and(|b| b == self.file || b == format!("{} (deleted)", self.file))
+        {
+            let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+        }
+    }
+}
+
+/// A process holding `dev` open on its stdin (`exec sleep < dev`), killed
+/// on drop.
+struct Holder(std::process::Child);
+
+impl Holder {
+    fn new(dev: &str) -> Holder {
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg("exec sleep 1000 < \"$0\"")
+            .arg(dev)
+            .spawn()
+            .unwrap();
+        let fd0 = format!("/proc/{}/fd/0", child.id());
+        let start = std::time::Instant::now();
+        // Wait until the shell has opened the device and become sleep.
+        loop {
+            let comm = fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap_or_default();
+            if fs::read_link(&fd0).is_ok_and(|p| p == std::path::Path::new(dev))
+                && comm.trim() == "sleep"
+            {
+                break;
+            }
+            assert!(start.elapsed().as_secs() < 30, "sleep never held {dev}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Holder(child)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Unmounts a directory on drop.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn loopfile_refuses_to_detach_or_remove_a_device_in_use() {
+    let w = World::new();
+    w.install("loopfile");
+    let v = vol_args(&w, "loopfile", "busy");
+    let file = w.vols().join("busy.img");
+    let info = run(&w, "create", &v, &["--size", "8M"]).ok().json();
+    let dev = info["dev_path"].as_str().unwrap().to_owned();
+    let holder = Holder::new(&dev);
+    let pid = holder.0.id();
+    for cmd in ["remove", "detach"] {
+        let r = run(&w, cmd, &v, &[]).code(1);
+        assert!(
+            r.stderr.contains(&format!(
+                "{dev} (volume file {}) is in use by: process {pid} (sleep)",
+                file.display()
+            )),
+            "{cmd}: {}",
+            r.stderr
+        );
+        assert!(file.exists(), "{cmd} deleted the file of a device in use");
+        assert_eq!(loop_devices_of(&file), vec![dev.clone()], "{cmd}");
+        assert_eq!(backing_file(&dev).as_deref(), Some(file.to_str().unwrap()));
+    }
+    drop(holder);
+    // A mounted file system is a user too.
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", &dev])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mnt = w.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let out = Command::new("mount").arg(&dev).arg(&mnt).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mounted = Unmount(mnt.clone());
+    let r = run(&w, "detach", &v, &[]).code(1);
+    assert!(
+        r.stderr
+            .contains(&format!("is in use by: mount on {}", mnt.display())),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(loop_devices_of(&file), vec![dev.clone()]);
+    drop(mounted);
+    run(&w, "remove", &v, &[]).ok();
+    assert!(!file.exists());
+    assert_ne!(backing_file(&dev).as_deref(), Some(file.to_str().unwrap()));
+}
+
+#[test]
+fn loopfile_volume_whose_file_was_deleted_is_released_with_force() {
+    let w = World::new();
+    w.install("loopfile");
+    let v = vol_args(&w, "loopfile", "gone");
+    let file = w.vols().join("gone.img");
+    let info = run(&w, "create", &v, &["--size", "8M"]).ok().json();
+    let dev = info["dev_path"].as_str().unwrap().to_owned();
+    let _guard = DetachIfOurs {
+        dev: dev.clone(),
+        file: file.display().to_string(),
+    };
+    fs::remove_file(&file).unwrap();
+    let deleted = format!("{} (deleted)", file.display());
+    assert_eq!(backing_file(&dev), Some(deleted.clone()));
+
+    // attach fails first; the error says what to do.
+    for cmd in ["detach", "remove"] {
+        let r = run(&w, cmd, &v, &[]).code(1);
+        assert!(
+            r.stderr
+                .contains(&format!("retry with --force to run {cmd} anyway")),
+            "{cmd}: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr
+                .contains(&format!("loop device(s) {dev} still hold the deleted file")),
+            "{cmd}: {}",
+            r.stderr
+        );
+        assert_eq!(backing_file(&dev), Some(deleted.clone()), "{cmd}");
+    }
+    // --force: detach finds the device on the deleted file and detaches it.
+    let r = run(&w, "detach", &v, &["--force"]).ok();
+    assert!(r.stderr.contains("attach failed"), "{}", r.stderr);
+    assert_ne!(backing_file(&dev), Some(deleted.clone()));
+    // remove --force of what is left (nothing) succeeds too.
+    run(&w, "remove", &v, &["--force"]).ok();
+
+    // remove --force does the same in one step.
+    run(&w, "create", &v, &["--size", "8M"]).ok();
+    let dev = loop_devices_of(&file).pop().unwrap();
+    let _guard2 = DetachIfOurs {
+        dev: dev.clone(),
+        file: file.display().to_string(),
+    };
+    fs::remove_file(&file).unwrap();
+    run(&w, "remove", &v, &["--force"]).ok();
+    assert_ne!(backing_file(&dev), Some(deleted));
+}
+
+/// Stops what a provider started for volume files in `dir` (qemu-nbd pid
+/// files, loop devices), so a failing test leaks nothing.
+struct CleanVolumes(std::path::PathBuf);
+
+impl Drop for CleanVolumes {
+    fn drop(&mut self) {
+        let Ok(rd) = fs::read_dir(&self.0) else {
+            return;
+        };
+        for path in rd.flatten().map(|e| e.path()) {
+            if path.extension().is_some_and(|e| e == "pid") {
+                if let Ok(pid) = fs::read_to_string(&path) {
+                    let _ = Command::new("kill").arg(pid.trim()).status();
+                }
+            } else if path.is_file() {
+                for dev in loop_devices_of(&path) {
+                    let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn reference_providers_refuse_a_relative_dir() {
+    let w = World::new();
+    for provider in ["loopfile", "qemunbd"] {
+        let dir = w.install(provider);
+        let _clean = CleanVolumes(dir.join("vols"));
+        for cmd in ["create", "attach", "remove"] {
+            let r = w
+                .run(&[
+                    cmd,
+                    "--provider",
+                    provider,
+                    "--volume",
+                    "rel1",
+                    "-p",
+                    "dir=vols",
+                    "--size",
+                    "8",
+                ])
+                .code(1);
+            assert!(
+                r.stderr
+                    .contains("the 'dir' parameter must be an absolute path, not 'vols'"),
+                "{provider} {cmd}: {}",
+                r.stderr
+            );
+            assert!(
+                !dir.join("vols").exists(),
+                "{provider} {cmd} wrote into the provider"
+            );
+        }
+    }
+}
+
+#[test]
+fn kvm_args_checks_its_options_before_attach_starts_a_daemon() {
+    let w = World::new();
+    w.install("qemunbd");
+    let v = vol_args(&w, "qemunbd", "k1");
+    run(&w, "create", &v, &["--size", "8M"]).ok();
+    run(&w, "detach", &v, &[]).ok();
+    let pidfile = w.vols().join("k1.nbd.pid");
+    assert!(!pidfile.exists());
+    for extra in [
+        &["--disk-id", "a,b"][..],
+        &["--queue-size", "3"],
+        &["--cache", "unsafe"],
+    ] {
+        let r = run(&w, "kvm-args", &v, extra).code(2);
+        assert_eq!(r.json()["exit_code"], 2, "{extra:?}");
+        assert!(!pidfile.exists(), "{extra:?}: attach started qemu-nbd");
+    }
+    let r = run(&w, "uri", &v, &["--node-name", "a,b"]).code(2);
+    assert!(r.stderr.contains("a,b"), "{}", r.stderr);
+    assert!(!pidfile.exists(), "uri: attach started qemu-nbd");
+    run(&w, "remove", &v, &[]).ok();
+}
+
+#[test]
+fn backend_note_is_quoted_for_the_shell() {
+    let w = World::new();
+    w.install("loopfile");
+    let v = vol_args(&w, "loopfile", "q1");
+    run(&w, "create", &v, &["--size", "8M"]).ok();
+    let sock = w.path("s $(touch INJECTED).sock");
+    let sock = sock.to_str().unwrap();
+    let extra = [
+        "--access",
+        "vhost-user",
+        "--socket",
+        sock,
+        "--qemu-version",
+        "10.0",
+    ];
+    let json = run(&w, "kvm-args", &v, &extra).ok().json();
+    let serve: Vec<String> = serde_json::from_value(json["serve_command"].clone()).unwrap();
+    assert_eq!(serve[serve.len() - 1], sock);
+    let mut args = vec!["kvm-args"];
+    args.extend(v.iter().map(String::as_str));
+    args.extend_from_slice(&extra);
+    let r = w.run(&args).ok();
+    let line = r
+        .stderr
+        .lines()
+        .find_map(|l| l.split_once("start its backend first: ").map(|(_, c)| c))
+        .unwrap_or_else(|| panic!("no backend note: {}", r.stderr));
+    // The pasted line gives back exactly the argv, and runs nothing else.
+    let script = format!("set -- {line}\nfor a; do printf '%s\\0' \"$a\"; done");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(w.out())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let words: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_terminator('\0')
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(words, serve, "{line}");
+    assert!(
+        !w.out().join("INJECTED").exists(),
+        "pasting {line} ran code"
+    );
+    run(&w, "remove", &v, &[]).ok();
+}

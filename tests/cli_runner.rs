@@ -341,7 +341,7 @@ fn symlinked_lock_and_log_files_are_refused() {
 
     // A lock file planted as a symlink.
     fs::create_dir_all(w.path("lock")).unwrap();
-    let lock = w.path("lock").join("slow@v1.lock");
+    let lock = w.path("lock").join("slow.v1.lock");
     std::os::unix::fs::symlink(&target, &lock).unwrap();
     let r = w.run(&args(&[], "verify", &vol)).code(1);
     assert!(
@@ -409,7 +409,7 @@ fn names_joined_with_a_dash_no_longer_collide() {
     locks.sort();
     assert_eq!(
         locks,
-        [format!("{p1}@{v1}.lock"), format!("{p2}@{v2}.lock")]
+        [format!("{p1}.{v1}.lock"), format!("{p2}.{v2}.lock")]
     );
 
     // Default vhost-user sockets and secret directories differ too (the
@@ -437,18 +437,25 @@ fn names_joined_with_a_dash_no_longer_collide() {
         fs::remove_dir_all(&dir).unwrap();
         secret_dirs.push(dir);
     }
+    let socket_dir = w.run_dir().join("vhost-user");
     assert_eq!(
         sockets,
         [
-            format!("/run/extstorage/vhost-user/{p1}@{v1}.sock"),
-            format!("/run/extstorage/vhost-user/{p2}@{v2}.sock")
+            socket_dir
+                .join(format!("{p1}.{v1}.sock"))
+                .display()
+                .to_string(),
+            socket_dir
+                .join(format!("{p2}.{v2}.sock"))
+                .display()
+                .to_string()
         ]
     );
     assert_eq!(
         secret_dirs,
         [
-            PathBuf::from(format!("/run/extstorage/secrets/{p1}@{v1}")),
-            PathBuf::from(format!("/run/extstorage/secrets/{p2}@{v2}"))
+            PathBuf::from(format!("/run/extstorage/secrets/{p1}.{v1}")),
+            PathBuf::from(format!("/run/extstorage/secrets/{p2}.{v2}"))
         ]
     );
 }

@@ -217,23 +217,11 @@ struct Backend {
 }
 
 impl Backend {
-    /// Whether the built daemon has its `serve` command (it was a
-    /// placeholder before the vhost-user-blk work landed).
-    fn ours_available() -> bool {
-        let out = Command::new(vhost_support::bin())
-            .args(["serve", "--help"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the daemon");
-        let help = String::from_utf8_lossy(&out.stdout);
-        out.status.success() && help.contains("--socket") && help.contains("--path")
-    }
-
-    /// Runs the serve command `kvm-args` printed: our daemon.
+    /// Runs the serve command `kvm-args` printed: `extstorage serve`.
     fn ours(serve: &[String], socket: &Path) -> Backend {
         let mut c = Command::new(&serve[0]);
         c.args(&serve[1..]).env("RUST_LOG", "warn");
-        Backend::spawn(c, "extstorage-vhost-user-blk", socket)
+        Backend::spawn(c, "extstorage serve", socket)
     }
 
     /// qemu-storage-daemon's export of the same block device, the reference.
@@ -318,23 +306,34 @@ fn kvm_args_vhost_user_served_and_accepted_by_qemu() {
     assert_eq!(j["notes"], json!([]));
     let dev = j["dev_path"].as_str().unwrap().to_owned();
     let serve = strings(&j["serve_command"]);
+    assert_eq!(j["served"], false);
+    assert_eq!(j["num_queues"], 2);
     assert_eq!(
         serve[0],
-        vhost_support::bin().to_str().unwrap(),
-        "the daemon next to the CLI"
+        extstorage_testbins::path(extstorage_testbins::CLI)
+            .to_str()
+            .unwrap(),
+        "this CLI serves"
+    );
+    let at = serve.iter().position(|a| a == "serve").expect("serve");
+    assert!(
+        serve[1..at].iter().all(|a| a.starts_with("--")),
+        "global options before serve: {serve:?}"
+    );
+    assert!(
+        serve[1..at].iter().any(|a| a.starts_with("--run-dir=")),
+        "{serve:?}"
     );
     assert_eq!(
-        serve[1..],
+        serve[at + 1..],
         [
-            "serve",
-            "--path",
-            &dev,
+            "--provider=loopfile",
+            "--volume=vu1",
+            &format!("--param=dir={}", w.vols().display()),
+            "--num-queues=2",
+            "--queue-size=128",
             "--socket",
             sock,
-            "--num-queues",
-            "2",
-            "--queue-size",
-            "128"
         ]
     );
     // Without --json the serve command and the memory note go to stderr.
@@ -347,20 +346,18 @@ fn kvm_args_vhost_user_served_and_accepted_by_qemu() {
     )
     .ok();
     assert!(
-        human
-            .stderr
-            .contains(&format!("serve --path {dev} --socket {sock}")),
+        human.stderr.contains("start its backend first:")
+            && human.stderr.contains(" serve --provider=loopfile")
+            && human.stderr.contains(&format!("--socket {sock}")),
         "{human:#?}"
     );
     assert!(human.stderr.contains("share=on"), "memory note: {human:#?}");
     assert!(!human.stdout.contains("serve"), "{human:#?}");
 
-    let mut backends: Vec<StartBackend> = vec![|_, dev, socket| Backend::qsd(dev, socket, 2)];
-    if Backend::ours_available() {
-        backends.push(|serve, _, socket| Backend::ours(serve, socket));
-    } else {
-        eprintln!("extstorage-vhost-user-blk has no serve command yet: qemu-storage-daemon only");
-    }
+    let backends: [StartBackend; 2] = [
+        |_, dev, socket| Backend::qsd(dev, socket, 2),
+        |serve, _, socket| Backend::ours(serve, socket),
+    ];
     let argv = strings(&j["argv"]);
     for start in backends {
         let backend = start(&serve, &dev, &socket);
@@ -584,7 +581,11 @@ fn access_mode_sets_extp_access_and_defaults() {
         .json();
     assert_eq!(recorded_access(&out), "kernelspace");
     assert_eq!(
-        j["socket"], "/run/extstorage/vhost-user/attachfile@both1.sock",
+        j["socket"],
+        w.run_dir()
+            .join("vhost-user/attachfile.both1.sock")
+            .to_str()
+            .unwrap(),
         "default socket"
     );
     let ro = cli(
@@ -602,10 +603,31 @@ fn access_mode_sets_extp_access_and_defaults() {
     )
     .ok()
     .json();
-    assert_eq!(strings(&ro["serve_command"]).last().unwrap(), "--read-only");
+    assert!(
+        strings(&ro["serve_command"]).contains(&"--read-only".to_owned()),
+        "{ro:#}"
+    );
     assert!(ro["notes"].to_string().contains("read-only"), "{ro:#}");
     cli(&w, true, "uri", &base, &[]).ok();
     assert_eq!(recorded_access(&out), "userspace", "uri asks for userspace");
+    // As in Ganeti, an `access` disk parameter chooses the access: attach
+    // sees it as EXTP_ACCESS and kvm-args renders that mode.
+    let j = cli(&w, true, "kvm-args", &base, &["-p", "access=userspace"])
+        .ok()
+        .json();
+    assert_eq!(j["access"], "userspace", "{j:#}");
+    assert_eq!(recorded_access(&out), "userspace");
+    let r = cli(
+        &w,
+        true,
+        "kvm-args",
+        &base,
+        &["-p", "access=userspace", "--access", "vhost-user"],
+    )
+    .code(2);
+    assert!(r.stderr.contains("conflicts"), "{}", r.stderr);
+    let r = cli(&w, true, "uri", &base, &["-p", "access=kernelspace"]).code(2);
+    assert!(r.stderr.contains("conflicts"), "{}", r.stderr);
     // Raw Ceph options have a -drive form only: --json says why -blockdev is missing.
     let (rbd, _) = attachfile(&w, "rbdopt", "\nkvm:rbd:pool/img:rbd_cache=true\n");
     let j = cli(&w, true, "uri", &rbd, &[]).ok().json();

@@ -285,7 +285,7 @@ fn resize_without_a_daemon_fails_clearly() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("is the daemon running"), "{err}");
+    assert!(err.contains("is the backend running"), "{err}");
 }
 
 #[test]

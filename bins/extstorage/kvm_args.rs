@@ -7,22 +7,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use extstorage_core::{Access, ExtStorage};
+use extstorage_serve_api::control::{self, Request, ServedConfig};
+use extstorage_serve_api::{DeviceArgs, DeviceOptions, RunDir};
 use extstorage_uri::{AccessMode, DiskAccess, KvmDisk, QemuVersion};
 use serde_json::json;
 
 use crate::exit;
-use crate::output::Output;
+use crate::output::{Output, note};
 use crate::uri::{DiskArgs, argv_strings, parse_provider_uri, secrets_json, write_secrets};
-use crate::volume::VolumeId;
-
-/// Where vhost-user sockets go when `--socket` is not given.
-pub const DEFAULT_SOCKET_DIR: &str = "/run/extstorage/vhost-user";
+use crate::volume::{VolumeId, check_hypervisor};
 
 /// The version assumed when no `qemu-system-x86_64` is installed.
 pub const ASSUMED_QEMU: QemuVersion = QemuVersion::new(10, 0, 0);
 
-/// The backend daemon's binary name.
-const DAEMON: &str = "extstorage-vhost-user-blk";
+/// What `kvm-args` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvmFormat {
+    /// QEMU arguments, one per line.
+    Argv,
+    /// A libvirt `<disk type='vhostuser'>` element (vhost-user only).
+    LibvirtXml,
+}
 
 /// Arguments of `kvm-args`.
 #[derive(Debug, clap::Args)]
@@ -33,22 +38,17 @@ pub struct KvmArgsArgs {
     #[arg(long, default_value = "kvm")]
     hypervisor: String,
     /// Access mode: kernelspace (QEMU opens the block device), userspace
-    /// (the provider's URI) or vhost-user (a backend daemon serves the block
-    /// device). Also sets EXTP_ACCESS for attach (userspace for userspace,
-    /// kernelspace otherwise). [default: kernelspace when attach gives a
-    /// device, else userspace]
+    /// (the provider's URI) or vhost-user (`extstorage serve` serves the
+    /// block device). Also sets EXTP_ACCESS for attach (userspace for
+    /// userspace, kernelspace otherwise). [default: kernelspace when attach
+    /// gives a device, else userspace]
     #[arg(long, value_name = "MODE")]
     access: Option<AccessMode>,
-    /// vhost-user: the backend's unix socket (at most 107 bytes); by
-    /// default /run/extstorage/vhost-user/PROVIDER@VOLUME.sock.
+    /// vhost-user: the backend's unix socket (at most 107 bytes). When the
+    /// volume is served on this node, its socket. [default:
+    /// RUN_DIR/vhost-user/PROVIDER.VOLUME.sock]
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
-    /// Number of virtqueues.
-    #[arg(long, value_name = "N")]
-    num_queues: Option<u16>,
-    /// Virtqueue size (a power of two up to 1024).
-    #[arg(long, value_name = "N")]
-    queue_size: Option<u16>,
     /// QEMU version the arguments are for (X.Y or X.Y.Z). [default: from
     /// `qemu-system-x86_64 --version`, else 10.0]
     #[arg(long, value_name = "X.Y")]
@@ -67,18 +67,21 @@ pub struct KvmArgsArgs {
     /// vhost-user: reconnect to a restarted backend after this many ms.
     #[arg(long, value_name = "MS")]
     reconnect_ms: Option<u32>,
+    /// Output form: argv (one QEMU argument per line) or libvirt-xml (a
+    /// `<disk type='vhostuser'>` element; vhost-user access only).
+    #[arg(long, value_enum, default_value = "argv")]
+    format: KvmFormat,
+    /// libvirt-xml: the guest disk name (`vda`, `vdb`, ...).
+    #[arg(long, value_name = "DEV", default_value = "vda")]
+    target_dev: String,
     #[command(flatten)]
     disk: DiskArgs,
-}
-
-/// The default vhost-user socket of a volume:
-/// `DEFAULT_SOCKET_DIR/<provider>@<volume>.sock` (one unambiguous name per
-/// volume, see `extstorage_core::names::volume_key`).
-pub fn default_socket(provider: &str, volume: &str) -> PathBuf {
-    Path::new(DEFAULT_SOCKET_DIR).join(format!(
-        "{}.sock",
-        extstorage_core::names::volume_key(provider, volume)
-    ))
+    /// The device options: for vhost-user they must match the server's, and
+    /// do when the volume is served on this node (its options are used); the
+    /// same flags as `extstorage serve` take, so a printed serve command and
+    /// these arguments agree.
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// The QEMU version: `qemu-system-x86_64 --version` when it runs, else
@@ -110,55 +113,180 @@ fn detect_qemu_version() -> QemuVersion {
     }
 }
 
-/// The backend daemon: next to this binary when it is there, else by name
-/// from PATH.
-fn daemon_path() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join(DAEMON)))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(DAEMON))
+/// The vhost-user side of the disk: the socket and device options QEMU's
+/// arguments must match, and, when nothing serves the volume yet, the
+/// `extstorage serve` command that will.
+struct VhostUserPlan {
+    socket: PathBuf,
+    device: DeviceOptions,
+    served: bool,
+    serve_command: Option<Vec<OsString>>,
 }
 
-/// The daemon command line that serves `device` on `socket` to match the
-/// guest device: as many queues (QEMU refuses a backend with fewer), the
-/// queue size, read-only, and the cache mode's write-back/write-through half.
-fn serve_command(device: &Path, socket: &Path, disk: &KvmDisk) -> Vec<OsString> {
-    let mut cmd: Vec<OsString> = vec![
-        daemon_path().into_os_string(),
-        "serve".into(),
-        "--path".into(),
-        device.as_os_str().to_owned(),
-        "--socket".into(),
-        socket.as_os_str().to_owned(),
-    ];
-    if let Some(n) = disk.num_queues {
-        cmd.extend(["--num-queues".into(), n.to_string().into()]);
+/// Asks the volume's server on this node for what it serves; otherwise
+/// plans from the arguments (same defaults as `extstorage serve`).
+fn plan_vhost_user(args: &KvmArgsArgs, run_dir: &RunDir) -> anyhow::Result<VhostUserPlan> {
+    let key = crate::volume_key(&args.vol.provider, &args.vol.volume);
+    let control_socket = run_dir.control_socket(&key);
+    match control::call::<ServedConfig>(&control_socket, Request::Config) {
+        Ok(served) => {
+            let Some(socket) = served.socket else {
+                anyhow::bail!(
+                    "volume {:?} is served on an inherited socket whose path is unknown; \
+                     pass the socket QEMU should use with --socket",
+                    args.vol.volume
+                );
+            };
+            let conflicts = [
+                args.socket.as_ref().is_some_and(|s| *s != socket).then(|| {
+                    format!(
+                        "--socket {} (served on {})",
+                        s_display(&args.socket),
+                        socket.display()
+                    )
+                }),
+                args.device
+                    .num_queues
+                    .is_some_and(|n| n != served.device.num_queues)
+                    .then(|| {
+                        format!(
+                            "--num-queues {} (served with {})",
+                            args.device.num_queues.unwrap_or(0),
+                            served.device.num_queues
+                        )
+                    }),
+            ];
+            let conflicts: Vec<String> = conflicts.into_iter().flatten().collect();
+            if !conflicts.is_empty() {
+                anyhow::bail!(
+                    "volume {:?} is served (pid {}) with other settings: {}; drop the options to \
+                     use the server's, or restart `extstorage serve` with them",
+                    args.vol.volume,
+                    served.pid,
+                    conflicts.join(", ")
+                );
+            }
+            Ok(VhostUserPlan {
+                socket,
+                device: served.device,
+                served: true,
+                serve_command: None,
+            })
+        }
+        Err(extstorage_serve_api::Error::NotServing { .. }) => {
+            let device = args.device.resolve()?;
+            let socket = args
+                .socket
+                .clone()
+                .unwrap_or_else(|| run_dir.vhost_user_socket(&key));
+            let serve_command = serve_command(args, &device, &socket);
+            Ok(VhostUserPlan {
+                socket,
+                device,
+                served: false,
+                serve_command: Some(serve_command),
+            })
+        }
+        Err(e) => Err(e.into()),
     }
-    if let Some(q) = disk.queue_size {
-        cmd.extend(["--queue-size".into(), q.to_string().into()]);
-    }
-    if disk.options.read_only {
-        cmd.push("--read-only".into());
-    }
-    if !disk.options.cache.write_cache() {
-        cmd.extend(["--write-cache".into(), "writethrough".into()]);
-    }
+}
+
+fn s_display(p: &Option<PathBuf>) -> String {
+    p.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// The `extstorage serve` command line that serves the volume with
+/// `device` on `socket`: this binary, the global options that locate
+/// providers, locks and the run directory, the volume and the device
+/// options, rendered by the serve API so `serve` parses them back exactly.
+fn serve_command(args: &KvmArgsArgs, device: &DeviceOptions, socket: &Path) -> Vec<OsString> {
+    let exe = std::env::current_exe()
+        .map(PathBuf::into_os_string)
+        .unwrap_or_else(|_| "extstorage".into());
+    let mut cmd: Vec<OsString> = vec![exe];
+    cmd.extend(crate::global_args());
+    cmd.push("serve".into());
+    cmd.extend(args.vol.to_args());
+    cmd.extend(device.to_args());
+    cmd.push("--socket".into());
+    cmd.push(socket.as_os_str().to_owned());
     cmd
 }
 
-/// Runs `kvm-args`: attach, pick the access, render and print the argv.
-pub fn run(es: &ExtStorage, args: KvmArgsArgs, out: &Output) -> anyhow::Result<u8> {
-    let extp_access = match args.access {
-        Some(AccessMode::Userspace) => Access::Userspace,
-        _ => Access::Kernelspace,
+/// Runs `kvm-args`: check every option, attach, pick the access, render
+/// and print the argv.
+pub fn run(
+    es: &ExtStorage,
+    args: &KvmArgsArgs,
+    run_dir: &RunDir,
+    out: &Output,
+) -> anyhow::Result<u8> {
+    // Options first: nothing runs when one is wrong (attach may start a
+    // daemon).
+    check_hypervisor(&args.hypervisor)?;
+    args.disk.check()?;
+    // As in Ganeti, an `access` disk parameter picks the access mode when
+    // --access does not (a bad value is the core's error, below).
+    let param_mode = match args.vol.param("access").map(str::parse::<Access>) {
+        Some(Ok(Access::Userspace)) => Some(AccessMode::Userspace),
+        Some(Ok(Access::Kernelspace)) => Some(AccessMode::Kernelspace),
+        _ => None,
     };
-    let mut vol = es.volume(args.vol.spec(extp_access))?;
+    let chosen = args.access.or(param_mode);
+    let extp_access = args.access.map(|mode| match mode {
+        AccessMode::Userspace => Access::Userspace,
+        _ => Access::Kernelspace,
+    });
+    let device = args.device.resolve()?;
+    if args.format == KvmFormat::LibvirtXml && args.access != Some(AccessMode::VhostUser) {
+        anyhow::bail!(
+            "--format libvirt-xml renders a vhost-user disk: add --access vhost-user (for the \
+             other access modes use the argv form)"
+        );
+    }
+    let qemu_version = args.qemu_version.unwrap_or_else(detect_qemu_version);
+    let mut vol = es.volume(args.vol.clone().spec(extp_access))?;
     let (provider, name) = (vol.provider().name.clone(), vol.name().to_owned());
+    let options = args.disk.options(&provider, &name, device.read_only);
+    let vhost = match args.access {
+        Some(AccessMode::VhostUser) => Some(plan_vhost_user(args, run_dir)?),
+        _ => None,
+    };
+    let mut disk = KvmDisk {
+        id: args.disk_id.clone(),
+        options,
+        bootindex: args.bootindex,
+        // QEMU's own virtio-blk: only when asked for; vhost-user: always
+        // what the server offers.
+        num_queues: args.device.num_queues,
+        queue_size: None,
+        reconnect_ms: args.reconnect_ms,
+        memory_mib: args.memory_mib,
+        qemu_version,
+    };
+    if let Some(plan) = &vhost {
+        disk.num_queues = Some(plan.device.num_queues);
+        // QEMU's queue-size is at most 1024, and at most the server's.
+        disk.queue_size = Some(plan.device.queue_size.min(1024));
+        disk.options.read_only = plan.device.read_only;
+    }
+    disk.validate_for(chosen, vhost.as_ref().map(|p| p.socket.as_path()))?;
+    // The libvirt disk depends on the server's settings only: rendered (and
+    // so checked) before attach too.
+    let libvirt_xml = match (&vhost, args.format) {
+        (Some(plan), KvmFormat::LibvirtXml) => Some(extstorage_uri::libvirt::vhost_user_disk_xml(
+            &plan.socket,
+            plan.device.num_queues,
+            disk.queue_size,
+            args.reconnect_ms,
+            &args.target_dev,
+        )?),
+        _ => None,
+    };
     let info = vol.attach()?;
-    let mode = args
-        .access
-        .unwrap_or_else(|| AccessMode::default_for(info.dev_path.is_some()));
+    let mode = chosen.unwrap_or_else(|| AccessMode::default_for(info.dev_path.is_some()));
     let access = match mode {
         AccessMode::Userspace => {
             // The core's error when the provider has no URI for this hypervisor.
@@ -168,10 +296,6 @@ pub fn run(es: &ExtStorage, args: KvmArgsArgs, out: &Output) -> anyhow::Result<u
             }
         }
         _ => {
-            let socket = args
-                .socket
-                .clone()
-                .unwrap_or_else(|| default_socket(&provider, &name));
             if info.dev_path.is_none() {
                 // The core's error (exit 1): the provider offers no device.
                 return Err(extstorage_core::Error::NoBlockDevice {
@@ -185,28 +309,43 @@ pub fn run(es: &ExtStorage, args: KvmArgsArgs, out: &Output) -> anyhow::Result<u
                 }
                 .into());
             }
-            DiskAccess::resolve(mode, info.dev_path.as_deref(), None, Some(&socket))?
+            let socket = vhost.as_ref().map(|p| p.socket.as_path());
+            DiskAccess::resolve(mode, info.dev_path.as_deref(), None, socket)?
         }
     };
-    let qemu_version = args.qemu_version.unwrap_or_else(detect_qemu_version);
-    let disk = KvmDisk {
-        id: args.disk_id.clone(),
-        options: args.disk.options(&provider, &name),
-        bootindex: args.bootindex,
-        num_queues: args.num_queues,
-        queue_size: args.queue_size,
-        reconnect_ms: args.reconnect_ms,
-        memory_mib: args.memory_mib,
-        qemu_version,
-    };
+    if let (Some(xml), Some(plan)) = (libvirt_xml, &vhost) {
+        let value = json!({
+            "access": mode.as_str(),
+            "libvirt_xml": xml,
+            "memory_backing": extstorage_uri::libvirt::SHARED_MEMORY_BACKING,
+            "served": plan.served,
+            "socket": plan.socket,
+            "num_queues": plan.device.num_queues,
+            "serve_command": plan.serve_command.as_deref().map(argv_strings),
+        });
+        if !out.json {
+            note(&format!(
+                "note: the domain needs shared memory: {}",
+                extstorage_uri::libvirt::SHARED_MEMORY_BACKING.replace('\n', "")
+            ));
+            if let Some(cmd) = &plan.serve_command {
+                note(&format!(
+                    "note: the volume is not served on this node; start its backend first: {}",
+                    crate::shell::quote_args(cmd)
+                ));
+            }
+        }
+        out.print(&value, || xml.trim_end().to_owned())?;
+        return Ok(exit::OK);
+    }
     let rendered = disk.render(&access)?;
     write_secrets(&rendered.secrets)?;
-    let serve = match &access {
-        DiskAccess::VhostUser { device, socket } => Some(serve_command(device, socket, &disk)),
-        _ => None,
-    };
     tracing::info!(volume = %name, provider = %provider, access = %mode, "rendered KVM arguments");
     let argv = argv_strings(&rendered.argv);
+    let serve_command = vhost
+        .as_ref()
+        .and_then(|p| p.serve_command.as_deref())
+        .map(argv_strings);
     let value = json!({
         "access": mode.as_str(),
         "qemu_version": qemu_version.to_string(),
@@ -216,23 +355,22 @@ pub fn run(es: &ExtStorage, args: KvmArgsArgs, out: &Output) -> anyhow::Result<u
         "argv": argv,
         "secrets": secrets_json(&rendered.secrets),
         "notes": rendered.notes,
-        "serve_command": serve.as_deref().map(argv_strings),
-        "socket": match &access {
-            DiskAccess::VhostUser { socket, .. } => Some(socket),
-            _ => None,
-        },
+        "served": vhost.as_ref().map(|p| p.served),
+        "serve_command": serve_command,
+        "socket": vhost.as_ref().map(|p| &p.socket),
+        "num_queues": vhost.as_ref().map(|p| p.device.num_queues),
     });
     if !out.json {
         for n in &rendered.notes {
-            eprintln!("extstorage: note: {n}");
+            note(&format!("note: {n}"));
         }
-        if let Some(cmd) = &serve {
-            eprintln!(
-                "extstorage: note: start the backend first: {}",
-                argv_strings(cmd).join(" ")
-            );
+        if let Some(cmd) = &serve_command {
+            note(&format!(
+                "note: the volume is not served on this node; start its backend first: {}",
+                crate::shell::quote_args(cmd)
+            ));
         }
     }
-    out.print(&value, || argv.join("\n"));
+    out.print(&value, || argv.join("\n"))?;
     Ok(exit::OK)
 }

@@ -6,6 +6,10 @@
 mod kvm_args;
 mod output;
 mod providers;
+#[cfg(feature = "serve")]
+mod serve;
+mod shell;
+mod status;
 mod uri;
 mod volume;
 
@@ -102,6 +106,10 @@ struct Cli {
         help_heading = "Global options"
     )]
     lock_timeout: f64,
+    /// Directory for a served volume's claim, control socket and default
+    /// vhost-user socket (created on demand).
+    #[arg(long, value_name = "DIR", env = "EXTSTORAGE_RUN_DIR", default_value = extstorage_serve_api::paths::DEFAULT_RUN_DIR, global = true, help_heading = "Global options")]
+    run_dir: PathBuf,
     /// Print results (and errors) as JSON on stdout.
     #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
@@ -122,6 +130,19 @@ enum Command {
     Uri(uri::UriArgs),
     /// Attach and print the full QEMU argv for the volume in an access mode.
     KvmArgs(kvm_args::KvmArgsArgs),
+    /// Serve the volume to QEMU over vhost-user-blk until SIGTERM/SIGINT:
+    /// attach, open, serve; on stop drain, close and detach.
+    #[cfg(feature = "serve")]
+    Serve(serve::ServeArgs),
+    /// Show a served volume's per-queue counters (requests, bytes, errors,
+    /// in flight, latency).
+    Status(status::StatusArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or
+    /// powershell (e.g. `source <(extstorage completions bash)`).
+    Completions(extstorage_clidoc::CompletionsArgs),
+    /// Write a man page per command into a directory (for packaging).
+    #[command(hide = true)]
+    Man(extstorage_clidoc::ManArgs),
 }
 
 fn seconds(what: &str, secs: f64) -> Result<Duration, String> {
@@ -185,8 +206,49 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
+/// Parses the command line. A usage error prints clap's text on stderr and,
+/// with `--json` anywhere before `--`, the documented JSON error object on
+/// stdout; `--help` and `--version` print as clap does.
+fn parse_cli() -> Result<Cli, ExitCode> {
+    use clap::error::ErrorKind as Clap;
+    let err = match Cli::try_parse() {
+        Ok(cli) => return Ok(cli),
+        Err(e) => e,
+    };
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if !json || matches!(err.kind(), Clap::DisplayHelp | Clap::DisplayVersion) {
+        err.exit();
+    }
+    let _ = err.print();
+    let message = if err.kind() == Clap::DisplayHelpOnMissingArgumentOrSubcommand {
+        "a subcommand or argument is missing; see extstorage --help".to_owned()
+    } else {
+        // clap's message: the text before its usage section, without the
+        // "error: " prefix.
+        let text = err.render().to_string();
+        let message: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        let message = message.join(" ");
+        message
+            .strip_prefix("error: ")
+            .unwrap_or(&message)
+            .to_owned()
+    };
+    output::json_error(&message, exit::USAGE);
+    Err(ExitCode::from(exit::USAGE))
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     init_tracing(cli.verbose);
     let out = Output { json: cli.json };
     // SIGINT/SIGTERM/SIGHUP are forwarded to a running script's process
@@ -197,20 +259,120 @@ fn main() -> ExitCode {
     match run(cli, &out) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            let core = err.downcast_ref::<extstorage_core::Error>();
-            let code = match core.map(|e| e.kind()) {
+            let code = match error_kind(&err) {
                 Some(ErrorKind::Failed) => exit::FAILED,
-                Some(ErrorKind::Invalid) | None => exit::USAGE,
+                Some(ErrorKind::Invalid) => exit::USAGE,
                 Some(ErrorKind::Timeout) => exit::TIMEOUT,
                 Some(ErrorKind::LockBusy) => exit::LOCK_BUSY,
-                Some(ErrorKind::Interrupted) => core
-                    .and_then(extstorage_core::Error::interrupted_by)
-                    .map_or(exit::SIGNAL_BASE, interrupt::exit_code),
+                Some(ErrorKind::Interrupted) => interrupted_code(&err).unwrap_or(exit::SIGNAL_BASE),
+                None if err.is::<output::WriteError>() => exit::FAILED,
+                None => exit::USAGE,
             };
             out.error(&err, code);
             ExitCode::from(code)
         }
     }
+}
+
+/// The global options that locate providers, logs, locks and the run
+/// directory, as given to this run: a command line printed for the user
+/// (e.g. the `serve` command `kvm-args` suggests) repeats them.
+static GLOBAL_ARGS: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
+
+/// The global options of this run that differ from the defaults, with
+/// absolute paths (a printed command may run from another directory).
+fn globals_of(
+    es: &ExtStorage,
+    run_dir: &extstorage_serve_api::RunDir,
+    timeout: f64,
+) -> Vec<std::ffi::OsString> {
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    let mut push = |opt: &str, value: &std::path::Path| {
+        let mut arg = std::ffi::OsString::from(format!("{opt}="));
+        arg.push(abs(value));
+        out.push(arg);
+    };
+    let cfg = es.config();
+    let default_search = [PathBuf::from(
+        extstorage_core::provider::DEFAULT_SEARCH_PATH,
+    )];
+    if cfg.search_path.dirs() != default_search {
+        for d in cfg.search_path.dirs() {
+            push("--search-path", d);
+        }
+    }
+    for (opt, value, default) in [
+        (
+            "--log-dir",
+            &cfg.runner.log_dir,
+            extstorage_core::runner::DEFAULT_LOG_DIR,
+        ),
+        (
+            "--lock-dir",
+            &cfg.lock_dir,
+            extstorage_core::lock::DEFAULT_LOCK_DIR,
+        ),
+        (
+            "--run-dir",
+            &run_dir.root().to_path_buf(),
+            extstorage_serve_api::paths::DEFAULT_RUN_DIR,
+        ),
+    ] {
+        if value.as_path() != std::path::Path::new(default) {
+            push(opt, value);
+        }
+    }
+    if timeout != 300.0 {
+        out.push(format!("--timeout={timeout}").into());
+    }
+    out
+}
+
+/// See [`GLOBAL_ARGS`].
+pub fn global_args() -> Vec<std::ffi::OsString> {
+    GLOBAL_ARGS.get().cloned().unwrap_or_default()
+}
+
+/// The name of a volume's files in the run directory (claim, control
+/// socket, default vhost-user socket): the core's one join.
+pub fn volume_key(provider: &str, volume: &str) -> String {
+    extstorage_core::names::volume_key(provider, volume)
+}
+
+/// Exit code 128 + N of an operation interrupted by signal N.
+fn interrupted_code(err: &anyhow::Error) -> Option<u8> {
+    if let Some(e) = err.downcast_ref::<extstorage_core::Error>() {
+        return e.interrupted_by().map(interrupt::exit_code);
+    }
+    #[cfg(feature = "serve")]
+    if let Some(extstorage_serve::Error::Volume(e)) = err.downcast_ref::<extstorage_serve::Error>()
+    {
+        return e.interrupted_by().map(interrupt::exit_code);
+    }
+    None
+}
+
+/// The class of an error, for the exit code: the core's, or the serve
+/// crate's (which maps a volume served elsewhere to "busy").
+fn error_kind(err: &anyhow::Error) -> Option<ErrorKind> {
+    if let Some(e) = err.downcast_ref::<extstorage_core::Error>() {
+        return Some(e.kind());
+    }
+    #[cfg(feature = "serve")]
+    if let Some(e) = err.downcast_ref::<extstorage_serve::Error>() {
+        return Some(e.kind());
+    }
+    if err.downcast_ref::<extstorage_clidoc::Error>().is_some() {
+        return Some(ErrorKind::Failed);
+    }
+    if let Some(e) = err.downcast_ref::<extstorage_serve_api::Error>() {
+        return Some(match e {
+            extstorage_serve_api::Error::InvalidOption { .. } => ErrorKind::Invalid,
+            _ => ErrorKind::Failed,
+        });
+    }
+    None
 }
 
 fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
@@ -232,10 +394,27 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         lock_wait: seconds("--lock-timeout", cli.lock_timeout).map_err(anyhow::Error::msg)?,
     };
     let es = ExtStorage::new(config);
+    let run_dir = extstorage_serve_api::RunDir::new(cli.run_dir);
+    let _ = GLOBAL_ARGS.set(globals_of(&es, &run_dir, cli.timeout));
     match cli.command {
         Command::Providers(args) => providers::run(&es, &args, out),
-        Command::Volume(cmd) => volume::run(&es, cmd, out),
+        Command::Volume(cmd) => volume::run(&es, cmd, &run_dir, out),
         Command::Uri(args) => uri::run(&es, args, out),
-        Command::KvmArgs(args) => kvm_args::run(&es, args, out),
+        Command::KvmArgs(args) => kvm_args::run(&es, &args, &run_dir, out),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(&es, args, run_dir, out),
+        Command::Status(args) => status::run(&args, &run_dir, out),
+        Command::Completions(args) => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            extstorage_clidoc::write_completions(cmd, args.shell, &mut std::io::stdout())?;
+            Ok(exit::OK)
+        }
+        Command::Man(args) => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            for page in extstorage_clidoc::write_man_pages(cmd, &args.dir)? {
+                println!("{}", page.display());
+            }
+            Ok(exit::OK)
+        }
     }
 }

@@ -64,7 +64,7 @@ pub fn run(es: &ExtStorage, args: &ProvidersArgs, out: &Output) -> anyhow::Resul
             }
         }
         text.trim_end().to_owned()
-    });
+    })?;
     let failed =
         args.provider.is_some() && diags.iter().any(|d| d.shadowed_by.is_none() && !d.valid);
     Ok(if failed { exit::FAILED } else { exit::OK })

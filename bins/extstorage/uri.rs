@@ -14,15 +14,15 @@ use extstorage_uri::{
 use serde_json::{Value, json};
 
 use crate::exit;
-use crate::output::Output;
-use crate::volume::VolumeId;
+use crate::output::{Output, note};
+use crate::volume::{VolumeId, check_hypervisor};
 
 /// Where secret files go when `--secret-dir` is not given: a directory per
 /// volume below this one.
 pub const DEFAULT_SECRET_ROOT: &str = "/run/extstorage/secrets";
 
 /// The default secret directory of a volume:
-/// `DEFAULT_SECRET_ROOT/<provider>@<volume>` (one unambiguous name per
+/// `DEFAULT_SECRET_ROOT/<provider>.<volume>` (one unambiguous name per
 /// volume, see `extstorage_core::names::volume_key`).
 pub fn default_secret_dir(provider: &str, volume: &str) -> PathBuf {
     Path::new(DEFAULT_SECRET_ROOT).join(extstorage_core::names::volume_key(provider, volume))
@@ -41,19 +41,31 @@ pub struct DiskArgs {
     /// Guest discard requests: unmap (pass down) or ignore.
     #[arg(long, value_name = "MODE", default_value = "ignore")]
     discard: Discard,
-    /// Open the disk read-only.
-    #[arg(long)]
-    read_only: bool,
     /// Directory for secret files (rbd keys, passwords), mode 0700, files
-    /// 0600; by default /run/extstorage/secrets/PROVIDER@VOLUME.
+    /// 0600; by default /run/extstorage/secrets/PROVIDER.VOLUME.
     #[arg(long, value_name = "DIR", env = "EXTSTORAGE_SECRET_DIR")]
     secret_dir: Option<PathBuf>,
 }
 
 impl DiskArgs {
-    /// The uri crate's options: Ganeti's ext-disk rules plus these flags;
-    /// secrets go to `--secret-dir` or a per-volume default directory.
-    pub fn options(&self, provider: &str, volume: &str) -> DiskOptions {
+    /// Checks what can be checked before attach: the secret directory must
+    /// be absolute (it is created later, when a URI has a secret).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(dir) = &self.secret_dir
+            && !dir.is_absolute()
+        {
+            anyhow::bail!(
+                "--secret-dir {} is not an absolute path; give one like /run/extstorage/secrets/vol1",
+                dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The uri crate's options: Ganeti's ext-disk rules plus these flags
+    /// and `read_only`; secrets go to `--secret-dir` or a per-volume default
+    /// directory.
+    pub fn options(&self, provider: &str, volume: &str, read_only: bool) -> DiskOptions {
         let secret_dir = self
             .secret_dir
             .clone()
@@ -62,7 +74,7 @@ impl DiskArgs {
             cache: self.cache,
             aio: self.aio,
             discard: self.discard,
-            read_only: self.read_only,
+            read_only,
             secret_dir: Some(secret_dir),
             ..DiskOptions::ganeti_ext()
         }
@@ -148,6 +160,9 @@ pub struct UriArgs {
     /// Drive id / top block node name (the protocol node is NAME-file).
     #[arg(long, value_name = "NAME", default_value = "disk0")]
     node_name: String,
+    /// Open the disk read-only.
+    #[arg(long)]
+    read_only: bool,
     #[command(flatten)]
     disk: DiskArgs,
 }
@@ -159,10 +174,14 @@ pub fn run(es: &ExtStorage, args: UriArgs, out: &Output) -> anyhow::Result<u8> {
         hypervisor,
         format,
         node_name,
+        read_only,
         disk,
     } = args;
-    let mut vol = es.volume(vol.spec(Access::Userspace))?;
-    let opts = disk.options(&vol.provider().name, vol.name());
+    check_hypervisor(&hypervisor)?;
+    disk.check()?;
+    let mut vol = es.volume(vol.spec(Some(Access::Userspace)))?;
+    let opts = disk.options(&vol.provider().name, vol.name(), read_only);
+    check_before_attach(format, out.json, &opts, &node_name)?;
     let uri = vol.userspace_uri(&hypervisor)?;
     let source = parse_provider_uri(&vol, &uri)?;
     tracing::debug!(volume = %vol.name(), provider = %vol.provider().name, driver = source.driver(), "parsed userspace URI");
@@ -202,27 +221,24 @@ pub fn run(es: &ExtStorage, args: UriArgs, out: &Output) -> anyhow::Result<u8> {
         let mut seen = BTreeSet::new();
         secrets.retain(|s| seen.insert(s.path.clone()));
         value["secrets"] = secrets_json(&secrets);
-        out.print(&value, String::new);
+        out.print(&value, String::new)?;
         return Ok(exit::OK);
     }
     let (lines, secrets) = match format {
         Format::Drive => {
             let d = render_drive(&source, &opts, node)?;
             for s in &d.secrets {
-                eprintln!(
-                    "extstorage: note: the drive needs -object {}",
+                note(&format!(
+                    "note: the drive needs -object {}",
                     s.object_arg()?
-                );
+                ));
             }
             (vec![d.drive.clone()], d.secrets)
         }
         Format::Blockdev => {
             let b = render_blockdev(&source, &opts, node)?;
             for s in &b.secrets {
-                eprintln!(
-                    "extstorage: note: the nodes need -object {}",
-                    s.object_arg()?
-                );
+                note(&format!("note: the nodes need -object {}", s.object_arg()?));
             }
             (b.json_nodes.clone(), b.secrets)
         }
@@ -232,6 +248,27 @@ pub fn run(es: &ExtStorage, args: UriArgs, out: &Output) -> anyhow::Result<u8> {
         }
     };
     write_secrets(&secrets)?;
-    out.print(&Value::Null, || lines.join("\n"));
+    out.print(&Value::Null, || lines.join("\n"))?;
     Ok(exit::OK)
+}
+
+/// Refuses, before the volume is attached, the options and node names that
+/// the chosen output form would refuse whatever the URI: rendering a
+/// stand-in block device runs those checks. With `--json` one of the two
+/// forms is enough.
+fn check_before_attach(
+    format: Format,
+    json: bool,
+    opts: &DiskOptions,
+    node: &str,
+) -> anyhow::Result<()> {
+    let stand_in = Source::from_block_device("/dev/null")?;
+    let drive = || render_drive(&stand_in, opts, node).map(drop);
+    let blockdev = || render_blockdev(&stand_in, opts, node).map(drop);
+    match format {
+        _ if json => drive().or_else(|e| blockdev().map_err(|_| e))?,
+        Format::Drive => drive()?,
+        Format::Blockdev | Format::Args => blockdev()?,
+    }
+    Ok(())
 }

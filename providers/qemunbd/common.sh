@@ -33,6 +33,10 @@ die() { log "error: $*"; exit 1; }
 
 : "${VOL_NAME:?VOL_NAME is not set: run this script through Ganeti or extstorage}"
 : "${EXTP_DIR:?the 'dir' parameter is required: pass -p dir=/path/to/volume/files}"
+case "$EXTP_DIR" in
+    /*) ;;
+    *) die "the 'dir' parameter must be an absolute path, not '$EXTP_DIR' (scripts run in the provider directory, so a relative path would put volumes there)" ;;
+esac
 
 VOL_FILE="$EXTP_DIR/$VOL_NAME.img"
 SOCKET="$EXTP_DIR/$VOL_NAME.nbd.sock"

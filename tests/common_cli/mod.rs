@@ -7,7 +7,9 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -130,8 +132,71 @@ impl World {
             .arg("--log-dir")
             .arg(self.logs())
             .arg("--lock-dir")
-            .arg(self.path("lock"));
+            .arg(self.path("lock"))
+            .arg("--run-dir")
+            .arg(self.run_dir());
         c
+    }
+
+    /// The run directory (serve claims, control sockets, default sockets).
+    pub fn run_dir(&self) -> PathBuf {
+        self.path("run")
+    }
+
+    /// Starts `extstorage --json serve ARGS` and waits until it is ready
+    /// (its first stdout line), or returns how it failed.
+    pub fn serve(&self, args: &[&str]) -> Result<Served, Run> {
+        let stderr = self.path(&format!(
+            "serve-{}.err",
+            SERVES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut child = self
+            .cmd()
+            .arg("--json")
+            .arg("serve")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+            let _ = tx.send(lines.next().and_then(Result::ok));
+            // Keep reading so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let first = rx.recv_timeout(Duration::from_secs(120)).ok().flatten();
+        let ready: Option<serde_json::Value> = match first.map(|l| (serde_json::from_str(&l), l)) {
+            Some((Ok(v), _)) => Some(v),
+            Some((Err(e), line)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ready line is not JSON ({e}): {line}");
+            }
+            None => None,
+        };
+        match ready {
+            Some(ready) if ready["ok"] == true => Ok(Served {
+                ready,
+                child,
+                stderr,
+            }),
+            other => {
+                if other.is_none() {
+                    let _ = child.kill();
+                }
+                let status = child.wait().unwrap();
+                Err(Run {
+                    code: status.code().unwrap_or(-1),
+                    stdout: other.map(|v| v.to_string()).unwrap_or_default(),
+                    stderr: fs::read_to_string(&stderr).unwrap_or_default(),
+                })
+            }
+        }
     }
 
     /// Runs the CLI with `args` after the world's options.
@@ -172,6 +237,70 @@ impl Drop for World {
                     let _ = Command::new("losetup").arg("-d").arg(&dev).status();
                 }
             }
+        }
+    }
+}
+
+static SERVES: AtomicUsize = AtomicUsize::new(0);
+
+/// A running `extstorage serve`; stopped with SIGTERM (then killed) on drop.
+pub struct Served {
+    pub child: Child,
+    /// The JSON object printed when ready.
+    pub ready: serde_json::Value,
+    pub stderr: PathBuf,
+}
+
+impl Served {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        PathBuf::from(self.ready["socket"].as_str().unwrap())
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Sends `sig` and waits (at most 120 s) for the exit code.
+    pub fn stop(&mut self, sig: nix::sys::signal::Signal) -> Option<i32> {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "serve did not stop: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid()),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let start = std::time::Instant::now();
+            while self.child.try_wait().ok().flatten().is_none() {
+                if start.elapsed() > Duration::from_secs(30) {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("--- serve log ---\n{}", self.log());
         }
     }
 }

@@ -1,5 +1,6 @@
 /*
- * In-guest half of the vhost-user-blk end-to-end test (tests/guest_e2e.rs).
+ * In-guest half of the vhost-user-blk end-to-end tests (tests/guest_e2e.rs,
+ * tests/guest_serve.rs).
  *
  * Runs as a static binary from /init: e2e-guest /dev/vda
  * Parameters come from the kernel command line (all optional):
@@ -313,19 +314,11 @@ static uint64_t check_size(void)
     return sectors;
 }
 
+static uint64_t hw_queue_count(void);
+
 static void check_queues(void)
 {
-    char path[256];
-    snprintf(path, sizeof(path), "/sys/block/%s/mq", dev_name);
-    DIR *d = opendir(path);
-    uint64_t n = 0, expect = 0;
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)))
-            if (e->d_name[0] != '.')
-                n++;
-        closedir(d);
-    }
+    uint64_t n = hw_queue_count(), expect = 0;
     int have = param_u64("e2e.queues", &expect);
     result("queues", n > 0 && (!have || n == expect), "hw_queues=%llu expect=%s%llu cpus=%ld",
            (unsigned long long)n, have ? "" : "any/", (unsigned long long)expect,
@@ -505,6 +498,93 @@ static void check_parallel(void)
     result("parallel", ok, "workers=%ld ranges=%s", cpus, ranges);
 }
 
+/* Counts the blk-mq hardware queues (/sys/block/DEV/mq/N). */
+static uint64_t hw_queue_count(void)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "/sys/block/%s/mq", dev_name);
+    DIR *d = opendir(path);
+    uint64_t n = 0;
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)))
+            if (e->d_name[0] != '.')
+                n++;
+        closedir(d);
+    }
+    return n;
+}
+
+/* Every virtqueue completed requests: the interrupt of each request queue
+ * (MSI-X vector "virtioN-req.Q" in /proc/interrupts, summed over CPUs) has
+ * fired. The backend signals a queue's interrupt only for requests it took
+ * from that queue, so this proves I/O went through each of them. Runs after
+ * the parallel check, which submits from every CPU. */
+#define MAX_QUEUES 64
+static void check_queue_irqs(void)
+{
+    char link[256], target[256], vdev[300];
+    snprintf(link, sizeof(link), "/sys/block/%s/device", dev_name);
+    ssize_t n = readlink(link, target, sizeof(target) - 1);
+    if (n <= 0) {
+        result("queue_irqs", 0, "reason=cannot-read-%s", link);
+        return;
+    }
+    target[n] = 0;
+    const char *base = strrchr(target, '/');
+    snprintf(vdev, sizeof(vdev), "%s-req.", base ? base + 1 : target);
+    uint64_t queues = hw_queue_count();
+    if (queues == 0 || queues > MAX_QUEUES) {
+        result("queue_irqs", 0, "reason=hw-queues-%llu", (unsigned long long)queues);
+        return;
+    }
+    uint64_t counts[MAX_QUEUES] = {0};
+    int seen[MAX_QUEUES] = {0};
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    FILE *f = fopen("/proc/interrupts", "r");
+    if (!f) {
+        result("queue_irqs", 0, "reason=cannot-open-/proc/interrupts");
+        return;
+    }
+    char line[1024];
+    while (fgets(line, sizeof(line), f)) {
+        char *name = strstr(line, vdev);
+        if (!name)
+            continue;
+        char *end;
+        unsigned long q = strtoul(name + strlen(vdev), &end, 10);
+        if (end == name + strlen(vdev) || q >= MAX_QUEUES)
+            continue;
+        /* "IRQ:  count count ... chip ... name": one count per CPU. */
+        char *p = strchr(line, ':');
+        uint64_t sum = 0;
+        for (long c = 0; p && c < cpus; c++) {
+            char *start = c == 0 ? p + 1 : p;
+            unsigned long long v = strtoull(start, &end, 10);
+            if (end == start)
+                break;
+            sum += v;
+            p = end;
+        }
+        counts[q] += sum;
+        seen[q] = 1;
+    }
+    fclose(f);
+    char list[512] = "";
+    int ok = 1;
+    for (uint64_t q = 0; q < queues; q++) {
+        size_t used = strlen(list);
+        if (seen[q])
+            snprintf(list + used, sizeof(list) - used, "%s%llu", q ? "," : "", (unsigned long long)counts[q]);
+        else
+            snprintf(list + used, sizeof(list) - used, "%smissing", q ? "," : "");
+        if (!seen[q] || counts[q] == 0)
+            ok = 0;
+    }
+    result("queue_irqs", ok, "hw_queues=%llu irqs_per_queue=%s vector_prefix=%s", (unsigned long long)queues,
+           list, vdev);
+}
+
 static double now(void)
 {
     struct timespec ts;
@@ -613,6 +693,7 @@ int main(int argc, char **argv)
     check_discard();
     check_write_zeroes();
     check_parallel();
+    check_queue_irqs();
     check_resize(sectors);
 
     out("E2E-DONE %s failures=%d", failures ? "fail" : "ok", failures);

@@ -7,17 +7,24 @@
 //! and finally checks the backing file from the host side. Every child
 //! process sits in a [`ChildGuard`] that kills it on drop, so a failed or
 //! timed-out test leaves nothing running.
+//!
+//! `tests/guest_serve.rs` uses the same pieces with `extstorage serve` and
+//! the argv `extstorage kvm-args` prints; each test binary uses a part of
+//! this module.
+
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -32,9 +39,13 @@ const REQUIRE_ENV: &str = "EXTSTORAGE_GUEST_E2E_REQUIRE";
 const TIMEOUT_ENV: &str = "EXTSTORAGE_GUEST_TIMEOUT_SECS";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(240);
 /// Initial disk size and the size the host grows it to while the guest runs.
-const INITIAL_SIZE: u64 = 64 << 20;
-const GROWN_SIZE: u64 = 96 << 20;
-const SECTOR: u64 = 512;
+pub const INITIAL_SIZE: u64 = 64 << 20;
+/// The size the disk is grown to when the guest asks (`E2E-WAIT-RESIZE`).
+pub const GROWN_SIZE: u64 = 96 << 20;
+/// Bytes per sector in the guest's sysfs sizes and `e2e.*` parameters.
+pub const SECTOR: u64 = 512;
+/// Guest RAM (`-m`), also the size of the shared memory backend.
+pub const GUEST_MEMORY_MIB: u64 = 512;
 
 /// Which vhost-user-blk backend serves the guest's disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +137,7 @@ pub fn guest_images() -> Prepared<GuestImages> {
 }
 
 /// Finds a program on PATH.
-fn which(program: &str) -> Option<PathBuf> {
+pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(program))
@@ -213,7 +224,7 @@ impl Drop for ChildGuard {
 /// a test process killed from outside (no destructors run) leaves no QEMU or
 /// backend behind. The spawning thread outlives its children here: each
 /// test reaps them before returning.
-fn die_with_parent(cmd: &mut Command) {
+pub fn die_with_parent(cmd: &mut Command) {
     // SAFETY: the closure runs in the forked child before exec and only
     // calls prctl(2), which is async-signal-safe; it touches no memory of
     // the parent.
@@ -274,10 +285,16 @@ impl Backend {
                 } else {
                     "ignore"
                 };
+                // A block device (a loop device of a provider) needs
+                // host_device; a regular file needs file.
+                let driver = match fs::metadata(image) {
+                    Ok(m) if m.file_type().is_block_device() => "host_device",
+                    _ => "file",
+                };
                 let mut c = Command::new("qemu-storage-daemon");
                 c.arg("--blockdev")
                     .arg(format!(
-                        "driver=file,node-name=f0,filename={},discard={discard}",
+                        "driver={driver},node-name=f0,filename={},discard={discard}",
                         image.display()
                     ))
                     .arg("--export")
@@ -356,7 +373,9 @@ impl Backend {
     }
 
     /// Grows the backing store to `new_size` bytes and makes the backend
-    /// notify the frontend (config change).
+    /// notify the frontend (config change). For qemu-storage-daemon on a
+    /// block device, the device must already have that size (QMP
+    /// `block_resize` cannot grow a device, only make the export re-read it).
     pub fn resize(&self, new_size: u64) -> Result<()> {
         match self.kind {
             BackendKind::QemuStorageDaemon | BackendKind::QemuStorageDaemonIgnoringDiscard => {
@@ -498,14 +517,25 @@ pub const REQUIRED_CHECKS: &[&str] = &[
     "discard",
     "write_zeroes",
     "parallel",
+    "queue_irqs",
     "resize",
 ];
 
-fn timeout() -> Duration {
+/// The overall limit for one test's boots ([`TIMEOUT_ENV`] or 240 s).
+pub fn timeout() -> Duration {
     std::env::var(TIMEOUT_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
         .map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+}
+
+/// A fresh odd pattern seed (time and pid), so stale data cannot pass.
+pub fn new_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()) << 32
+        | 1
 }
 
 /// The pattern the guest writes: word at byte offset `o` is
@@ -557,15 +587,15 @@ fn not_overwritten(r: &CheckResult, later: &GuestReport) -> CheckResult {
     }
 }
 
-/// Checks the backing file from the host: it has the grown size, each
+/// Checks the backing file from the host: it has `size` bytes, each
 /// check's `ranges=` hold the pattern of the given seed and its
 /// `zero_ranges=` hold zeroes.
-fn verify_image(image: &Path, expect: &[(u64, &CheckResult)]) -> Result<()> {
+pub fn verify_image(image: &Path, size: u64, expect: &[(u64, &CheckResult)]) -> Result<()> {
     let f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let len = f.metadata()?.len();
     ensure!(
-        len == GROWN_SIZE,
-        "backing file is {len} bytes, expected the grown size {GROWN_SIZE}"
+        len == size,
+        "backing file is {len} bytes, expected the grown size {size}"
     );
     let mut checked = 0u64;
     for (seed, r) in expect {
@@ -639,32 +669,67 @@ pub fn run_boot(cfg: &BootConfig) {
     }
 }
 
-/// One QEMU run against the running backend.
+/// One QEMU run against a running backend.
 #[derive(Debug)]
-struct GuestRun<'a> {
-    images: &'a GuestImages,
-    socket: &'a Path,
-    num_queues: u32,
-    append: String,
-    log: PathBuf,
+pub struct GuestRun<'a> {
+    /// Kernel and initramfs.
+    pub images: &'a GuestImages,
+    /// vCPUs (`-smp`).
+    pub smp: u32,
+    /// The disk's arguments, appended after the VM-wide ones: the shared
+    /// memory backend vhost-user needs, `-chardev` and `-device`.
+    pub disk_args: Vec<OsString>,
+    /// The kernel command line (`e2e.*` parameters).
+    pub append: String,
+    /// Where QEMU's stderr goes.
+    pub log: PathBuf,
 }
 
-/// Boots QEMU, follows the console until the guest powers off (or the
-/// deadline passes: then QEMU is killed), growing the disk on request.
-/// Returns the report and what went wrong at the QEMU level.
-fn run_guest(run: &GuestRun, backend: &Backend, deadline: Instant) -> (GuestReport, Vec<String>) {
+/// The disk arguments the harness itself writes for a backend on `socket`:
+/// a shared memfd memory backend of [`GUEST_MEMORY_MIB`], the socket
+/// chardev and a `vhost-user-blk-pci` with `num_queues` queues.
+pub fn harness_disk_args(socket: &Path, num_queues: u32) -> Vec<OsString> {
+    [
+        "-object".to_owned(),
+        format!("memory-backend-memfd,id=mem,size={GUEST_MEMORY_MIB}M,share=on"),
+        "-numa".to_owned(),
+        "node,memdev=mem".to_owned(),
+        "-chardev".to_owned(),
+        format!("socket,id=c0,path={}", socket.display()),
+        "-device".to_owned(),
+        format!("vhost-user-blk-pci,chardev=c0,num-queues={num_queues}"),
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect()
+}
+
+/// Serialises guest boots within a test process: TCG on a shared 2-core
+/// machine. Hold the guard for the whole test (backend, boots, checks).
+pub fn one_guest_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Boots QEMU with the VM-wide arguments (TCG, [`GUEST_MEMORY_MIB`] of RAM,
+/// `run.smp` vCPUs, kernel, initrd, serial console, no reboot) followed by
+/// `run.disk_args`, follows the console until the guest powers off (or the
+/// deadline passes: then QEMU is killed), and calls `grow` when the guest
+/// asks for the disk to grow (`E2E-WAIT-RESIZE`). Returns the report and
+/// what went wrong at the QEMU level.
+pub fn run_guest(
+    run: &GuestRun,
+    grow: &mut dyn FnMut() -> Result<()>,
+    deadline: Instant,
+) -> (GuestReport, Vec<String>) {
     let mut report = GuestReport::default();
     let mut problems = Vec::new();
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-m", "512", "-smp"])
-        .arg(run.num_queues.to_string())
-        .args([
-            "-object",
-            "memory-backend-memfd,id=mem,size=512M,share=on",
-            "-numa",
-            "node,memdev=mem",
-            "-kernel",
-        ])
+    cmd.args(["-accel", "tcg", "-m"])
+        .arg(GUEST_MEMORY_MIB.to_string())
+        .arg("-smp")
+        .arg(run.smp.to_string())
+        .arg("-kernel")
         .arg(&run.images.vmlinuz)
         .arg("-initrd")
         .arg(&run.images.initrd)
@@ -678,13 +743,7 @@ fn run_guest(run: &GuestRun, backend: &Backend, deadline: Instant) -> (GuestRepo
             "stdio",
             "-no-reboot",
         ])
-        .arg("-chardev")
-        .arg(format!("socket,id=c0,path={}", run.socket.display()))
-        .arg("-device")
-        .arg(format!(
-            "vhost-user-blk-pci,chardev=c0,num-queues={}",
-            run.num_queues
-        ))
+        .args(&run.disk_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     match File::create(&run.log) {
@@ -757,8 +816,8 @@ fn run_guest(run: &GuestRun, backend: &Backend, deadline: Instant) -> (GuestRepo
                 },
             );
         } else if e2e.starts_with("E2E-WAIT-RESIZE") {
-            eprintln!("guest waits for the resize: growing to {GROWN_SIZE} bytes");
-            if let Err(e) = backend.resize(GROWN_SIZE) {
+            eprintln!("guest waits for the resize: growing the disk");
+            if let Err(e) = grow() {
                 failure = Some(format!("resize failed: {e:#}"));
                 break;
             }
@@ -788,7 +847,7 @@ fn run_guest(run: &GuestRun, backend: &Backend, deadline: Instant) -> (GuestRepo
 }
 
 /// Adds a problem for every check in `names` that is missing or not ok.
-fn require_checks(report: &GuestReport, names: &[&str], problems: &mut Vec<String>) {
+pub fn require_checks(report: &GuestReport, names: &[&str], problems: &mut Vec<String>) {
     for name in names {
         match report.results.get(*name) {
             Some(r) if r.status == "ok" => {}
@@ -798,7 +857,8 @@ fn require_checks(report: &GuestReport, names: &[&str], problems: &mut Vec<Strin
     }
 }
 
-fn qemu_log_text(path: &Path) -> String {
+/// QEMU's stderr log, or nothing.
+pub fn qemu_log_text(path: &Path) -> String {
     let mut text = String::new();
     let _ = File::open(path).and_then(|mut f| f.read_to_string(&mut text));
     text
@@ -809,9 +869,7 @@ fn qemu_log_text(path: &Path) -> String {
 /// to the same backend process and checks the first one's data is there.
 /// `None` when the test must be skipped here.
 pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
-    // One guest at a time per test process: TCG on a shared 2-core machine.
-    static SERIAL: Mutex<()> = Mutex::new(());
-    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = one_guest_at_a_time();
 
     let images = match guest_images() {
         Prepared::Ready(i) => i,
@@ -836,11 +894,7 @@ pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
     File::create(&image)
         .and_then(|f| f.set_len(INITIAL_SIZE))
         .expect("creating the backing file");
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        ^ u64::from(std::process::id()) << 32
-        | 1;
+    let seed = new_seed();
     let serial = if cfg.kind.is_qsd() {
         // qemu-storage-daemon answers GET_ID with a fixed string.
         "vhost_user_blk".to_owned()
@@ -872,8 +926,8 @@ pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
     let (first, mut problems) = run_guest(
         &GuestRun {
             images: &images,
-            socket: &socket,
-            num_queues: cfg.num_queues,
+            smp: cfg.num_queues,
+            disk_args: harness_disk_args(&socket, cfg.num_queues),
             append: format!(
                 "{} e2e.resize_to={} e2e.resize_timeout=60",
                 common(seed, INITIAL_SIZE),
@@ -881,7 +935,7 @@ pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
             ),
             log: first_log.clone(),
         },
-        &backend,
+        &mut || backend.resize(GROWN_SIZE),
         deadline,
     );
     require_checks(&first, REQUIRED_CHECKS, &mut problems);
@@ -910,15 +964,15 @@ pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
         let (report, p) = run_guest(
             &GuestRun {
                 images: &images,
-                socket: &socket,
-                num_queues: cfg.num_queues,
+                smp: cfg.num_queues,
+                disk_args: harness_disk_args(&socket, cfg.num_queues),
                 append: format!(
                     "{} e2e.prior_seed={seed} e2e.prior_ranges={prior}",
                     common(second_seed, GROWN_SIZE)
                 ),
                 log: second_log.clone(),
             },
-            &backend,
+            &mut || backend.resize(GROWN_SIZE),
             deadline,
         );
         problems.extend(p.into_iter().map(|p| format!("second guest: {p}")));
@@ -953,7 +1007,7 @@ pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
             }
             None => expect.extend(first.results.values().map(|r| (seed, r))),
         }
-        if let Err(e) = verify_image(&image, &expect) {
+        if let Err(e) = verify_image(&image, GROWN_SIZE, &expect) {
             problems.push(format!("host check of the backing file: {e:#}"));
         }
     }

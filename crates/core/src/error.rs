@@ -177,6 +177,44 @@ pub enum Error {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The size given for a volume is not the size of its block device.
+    #[error(
+        "volume {volume:?} of provider {provider:?} is {measured_mib} MiB ({bytes} bytes, \
+         measured on {}), not the {given_mib} MiB given with --size; omit --size to use the \
+         measured size",
+        device.display()
+    )]
+    SizeMismatch {
+        /// The provider name.
+        provider: String,
+        /// The volume name.
+        volume: String,
+        /// The attached device that was measured.
+        device: PathBuf,
+        /// Its size in bytes.
+        bytes: u64,
+        /// Its size in whole MiB.
+        measured_mib: u64,
+        /// The size that was given.
+        given_mib: u64,
+    },
+    /// detach or remove runs attach first (as Ganeti), and attach failed.
+    #[error(
+        "{operation} of volume {volume:?} (provider {provider:?}) attaches the volume first, as \
+         Ganeti does, and attach failed; if the volume is half gone (e.g. its backing storage \
+         was deleted), retry with --force to run {operation} anyway"
+    )]
+    AttachFailedFirst {
+        /// "detach" or "remove".
+        operation: &'static str,
+        /// The provider name.
+        provider: String,
+        /// The volume name.
+        volume: String,
+        /// Why attach failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// An I/O error with context.
     #[error("{context}")]
     Io {
@@ -219,7 +257,9 @@ impl Error {
             | Error::InvalidProvider { .. }
             | Error::UnknownParameter { .. }
             | Error::InvalidParameter { .. }
-            | Error::InvalidArgument(_) => ErrorKind::Invalid,
+            | Error::InvalidArgument(_)
+            | Error::SizeMismatch { .. } => ErrorKind::Invalid,
+            Error::AttachFailedFirst { source, .. } => source.kind(),
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::LockBusy { .. } => ErrorKind::LockBusy,
             Error::Interrupted { .. } => ErrorKind::Interrupted,
@@ -238,6 +278,7 @@ impl Error {
     pub fn interrupted_by(&self) -> Option<nix::sys::signal::Signal> {
         match self {
             Error::Interrupted { signal, .. } => nix::sys::signal::Signal::try_from(*signal).ok(),
+            Error::AttachFailedFirst { source, .. } => source.interrupted_by(),
             _ => None,
         }
     }

@@ -65,7 +65,7 @@ pub(crate) fn with_held_lock<T>(f: impl FnOnce(Option<BorrowedFd<'_>>) -> T) -> 
     }
 }
 
-/// The lock file of a volume: `<lock_dir>/<provider>@<volume>.lock` (see
+/// The lock file of a volume: `<lock_dir>/<provider>.<volume>.lock` (see
 /// [`volume_key`]).
 pub fn lock_path(lock_dir: &Path, provider: &str, volume: &str) -> PathBuf {
     lock_dir.join(format!("{}.lock", volume_key(provider, volume)))
@@ -168,8 +168,8 @@ mod tests {
         let a = lock_volume(dir.path(), "a-b", "c", Duration::ZERO).unwrap();
         let b = lock_volume(dir.path(), "a", "b-c", Duration::ZERO).unwrap();
         assert_ne!(a.path(), b.path());
-        assert_eq!(a.path(), dir.path().join("a-b@c.lock"));
-        assert_eq!(b.path(), dir.path().join("a@b-c.lock"));
+        assert_eq!(a.path(), dir.path().join("a-b.c.lock"));
+        assert_eq!(b.path(), dir.path().join("a.b-c.lock"));
     }
 
     #[test]
@@ -204,7 +204,7 @@ mod tests {
         std::os::unix::fs::symlink(&target, lock_path(dir.path(), "p", "v")).unwrap();
         let err = lock_volume(dir.path(), "p", "v", Duration::ZERO).unwrap_err();
         assert!(matches!(err, Error::UnsafeFile { .. }), "{err}");
-        assert!(err.to_string().contains("p@v.lock"), "{err}");
+        assert!(err.to_string().contains("p.v.lock"), "{err}");
         assert_eq!(fs::read_to_string(&target).unwrap(), "data");
     }
 }

@@ -57,9 +57,16 @@ impl Provider {
         }
         let mut optional = BTreeSet::new();
         for script in OPTIONAL_SCRIPTS {
-            if fs::symlink_metadata(path.join(script)).is_ok() {
-                check_file(path, script, true).map_err(invalid)?;
-                optional.insert(script.to_owned());
+            // As Ganeti: an optional script that cannot be stat()ed (absent,
+            // or a dangling symlink) is absent; one that exists must be valid.
+            match fs::metadata(path.join(script)) {
+                Ok(_) => {
+                    check_file(path, script, true).map_err(invalid)?;
+                    optional.insert(script.to_owned());
+                }
+                Err(e) => {
+                    tracing::debug!(provider = name, script, error = %e, "optional script absent");
+                }
             }
         }
         check_file(path, PARAMETERS_FILE, false).map_err(invalid)?;

@@ -1,6 +1,6 @@
 //! Volume operations: the `ExtStorageDevice` behaviour.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -99,8 +99,11 @@ pub struct VolumeSpec {
     pub cname: Option<String>,
     /// Disk UUID (`VOL_UUID`).
     pub uuid: Option<String>,
-    /// Access mode (`EXTP_ACCESS`).
-    pub access: Access,
+    /// Access mode chosen by the caller (`EXTP_ACCESS`). `None`: the
+    /// `access` ext param when one is given (as in Ganeti, where `access` is
+    /// a disk parameter), else kernelspace. Both given and different is an
+    /// error.
+    pub access: Option<Access>,
 }
 
 /// The result of attach.
@@ -161,6 +164,7 @@ pub struct Volume<'a> {
     provider: Provider,
     spec: VolumeSpec,
     params: BTreeMap<String, String>,
+    access: Access,
     attached: Option<AttachInfo>,
 }
 
@@ -191,7 +195,7 @@ impl ExtStorage {
         crate::names::validate_provider_name(&spec.provider)?;
         validate_volume_name(&spec.name)?;
         let provider = self.provider(&spec.provider)?;
-        let params = check_params(&provider, &spec.params)?;
+        let (params, access) = check_params(&provider, &spec)?;
         for (what, value) in [("cname", &spec.cname), ("uuid", &spec.uuid)] {
             if value.as_deref().is_some_and(|v| v.contains('\0')) {
                 return Err(Error::InvalidArgument(format!(
@@ -204,18 +208,68 @@ impl ExtStorage {
             provider,
             spec,
             params,
+            access,
             attached: None,
         })
     }
 }
 
-/// Checks ext params against the provider's parameters.list.
+/// Checks ext params against the provider's parameters.list and returns
+/// them with the access mode.
+///
+/// `provider` and `access` are Ganeti disk parameters rather than provider
+/// parameters, so they are accepted whether or not parameters.list lists
+/// them: `provider` must name the volume's provider and `access` becomes
+/// `EXTP_ACCESS` (it must agree with [`VolumeSpec::access`] when both are
+/// given). Every other name must be listed, must make a valid environment
+/// variable name (`EXTP_<NAME>`: ASCII letters, digits, `_`) and must not
+/// collide with another after upper-casing (`dir` and `DIR`).
 fn check_params(
     provider: &Provider,
-    params: &[(String, String)],
-) -> Result<BTreeMap<String, String>> {
+    spec: &VolumeSpec,
+) -> Result<(BTreeMap<String, String>, Access)> {
     let mut out = BTreeMap::new();
-    for (name, value) in params {
+    let mut seen = BTreeSet::new();
+    // Upper-cased name -> the name that claimed EXTP_<NAME>.
+    let mut env_names: BTreeMap<String, &str> = BTreeMap::from([
+        ("PROVIDER".to_owned(), "provider"),
+        ("ACCESS".to_owned(), "access"),
+    ]);
+    let mut access_param = None;
+    for (name, value) in &spec.params {
+        let invalid = |reason: String| Error::InvalidParameter {
+            name: name.clone(),
+            reason,
+        };
+        if !seen.insert(name.as_str()) {
+            return Err(invalid("it is given twice".into()));
+        }
+        if value.contains('\0') {
+            return Err(invalid("the value contains a NUL byte".into()));
+        }
+        match name.as_str() {
+            "provider" => {
+                if *value != provider.name {
+                    return Err(invalid(format!(
+                        "it names provider {value:?}, but the volume's provider is {:?}; \
+                         drop -p provider= or make it equal to --provider",
+                        provider.name
+                    )));
+                }
+                continue;
+            }
+            "access" => {
+                let access = value.parse::<Access>().map_err(|_| {
+                    invalid(format!(
+                        "{value:?} is neither 'kernelspace' nor 'userspace' (it becomes \
+                         EXTP_ACCESS)"
+                    ))
+                })?;
+                access_param = Some(access);
+                continue;
+            }
+            _ => {}
+        }
         if !provider.parameters.iter().any(|p| &p.name == name) {
             return Err(Error::UnknownParameter {
                 provider: provider.name.clone(),
@@ -223,20 +277,36 @@ fn check_params(
                 known: provider.known_parameters(),
             });
         }
-        if value.contains('\0') {
-            return Err(Error::InvalidParameter {
-                name: name.clone(),
-                reason: "the value contains a NUL byte".into(),
-            });
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(invalid(
+                "EXTP_<NAME> would not be a valid environment variable name; a parameter \
+                 name may hold ASCII letters, digits and '_' only"
+                    .into(),
+            ));
         }
-        if out.insert(name.clone(), value.clone()).is_some() {
-            return Err(Error::InvalidParameter {
-                name: name.clone(),
-                reason: "it is given twice".into(),
-            });
+        let upper = name.to_ascii_uppercase();
+        if let Some(other) = env_names.get(&upper) {
+            return Err(invalid(format!(
+                "it and {other:?} would both be passed as EXTP_{upper}; give only one of them"
+            )));
         }
+        env_names.insert(upper, name);
+        out.insert(name.clone(), value.clone());
     }
-    Ok(out)
+    let access = match (spec.access, access_param) {
+        (Some(chosen), Some(param)) if chosen != param => {
+            return Err(Error::InvalidArgument(format!(
+                "-p access={} conflicts with the access mode {} chosen by --access or by the \
+                 command; drop one of them",
+                param.as_str(),
+                chosen.as_str()
+            )));
+        }
+        (Some(chosen), _) => chosen,
+        (None, Some(param)) => param,
+        (None, None) => Access::Kernelspace,
+    };
+    Ok((out, access))
 }
 
 /// Sanitises setinfo metadata as Ganeti does: a first character outside
@@ -254,13 +324,17 @@ pub fn sanitize_metadata(text: &str) -> String {
         .collect()
 }
 
-/// Parses attach output: line 1 the device (or empty), then URIs. Line ends
-/// and surrounding whitespace are trimmed; blank URI lines are ignored.
+/// Parses attach output: line 1 the device (or empty), then URIs. Lines
+/// end at `\n`, `\r\n` or a lone `\r` (Ganeti 3 reads script output with
+/// Python's universal newlines, so its split on `\n` sees the same lines);
+/// surrounding whitespace is trimmed and blank URI lines are ignored.
 pub fn parse_attach_output(
     stdout: &[u8],
 ) -> std::result::Result<(Option<PathBuf>, Vec<String>), String> {
     let text = std::str::from_utf8(stdout).map_err(|_| "output is not valid UTF-8".to_owned())?;
-    let mut lines = text.lines();
+    // "\r\n" splits into a line and an empty one: only URI lines can be
+    // empty that way, and those are ignored.
+    let mut lines = text.split(['\n', '\r']);
     let dev = lines.next().map(str::trim).unwrap_or("");
     let uris: Vec<String> = lines
         .map(str::trim)
@@ -321,6 +395,11 @@ impl Volume<'_> {
         self.spec.size_mib
     }
 
+    /// The access mode passed as `EXTP_ACCESS`.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
     fn lock(&self) -> Result<VolumeLock> {
         let cfg = &self.es.config;
         lock_volume(
@@ -338,7 +417,7 @@ impl Volume<'_> {
             env.push((format!("EXTP_{}", k.to_ascii_uppercase()), v.clone()));
         }
         env.push(("EXTP_PROVIDER".into(), self.provider.name.clone()));
-        env.push(("EXTP_ACCESS".into(), self.spec.access.as_str().into()));
+        env.push(("EXTP_ACCESS".into(), self.access.as_str().into()));
         if with_ids {
             if let Some(c) = &self.spec.cname {
                 env.push(("VOL_CNAME".into(), c.clone()));
@@ -412,18 +491,41 @@ impl Volume<'_> {
         }
     }
 
+    /// The volume size in MiB for `what`. When the volume is attached (or
+    /// must be, because no size was given) and has a block device, the size
+    /// is measured on the device, and a given size that disagrees is an
+    /// error: a stale size passed on as `VOL_SIZE` could make grow shrink
+    /// the volume. Without a device, the given size is all there is.
     fn require_size(&mut self, what: &'static str) -> Result<u64> {
-        if let Some(s) = self.spec.size_mib {
-            return Ok(s);
+        let info = match (&self.attached, self.spec.size_mib) {
+            (None, Some(given)) => return Ok(given),
+            (Some(info), _) => info.clone(),
+            (None, None) => self.attach_locked()?,
+        };
+        let Some(dev) = info.dev_path else {
+            return self.spec.size_mib.ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "{what} needs the volume size and volume {:?} has no block device to \
+                     measure; pass --size",
+                    self.spec.name
+                ))
+            });
+        };
+        let bytes = block_device_size(&dev)?;
+        let measured = bytes / (1024 * 1024);
+        if let Some(given) = self.spec.size_mib
+            && given != measured
+        {
+            return Err(Error::SizeMismatch {
+                provider: self.provider.name.clone(),
+                volume: self.spec.name.clone(),
+                device: dev,
+                bytes,
+                measured_mib: measured,
+                given_mib: given,
+            });
         }
-        let info = self.ensure_attached()?;
-        match info.dev_path {
-            Some(dev) => Ok(block_device_size(&dev)? / (1024 * 1024)),
-            None => Err(Error::InvalidArgument(format!(
-                "{what} needs the volume size and volume {:?} has no block device to measure; pass --size",
-                self.spec.name
-            ))),
-        }
+        Ok(measured)
     }
 
     fn require_device(&mut self, what: &'static str) -> Result<PathBuf> {
@@ -489,8 +591,25 @@ impl Volume<'_> {
         Ok(true)
     }
 
-    fn shutdown_locked(&mut self) -> Result<()> {
-        self.ensure_attached()?;
+    /// Ganeti's Shutdown: attach, then detach. When attach fails, `force`
+    /// runs detach anyway (the way out for a half-gone volume, e.g. one
+    /// whose backing file was deleted); without it the error says so.
+    fn shutdown_locked(&mut self, operation: &'static str, force: bool) -> Result<()> {
+        if let Err(err) = self.ensure_attached() {
+            if matches!(err, Error::Interrupted { .. }) {
+                // Not a half-gone volume: stop, and say why.
+                return Err(err);
+            }
+            if !force {
+                return Err(Error::AttachFailedFirst {
+                    operation,
+                    provider: self.provider.name.clone(),
+                    volume: self.spec.name.clone(),
+                    source: Box::new(err),
+                });
+            }
+            tracing::warn!(volume = %self.spec.name, provider = %self.provider.name, operation, error = %err, "attach failed; forced: running detach anyway");
+        }
         self.run("detach", self.base_env(true), Vec::new(), false)?;
         self.attached = None;
         Ok(())
@@ -499,13 +618,29 @@ impl Volume<'_> {
     /// Shutdown (detach): attach if needed, then run detach.
     pub fn shutdown(&mut self) -> Result<()> {
         let _lock = self.lock()?;
-        self.shutdown_locked()
+        self.shutdown_locked("detach", false)
+    }
+
+    /// Shutdown, but run detach even when attach fails (`detach --force`).
+    pub fn shutdown_forced(&mut self) -> Result<()> {
+        let _lock = self.lock()?;
+        self.shutdown_locked("detach", true)
     }
 
     /// Shutdown, then run remove.
     pub fn remove(&mut self) -> Result<()> {
+        self.remove_inner(false)
+    }
+
+    /// Remove, but run detach and remove even when attach fails
+    /// (`remove --force`).
+    pub fn remove_forced(&mut self) -> Result<()> {
+        self.remove_inner(true)
+    }
+
+    fn remove_inner(&mut self, force: bool) -> Result<()> {
         let _lock = self.lock()?;
-        self.shutdown_locked()?;
+        self.shutdown_locked("remove", force)?;
         self.run("remove", self.base_env(true), Vec::new(), false)?;
         Ok(())
     }
@@ -555,8 +690,11 @@ impl Volume<'_> {
     }
 
     /// Runs snapshot with `VOL_SNAPSHOT_NAME` (default `<vol>.snap`) and
-    /// `VOL_SNAPSHOT_SIZE` (default: the volume size).
+    /// `VOL_SNAPSHOT_SIZE` (default: the volume size). As in Ganeti, an
+    /// empty name and a size of 0 mean the default.
     pub fn snapshot(&mut self, name: Option<&str>, size_mib: Option<u64>) -> Result<Snapshot> {
+        let name = name.filter(|n| !n.is_empty());
+        let size_mib = size_mib.filter(|&s| s != 0);
         if !self.provider.has_optional("snapshot") {
             return Err(Error::NotSupported {
                 operation: "snapshot",
@@ -690,6 +828,13 @@ mod tests {
         assert!(parse_attach_output(b"\n\n  \n").is_err());
         assert!(parse_attach_output(b"/dev/x").unwrap().1.is_empty());
         assert!(parse_attach_output(b"\xff\xfe").is_err());
+        // A lone \r ends a line too, as in Ganeti 3.
+        let (dev, uris) = parse_attach_output(b"/dev/loop1\rkvm:a\r\rkvm:b").unwrap();
+        assert_eq!(dev.as_deref(), Some(Path::new("/dev/loop1")));
+        assert_eq!(uris, ["kvm:a", "kvm:b"]);
+        let (dev, uris) = parse_attach_output(b"\r\nkvm:c\r\n").unwrap();
+        assert!(dev.is_none());
+        assert_eq!(uris, ["kvm:c"]);
     }
 
     #[test]

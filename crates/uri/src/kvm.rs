@@ -224,6 +224,37 @@ impl KvmDisk {
         }
     }
 
+    /// Checks what can be checked before the volume is attached: the ids,
+    /// queue count and size, and the memory size, in every access mode.
+    /// [`render`](Self::render) checks again, with the source.
+    pub fn validate(&self) -> Result<()> {
+        crate::render::check_id("disk id", &self.id, 26)?;
+        if self.num_queues == Some(0) {
+            return Err(UriError::InvalidValue {
+                field: "num-queues",
+                value: "0".into(),
+                reason: "at least one queue".into(),
+            });
+        }
+        if let Some(q) = self.queue_size
+            && (!q.is_power_of_two() || !(2..=1024).contains(&q))
+        {
+            return Err(UriError::InvalidValue {
+                field: "queue-size",
+                value: q.to_string(),
+                reason: "a power of two from 2 to 1024".into(),
+            });
+        }
+        if self.memory_mib == Some(0) {
+            return Err(UriError::InvalidValue {
+                field: "memory size",
+                value: "0".into(),
+                reason: "give the guest RAM size in MiB (same as -m)".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Renders the argv for `access`: `-blockdev` nodes plus
     /// `-device virtio-blk-pci` for kernelspace and userspace; the shared
     /// memory (when `memory_mib` is set), `-chardev socket` and
@@ -248,6 +279,32 @@ impl KvmDisk {
             }
             DiskAccess::VhostUser { socket, .. } => self.render_vhost_user(socket),
         }
+    }
+
+    /// [`validate`](Self::validate), plus every other check of
+    /// [`render`](Self::render) that does not depend on what attach
+    /// returns (cache and aio rules, the vhost-user socket), so a caller
+    /// can refuse bad options before it attaches the volume. `mode` is the
+    /// access mode when known (`None`: kernelspace or userspace, decided by
+    /// attach); `socket` is the vhost-user socket. Rules about the source
+    /// itself (aio on a network URI, read-only sources, secrets) are left to
+    /// `render`.
+    pub fn validate_for(&self, mode: Option<AccessMode>, socket: Option<&Path>) -> Result<()> {
+        self.validate()?;
+        if mode == Some(AccessMode::VhostUser) {
+            let socket = socket.ok_or_else(|| UriError::InvalidValue {
+                field: "vhost-user socket",
+                value: String::new(),
+                reason: "give the unix socket path the backend listens on".into(),
+            })?;
+            return self.render_vhost_user(socket).map(drop);
+        }
+        // A stand-in block device: rendering it runs the checks of the
+        // block nodes and the guest device, which userspace shares.
+        let stand_in = DiskAccess::Kernelspace {
+            source: Source::from_block_device("/dev/null")?,
+        };
+        self.render(&stand_in).map(drop)
     }
 
     fn render_vhost_user(&self, socket: &Path) -> Result<KvmArgs> {
@@ -317,6 +374,22 @@ mod tests {
 
     fn strs(v: &[OsString]) -> Vec<&str> {
         v.iter().map(|s| s.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn validate_checks_before_attach() {
+        let mut d = KvmDisk::new("disk0", V10);
+        d.validate().unwrap();
+        for bad in ["a,b", "0disk", "", &"d".repeat(27)] {
+            d.id = bad.to_string();
+            assert!(d.validate().is_err(), "{bad:?}");
+        }
+        d.id = "disk0".into();
+        d.queue_size = Some(100);
+        assert!(d.validate().is_err());
+        d.queue_size = Some(128);
+        d.num_queues = Some(0);
+        assert!(d.validate().is_err());
     }
 
     #[test]
@@ -437,6 +510,47 @@ mod tests {
         );
         assert_eq!(a.secrets.len(), 1);
         assert_eq!(a.secrets[0].data.expose(), "QVFBQUFBPT0=");
+    }
+
+    #[test]
+    fn validate_for_refuses_what_render_refuses_without_a_device() {
+        let mut disk = KvmDisk::new("disk0", V10);
+        disk.validate_for(None, None).unwrap();
+        disk.validate_for(Some(AccessMode::Userspace), None)
+            .unwrap();
+        let sock = Path::new("/run/vu/a.sock");
+        disk.validate_for(Some(AccessMode::VhostUser), Some(sock))
+            .unwrap();
+        assert!(
+            disk.validate_for(Some(AccessMode::VhostUser), None)
+                .is_err()
+        );
+        let long = PathBuf::from(format!("/{}", "s".repeat(MAX_SOCKET_PATH)));
+        assert!(
+            disk.validate_for(Some(AccessMode::VhostUser), Some(&long))
+                .is_err()
+        );
+        disk.id = "a,b".into();
+        for mode in [
+            None,
+            Some(AccessMode::Kernelspace),
+            Some(AccessMode::VhostUser),
+        ] {
+            assert!(disk.validate_for(mode, Some(sock)).is_err(), "{mode:?}");
+        }
+        disk.id = "disk0".into();
+        disk.queue_size = Some(3);
+        assert!(disk.validate_for(None, None).is_err());
+        disk.queue_size = None;
+        disk.options.cache = CacheMode::Writeback;
+        assert!(disk.validate_for(None, None).is_err());
+        disk.options.cache = CacheMode::None;
+        disk.options.aio = Some(Aio::Native);
+        disk.validate_for(None, None).unwrap();
+        assert!(
+            disk.validate_for(Some(AccessMode::VhostUser), Some(sock))
+                .is_err()
+        );
     }
 
     #[test]

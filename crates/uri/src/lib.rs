@@ -17,6 +17,7 @@
 pub mod device;
 pub mod error;
 pub mod kvm;
+pub mod libvirt;
 pub mod model;
 pub mod options;
 pub mod parse;

@@ -27,6 +27,7 @@ use vmm_sys_util::event::{
 
 use crate::Device;
 use crate::channel;
+use crate::stats::Kind;
 
 pub(crate) type Mem = GuestMemoryMmap<()>;
 pub(crate) type Gm = GuestMemoryAtomic<Mem>;
@@ -39,6 +40,12 @@ struct InFlight {
     status: GuestAddress,
     used_len: u32,
     is_write: bool,
+    /// What it is, for the counters.
+    kind: Kind,
+    /// Bytes moved on success, for the counters.
+    bytes: u64,
+    /// When it was taken off the ring, for the latency histogram.
+    started: Instant,
     /// Keeps the guest memory the engine reads or writes mapped until the
     /// completion, even if the frontend replaces the memory table meanwhile.
     mem: Arc<Mem>,
@@ -195,6 +202,9 @@ impl QueueWorker {
             match Request::parse(&chain, &mut self.segs) {
                 Ok(req) => match self.decide(dev, mem, &req) {
                     Action::Reply(status, used) => {
+                        dev.stats()
+                            .queue(self.index)
+                            .answered(Kind::from(req.ty), status, 0);
                         self.reply(st, mem, head, req.status_addr, status, used)
                     }
                     Action::Submit {
@@ -204,7 +214,7 @@ impl QueueWorker {
                         used_len,
                     } => self.submit(dev, st, mem, &req, op, offset, len, used_len),
                 },
-                Err(e) => self.reject(st, mem, head, e),
+                Err(e) => self.reject(dev, st, mem, head, e),
             }
         }
         if let Err(e) = self.engine.commit() {
@@ -216,12 +226,16 @@ impl QueueWorker {
     #[cold]
     fn reject(
         &mut self,
+        dev: &Device,
         st: &mut VState,
         mem: &Mem,
         head: u16,
         e: extstorage_virtio_blk::ParseError,
     ) {
         tracing::debug!(queue = self.index, head, error = %e, "malformed request");
+        dev.stats()
+            .queue(self.index)
+            .answered(Kind::Other, Status::IoErr, 0);
         match e.status_addr() {
             Some(status) => self.reply(st, mem, head, status, Status::IoErr, 1),
             None => {
@@ -237,7 +251,7 @@ impl QueueWorker {
     /// Checks a parsed request against the device and turns it into an action.
     fn decide(&mut self, dev: &Device, mem: &Mem, req: &Request) -> Action {
         let cap = dev.capacity_sectors();
-        let ro = dev.config().read_only;
+        let ro = dev.config().device.read_only;
         match req.ty {
             RequestType::In | RequestType::Out => {
                 let is_write = req.ty == RequestType::Out;
@@ -317,7 +331,7 @@ impl QueueWorker {
     /// Writes the serial into the request's buffers.
     fn get_id(&self, dev: &Device, mem: &Mem) -> Action {
         let mut id = [0u8; SERIAL_LEN];
-        let serial = dev.config().serial.as_bytes();
+        let serial = dev.config().device.serial.as_bytes();
         let n = serial.len().min(SERIAL_LEN);
         id[..n].copy_from_slice(&serial[..n]);
         let mut written = 0usize;
@@ -380,6 +394,9 @@ impl QueueWorker {
                 reason = "data segment not mapped",
                 "request failed"
             );
+            dev.stats()
+                .queue(self.index)
+                .answered(Kind::from(req.ty), Status::IoErr, 0);
             self.reply(st, mem, req.head_index, req.status_addr, Status::IoErr, 1);
             return;
         }
@@ -388,8 +405,12 @@ impl QueueWorker {
             status: req.status_addr,
             used_len,
             is_write: op == Op::Write,
+            kind: Kind::from(req.ty),
+            bytes: len,
+            started: Instant::now(),
             mem: Arc::clone(mem),
         });
+        dev.stats().queue(self.index).submitted();
         let io = IoRequest {
             op,
             offset,
@@ -475,6 +496,12 @@ impl QueueWorker {
                 Status::IoErr
             }
         };
+        dev.stats().queue(self.index).completed(
+            entry.kind,
+            status,
+            entry.bytes,
+            entry.started.elapsed(),
+        );
         self.reply(
             st,
             &entry.mem,
@@ -602,9 +629,9 @@ impl std::fmt::Debug for Inner {
 
 impl BlkBackend {
     pub(crate) fn new(dev: Arc<Device>, mem: Gm, sockets_before: BTreeSet<RawFd>) -> Self {
-        let n = usize::from(dev.config().num_queues);
-        let qs = usize::from(dev.config().queue_size);
-        let poll = Duration::from_micros(u64::from(dev.config().poll_us));
+        let n = usize::from(dev.config().device.num_queues);
+        let qs = usize::from(dev.config().device.queue_size);
+        let poll = Duration::from_micros(u64::from(dev.config().device.poll_us));
         let queues = (0..n)
             .map(|i| Mutex::new(QueueWorker::new(i, dev.new_engine(i), qs, poll)))
             .collect();
@@ -675,7 +702,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn max_queue_size(&self) -> usize {
-        usize::from(self.inner.dev.config().queue_size)
+        usize::from(self.inner.dev.config().device.queue_size)
     }
 
     fn features(&self) -> u64 {
@@ -822,10 +849,10 @@ mod tests {
 
     impl Rig {
         fn new(read_only: bool) -> Rig {
-            Rig::with_engine(read_only, crate::EngineKind::Sync)
+            Rig::with_engine(read_only, crate::Engine::Sync)
         }
 
-        fn with_engine(read_only: bool, engine: crate::EngineKind) -> Rig {
+        fn with_engine(read_only: bool, engine: crate::Engine) -> Rig {
             let dir = tempfile::tempdir().unwrap();
             let file = dir.path().join("img");
             std::fs::File::create(&file)
@@ -833,11 +860,11 @@ mod tests {
                 .set_len(1 << 20)
                 .unwrap();
             let mut cfg = Config::new(&file);
-            cfg.read_only = read_only;
-            cfg.direct_io = false;
-            cfg.queue_size = QSIZE;
-            cfg.engine = engine;
-            cfg.serial = "serial-0123".into();
+            cfg.device.read_only = read_only;
+            cfg.device.direct_io = false;
+            cfg.device.queue_size = QSIZE;
+            cfg.device.engine = engine;
+            cfg.device.serial = "serial-0123".into();
             let dev = Device::open(cfg).unwrap();
             let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
                 .unwrap();
@@ -934,7 +961,7 @@ mod tests {
 
     #[test]
     fn good_and_bad_requests_in_one_batch() {
-        good_and_bad_requests(crate::EngineKind::Sync);
+        good_and_bad_requests(crate::Engine::Sync);
     }
 
     #[test]
@@ -943,10 +970,10 @@ mod tests {
             eprintln!("io_uring unavailable here: skipping");
             return;
         }
-        good_and_bad_requests(crate::EngineKind::Uring);
+        good_and_bad_requests(crate::Engine::Uring);
     }
 
-    fn good_and_bad_requests(engine: crate::EngineKind) {
+    fn good_and_bad_requests(engine: crate::Engine) {
         let mut r = Rig::with_engine(false, engine);
         let (data, data2) = (0x10_0000u64, 0x20_0000u64);
         r.gm.memory()

@@ -8,7 +8,10 @@ use extstorage_blockio::{Backing, BackingKind, Engine, OpenOptions, SyncEngine};
 use extstorage_virtio_blk::{BlkConfig, SECTOR_SHIFT, features};
 
 use crate::channel::ConfigChannel;
-use crate::{Config, Error, WriteCache};
+use extstorage_serve_api::control::{ResizeReply, StatusReport};
+
+use crate::stats::DeviceStats;
+use crate::{Config, Error, WriteCache, engine_kind};
 
 /// Largest discard / write-zeroes segment offered, in sectors (2 GiB).
 const MAX_DISCARD_SECTORS: u32 = 1 << 22;
@@ -22,6 +25,7 @@ pub struct Device {
     capacity_sectors: AtomicU64,
     writeback: AtomicBool,
     channel: Mutex<Option<ConfigChannel>>,
+    stats: DeviceStats,
 }
 
 impl Device {
@@ -31,46 +35,53 @@ impl Device {
         let backing = Backing::open(
             &cfg.path,
             OpenOptions {
-                read_only: cfg.read_only,
-                direct: cfg.direct_io,
-                logical_block_size: cfg.logical_block_size,
+                read_only: cfg.device.read_only,
+                direct: cfg.device.direct_io,
+                logical_block_size: cfg.device.logical_block_size,
             },
         )?;
-        if cfg.direct_io && !backing.is_direct() {
+        if cfg.device.direct_io && !backing.is_direct() {
             tracing::warn!(path = %cfg.path.display(), "direct I/O unsupported here; serving through the page cache");
         }
         let size = backing.size();
         let dev = Self {
-            writeback: AtomicBool::new(cfg.write_cache == WriteCache::Writeback),
+            writeback: AtomicBool::new(cfg.device.write_cache == WriteCache::Writeback),
             capacity_sectors: AtomicU64::new(size >> SECTOR_SHIFT),
             backing: Arc::new(backing),
             channel: Mutex::new(None),
+            stats: DeviceStats::new(cfg.device.num_queues),
             cfg,
         };
         tracing::info!(
             path = %dev.cfg.path.display(),
             size,
-            read_only = dev.cfg.read_only,
+            read_only = dev.cfg.device.read_only,
             direct = dev.backing.is_direct(),
             "backing store opened"
         );
         // Fail now, not at the first connection, if the engine cannot work here.
+        let kind = engine_kind(dev.cfg.device.engine);
         let probe = extstorage_blockio::open_engine(
-            dev.cfg.engine,
+            kind,
             Arc::clone(&dev.backing),
-            usize::from(dev.cfg.queue_size),
+            usize::from(dev.cfg.device.queue_size),
         )
         .map_err(|source| Error::Engine {
-            engine: dev.cfg.engine,
+            engine: kind,
             source,
         })?;
-        tracing::info!(requested = %dev.cfg.engine, engine = probe.name(), "I/O engine");
+        tracing::info!(requested = %kind, engine = probe.name(), "I/O engine");
         Ok(Arc::new(dev))
     }
 
     /// The configuration it was opened with.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The per-queue counters.
+    pub fn stats(&self) -> &DeviceStats {
+        &self.stats
     }
 
     /// The open backing store.
@@ -105,7 +116,7 @@ impl Device {
             | features::FLUSH
             | features::CONFIG_WCE
             | features::MQ;
-        if self.cfg.read_only {
+        if self.cfg.device.read_only {
             f |= features::RO;
         } else {
             f |= features::DISCARD | features::WRITE_ZEROES;
@@ -115,18 +126,20 @@ impl Device {
 
     /// The config space as it is now.
     pub fn blk_config(&self) -> BlkConfig {
-        let lbs = self.cfg.logical_block_size;
+        let lbs = self.cfg.device.logical_block_size;
         BlkConfig {
             capacity: self.capacity_sectors(),
             size_max: 0,
-            seg_max: u32::from(self.cfg.queue_size).saturating_sub(2).max(1),
+            seg_max: u32::from(self.cfg.device.queue_size)
+                .saturating_sub(2)
+                .max(1),
             blk_size: lbs,
             physical_block_exp: 0,
             alignment_offset: 0,
             min_io_size: 1,
             opt_io_size: 0,
             writeback: u8::from(self.writeback()),
-            num_queues: self.cfg.num_queues,
+            num_queues: self.cfg.device.num_queues,
             max_discard_sectors: MAX_DISCARD_SECTORS,
             max_discard_seg: 1,
             discard_sector_alignment: lbs >> SECTOR_SHIFT,
@@ -141,29 +154,27 @@ impl Device {
     /// `open` (e.g. the memlock limit is exhausted), the queue falls back to
     /// the sync engine with a warning rather than refusing the frontend.
     pub(crate) fn new_engine(&self, queue: usize) -> Box<dyn Engine> {
-        let depth = usize::from(self.cfg.queue_size);
-        let engine = match extstorage_blockio::open_engine(
-            self.cfg.engine,
-            Arc::clone(&self.backing),
-            depth,
-        ) {
+        let depth = usize::from(self.cfg.device.queue_size);
+        let kind = engine_kind(self.cfg.device.engine);
+        let engine = match extstorage_blockio::open_engine(kind, Arc::clone(&self.backing), depth) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!(queue, requested = %self.cfg.engine, error = %e, "cannot create the I/O engine; this queue uses the sync engine");
+                tracing::warn!(queue, requested = %kind, error = %e, "cannot create the I/O engine; this queue uses the sync engine");
                 Box::new(SyncEngine::new(Arc::clone(&self.backing), depth))
             }
         };
-        tracing::info!(queue, requested = %self.cfg.engine, engine = engine.name(), depth, "queue engine");
+        tracing::info!(queue, requested = %kind, engine = engine.name(), depth, "queue engine");
         engine
     }
 
     /// Re-reads the backing size; if it changed, updates the capacity and
-    /// notifies the connected frontend. Returns the size in bytes.
-    pub fn resize(&self) -> Result<u64, Error> {
+    /// notifies the connected frontend.
+    pub fn resize(&self) -> Result<ResizeReply, Error> {
         let size = self.backing.refresh_size()?;
         let sectors = size >> SECTOR_SHIFT;
         let old = self.capacity_sectors.swap(sectors, Ordering::AcqRel);
-        if old != sectors {
+        let changed = old != sectors;
+        if changed {
             tracing::info!(
                 path = %self.cfg.path.display(),
                 old_sectors = old,
@@ -172,7 +183,23 @@ impl Device {
             );
             self.notify_config_change();
         }
-        Ok(size)
+        Ok(ResizeReply {
+            size_bytes: size,
+            changed,
+        })
+    }
+
+    /// The control socket's `status` answer.
+    pub fn status(&self) -> StatusReport {
+        StatusReport {
+            path: self.cfg.path.clone(),
+            size_bytes: self.capacity_sectors() << SECTOR_SHIFT,
+            read_only: self.cfg.device.read_only,
+            connected: self.stats.connected(),
+            connections: self.stats.connections(),
+            uptime_secs: self.stats.uptime().as_secs(),
+            queues: self.stats.snapshot(),
+        }
     }
 
     /// Like [`resize`](Self::resize), only for regular files (a cheap

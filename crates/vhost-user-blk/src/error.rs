@@ -6,13 +6,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An option has a value the device cannot use.
-    #[error("invalid --{what}: {why}")]
-    InvalidConfig {
-        /// The option.
-        what: &'static str,
-        /// Why it is rejected.
-        why: String,
-    },
+    #[error(transparent)]
+    InvalidConfig(#[from] extstorage_serve_api::Error),
     /// The backing store could not be opened or inspected.
     #[error(transparent)]
     Backing(#[from] extstorage_blockio::Error),
@@ -42,6 +37,24 @@ pub enum Error {
         /// The fd number.
         fd: i32,
     },
+    /// The socket's owner, group or mode could not be set.
+    #[error("cannot give socket {path} {what}: {reason}")]
+    SocketAccess {
+        /// The socket path.
+        path: PathBuf,
+        /// What was being set ("owner nobody", "mode 0660", ...).
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Dropping privileges failed.
+    #[error("cannot serve as user {user:?}: {reason}")]
+    DropPrivileges {
+        /// The user asked for.
+        user: String,
+        /// Why it failed.
+        reason: String,
+    },
     /// The vhost-user daemon machinery failed.
     #[error("vhost-user daemon error: {0}")]
     Daemon(String),
@@ -54,12 +67,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Talking to the control socket failed.
-    #[error("control socket {path}: {what}; is the daemon running with --control-socket {path}?")]
+    /// The control socket could not be set up.
+    #[error("cannot listen on control socket {path}: check the directory exists and is writable")]
     Control {
         /// The control socket path.
         path: PathBuf,
-        /// What failed.
-        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
     },
 }

@@ -1,6 +1,7 @@
 //! Accepting frontends one after another on one listening socket.
 
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,8 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_CLOEXEC, EFD_NONBLOCK, EventFd};
+
+use extstorage_serve_api::SocketAccess;
 
 use crate::backend::BlkBackend;
 use crate::{Device, Error, channel};
@@ -101,13 +104,23 @@ impl ShutdownHandle {
     }
 }
 
+impl Drop for Server {
+    /// A socket this server created goes away with it.
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 impl Server {
-    /// Listens on `path`, removing a stale socket file first.
-    pub fn bind(dev: Arc<Device>, path: &Path) -> Result<Self, Error> {
-        let listener = Listener::new(path, true).map_err(|e| Error::Listen {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e),
-        })?;
+    /// Listens on `path`, removing a stale socket file first, and gives
+    /// the socket the owner, group and mode in `access`.
+    pub fn bind(dev: Arc<Device>, path: &Path, access: &SocketAccess) -> Result<Self, Error> {
+        // Bound at its final name (QEMU and `ss` show the name it was bound
+        // with); the control socket, created after this one listens, is the
+        // readiness signal, as is sd_notify.
+        let listener = Listener::from(crate::socket::bind_in_place(path, access)?);
         tracing::info!(socket = %path.display(), "listening for a vhost-user frontend");
         Ok(Self {
             dev,
@@ -118,25 +131,21 @@ impl Server {
     }
 
     /// Serves on an inherited listening socket (socket activation).
-    pub fn from_listen_fd(dev: Arc<Device>, fd: RawFd) -> Result<Self, Error> {
-        // SAFETY: `fd` is only queried; getsockopt fails on anything but a socket.
-        let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        let listening = nix::sys::socket::getsockopt(&bfd, nix::sys::socket::sockopt::AcceptConn)
+    pub fn from_listen_fd(dev: Arc<Device>, fd: OwnedFd) -> Result<Self, Error> {
+        let listening = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::AcceptConn)
             .unwrap_or(false);
-        let unix = nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd).is_ok();
+        let unix =
+            nix::sys::socket::getsockname::<nix::sys::socket::UnixAddr>(fd.as_raw_fd()).is_ok();
         if !listening || !unix {
-            return Err(Error::ListenFd { fd });
+            return Err(Error::ListenFd { fd: fd.as_raw_fd() });
         }
-        // SAFETY: the caller hands us `fd`, a listening unix socket (checked
-        // above) that nothing else in the process uses; we take ownership.
-        let listener = unsafe { Listener::from_raw_fd(fd) };
         tracing::info!(
-            fd,
+            fd = fd.as_raw_fd(),
             "listening for a vhost-user frontend on an inherited socket"
         );
         Ok(Self {
             dev,
-            listener,
+            listener: Listener::from(UnixListener::from(fd)),
             path: None,
             shutdown: ShutdownHandle::new()?,
         })
@@ -227,10 +236,12 @@ impl Server {
             return Err(e);
         }
         tracing::info!("frontend connected");
+        self.dev.stats().set_connected(true);
         self.shutdown.set_conn(daemon.shutdown_handle());
         let result = daemon.wait();
         self.shutdown.set_conn(None);
         self.dev.set_channel(None);
+        self.dev.stats().set_connected(false);
         // Dropping the daemon stops and joins the queue workers.
         drop(daemon);
         backend.close_exit_events();

@@ -1,0 +1,30 @@
+//! `extstorage-serve-api`: the contract between a served volume and
+//! everything that talks to it, with no I/O machinery of its own, so the
+//! CLI can speak it without linking vhost or io_uring.
+//!
+//! - [`options`]: the device options of a served volume, typed once.
+//!   [`DeviceArgs`] is the clap definition that both `extstorage serve` and
+//!   `extstorage-vhost-user-blk serve` (and `extstorage kvm-args`) flatten;
+//!   [`DeviceOptions`] is the validated result, which renders back to the
+//!   exact arguments that produce it ([`DeviceOptions::to_args`]), so a
+//!   command line printed for one program is parsed identically by another.
+//! - [`listen`]: where a backend listens (socket path or an inherited
+//!   socket) and who may connect (owner, group, mode).
+//! - [`control`]: the control-socket protocol: `resize`, `status` and
+//!   `config` requests, JSON replies, a client.
+//! - [`paths`]: where a served volume's sockets and claim live under the
+//!   run directory.
+//! - [`systemd`]: socket activation and readiness notification.
+#![warn(missing_docs)]
+
+pub mod control;
+mod error;
+pub mod listen;
+pub mod options;
+pub mod paths;
+pub mod systemd;
+
+pub use error::Error;
+pub use listen::{ListenArgs, ListenOptions, SocketAccess};
+pub use options::{DeviceArgs, DeviceOptions, Engine, WriteCache};
+pub use paths::RunDir;

@@ -1,0 +1,412 @@
+//! The device options of a served volume: one clap definition
+//! ([`DeviceArgs`]) for every program that takes them, one validated type
+//! ([`DeviceOptions`]) that renders back to the arguments that produce it.
+
+use std::ffi::OsString;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Most request queues a backend serves (each has its own worker thread).
+pub const MAX_QUEUES: u16 = 64;
+/// Queues used when neither `--num-queues` nor `--vcpus` says otherwise:
+/// one per vCPU up to this many (more rarely pays on one volume).
+pub const DEFAULT_MAX_QUEUES: u16 = 4;
+/// Default maximum virtqueue size.
+pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+/// Largest virtqueue size a backend accepts.
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+/// Default logical block size in bytes.
+pub const DEFAULT_LOGICAL_BLOCK_SIZE: u32 = 512;
+/// Longest GET_ID serial in bytes (virtio-blk).
+pub const SERIAL_LEN: usize = 20;
+/// The largest `--poll-us` accepted (10 ms): longer spins only waste CPU.
+pub const MAX_POLL_US: u32 = 10_000;
+
+/// Which I/O engine each queue uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// io_uring where the kernel and the backing allow it (on a backing
+    /// without non-blocking I/O, e.g. tmpfs, small requests synchronously
+    /// and large ones on io_uring); the synchronous engine elsewhere.
+    #[default]
+    Auto,
+    /// Synchronous reads and writes on the queue's worker thread.
+    Sync,
+    /// io_uring; refuse to start where it is unavailable.
+    Uring,
+}
+
+impl Engine {
+    /// The keyword used on command lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Auto => "auto",
+            Engine::Sync => "sync",
+            Engine::Uring => "uring",
+        }
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The write cache mode a device starts in (the guest may change it through
+/// the config space `wce` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteCache {
+    /// Writes complete when they reach the host; FLUSH makes them durable.
+    #[default]
+    Writeback,
+    /// Every write is made durable before it completes.
+    Writethrough,
+}
+
+impl WriteCache {
+    /// The keyword used on command lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteCache::Writeback => "writeback",
+            WriteCache::Writethrough => "writethrough",
+        }
+    }
+}
+
+impl fmt::Display for WriteCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `on` or `off`, as QEMU spells booleans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+impl From<bool> for OnOff {
+    fn from(b: bool) -> Self {
+        if b { OnOff::On } else { OnOff::Off }
+    }
+}
+
+/// The device options as typed on a command line. Flatten this into a
+/// clap command, then [`resolve`](Self::resolve) it.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "Device options")]
+pub struct DeviceArgs {
+    /// Number of request queues the backend offers, each with its own
+    /// worker thread (1-64); QEMU's num-queues is set to the same.
+    /// [default: min(VCPUS, 4)]
+    #[arg(long, value_name = "N")]
+    pub num_queues: Option<u16>,
+    /// vCPUs of the VM, used only for the default --num-queues.
+    /// [default: this host's CPUs]
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u16>,
+    /// Maximum virtqueue size, a power of two (QEMU takes at most 1024).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_QUEUE_SIZE)]
+    pub queue_size: u16,
+    /// Export read-only: writes, discards and write-zeroes fail.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Logical block size in bytes (a power of two, 512-65536).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_LOGICAL_BLOCK_SIZE)]
+    pub logical_block_size: u32,
+    /// Serial number the guest reads (GET_ID), at most 20 bytes.
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    pub serial: String,
+    /// Bypass the host page cache (O_DIRECT; falls back with a warning
+    /// where the filesystem refuses it).
+    #[arg(long, value_name = "ON|OFF", value_enum, default_value = "on")]
+    pub direct_io: OnOff,
+    /// Initial write cache mode (the guest can switch it).
+    #[arg(long, value_name = "MODE", value_enum, default_value = "writeback")]
+    pub write_cache: WriteCache,
+    /// I/O engine: auto (io_uring where it pays), sync or uring.
+    #[arg(long, value_name = "ENGINE", value_enum, default_value = "auto")]
+    pub engine: Engine,
+    /// Adaptive polling: after a batch, spin up to this many microseconds
+    /// for more requests before sleeping (0 = never). Lowers latency at
+    /// the cost of up to a CPU per busy queue.
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    pub poll_us: u32,
+}
+
+/// Validated device options: what a backend serves and what the QEMU
+/// arguments for it must match.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceOptions {
+    /// Request queues offered (1-64).
+    pub num_queues: u16,
+    /// Maximum virtqueue size (a power of two, 2-32768).
+    pub queue_size: u16,
+    /// Export read-only (VIRTIO_BLK_F_RO).
+    pub read_only: bool,
+    /// Logical block size in bytes (a power of two, 512-65536).
+    pub logical_block_size: u32,
+    /// The GET_ID answer (at most 20 bytes).
+    pub serial: String,
+    /// Use O_DIRECT where the filesystem allows it.
+    pub direct_io: bool,
+    /// Initial write cache mode.
+    pub write_cache: WriteCache,
+    /// The I/O engine.
+    pub engine: Engine,
+    /// Adaptive polling window in microseconds (0: never spin).
+    pub poll_us: u32,
+}
+
+impl Default for DeviceOptions {
+    /// The documented defaults, with one queue.
+    fn default() -> Self {
+        DeviceOptions {
+            num_queues: 1,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            read_only: false,
+            logical_block_size: DEFAULT_LOGICAL_BLOCK_SIZE,
+            serial: String::new(),
+            direct_io: true,
+            write_cache: WriteCache::Writeback,
+            engine: Engine::Auto,
+            poll_us: 0,
+        }
+    }
+}
+
+/// The number of CPUs this process may run on (at least 1).
+fn host_cpus() -> u16 {
+    std::thread::available_parallelism()
+        .ok()
+        .and_then(|n| u16::try_from(n.get()).ok())
+        .unwrap_or(1)
+}
+
+/// The default queue count for a VM with `vcpus` vCPUs: one per vCPU, at
+/// most [`DEFAULT_MAX_QUEUES`], at least one.
+pub fn default_num_queues(vcpus: Option<u16>) -> u16 {
+    vcpus.unwrap_or_else(host_cpus).clamp(1, DEFAULT_MAX_QUEUES)
+}
+
+impl DeviceArgs {
+    /// Applies the defaults that depend on other options and validates.
+    pub fn resolve(&self) -> Result<DeviceOptions, Error> {
+        if self.vcpus == Some(0) {
+            return Err(Error::InvalidOption {
+                option: "vcpus",
+                reason: "0 is not a number of vCPUs; give the VM's -smp count".into(),
+            });
+        }
+        let opts = DeviceOptions {
+            num_queues: self
+                .num_queues
+                .unwrap_or_else(|| default_num_queues(self.vcpus)),
+            queue_size: self.queue_size,
+            read_only: self.read_only,
+            logical_block_size: self.logical_block_size,
+            serial: self.serial.clone(),
+            direct_io: self.direct_io == OnOff::On,
+            write_cache: self.write_cache,
+            engine: self.engine,
+            poll_us: self.poll_us,
+        };
+        opts.validate()?;
+        Ok(opts)
+    }
+}
+
+impl DeviceOptions {
+    /// Checks every value a frontend, the kernel or the backend would
+    /// refuse later, with a message saying what is allowed.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |option, reason: String| Err(Error::InvalidOption { option, reason });
+        if self.num_queues == 0 || self.num_queues > MAX_QUEUES {
+            return bad(
+                "num-queues",
+                format!("{} is not within 1-{MAX_QUEUES}", self.num_queues),
+            );
+        }
+        if !self.queue_size.is_power_of_two() || !(2..=MAX_QUEUE_SIZE).contains(&self.queue_size) {
+            return bad(
+                "queue-size",
+                format!(
+                    "{} is not a power of two within 2-{MAX_QUEUE_SIZE}",
+                    self.queue_size
+                ),
+            );
+        }
+        let lbs = self.logical_block_size;
+        if !lbs.is_power_of_two() || !(512..=65536).contains(&lbs) {
+            return bad(
+                "logical-block-size",
+                format!("{lbs} is not a power of two within 512-65536"),
+            );
+        }
+        if self.poll_us > MAX_POLL_US {
+            return bad(
+                "poll-us",
+                format!("{} is above the maximum of {MAX_POLL_US}", self.poll_us),
+            );
+        }
+        if self.serial.len() > SERIAL_LEN {
+            return bad(
+                "serial",
+                format!(
+                    "{:?} is {} bytes; at most {SERIAL_LEN} fit",
+                    self.serial,
+                    self.serial.len()
+                ),
+            );
+        }
+        if self.serial.contains('\0') {
+            return bad("serial", "it contains a NUL byte".into());
+        }
+        Ok(())
+    }
+
+    /// The arguments that [`DeviceArgs`] parses back into exactly these
+    /// options: `--num-queues` always (its default depends on the host),
+    /// everything else only when it differs from the default. Values are
+    /// joined with `=` so one starting with `-` stays a value.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let d = DeviceOptions::default();
+        let mut args: Vec<OsString> = vec![format!("--num-queues={}", self.num_queues).into()];
+        if self.queue_size != d.queue_size {
+            args.push(format!("--queue-size={}", self.queue_size).into());
+        }
+        if self.read_only {
+            args.push("--read-only".into());
+        }
+        if self.logical_block_size != d.logical_block_size {
+            args.push(format!("--logical-block-size={}", self.logical_block_size).into());
+        }
+        if !self.serial.is_empty() {
+            args.push(format!("--serial={}", self.serial).into());
+        }
+        if !self.direct_io {
+            args.push("--direct-io=off".into());
+        }
+        if self.write_cache != d.write_cache {
+            args.push(format!("--write-cache={}", self.write_cache).into());
+        }
+        if self.engine != d.engine {
+            args.push(format!("--engine={}", self.engine).into());
+        }
+        if self.poll_us != d.poll_us {
+            args.push(format!("--poll-us={}", self.poll_us).into());
+        }
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        device: DeviceArgs,
+    }
+
+    fn parse(args: &[OsString]) -> Result<DeviceOptions, String> {
+        let argv = std::iter::once(OsString::from("prog")).chain(args.iter().cloned());
+        Cmd::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .device
+            .resolve()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_follow_vcpus() {
+        let o = parse(&["--vcpus".into(), "2".into()]).unwrap();
+        assert_eq!(o.num_queues, 2);
+        assert_eq!(parse(&["--vcpus=16".into()]).unwrap().num_queues, 4);
+        assert_eq!(
+            parse(&["--vcpus=16".into(), "--num-queues=9".into()])
+                .unwrap()
+                .num_queues,
+            9
+        );
+        let host = parse(&[]).unwrap().num_queues;
+        assert!((1..=DEFAULT_MAX_QUEUES).contains(&host));
+        assert!(parse(&["--vcpus=0".into()]).unwrap_err().contains("vCPUs"));
+    }
+
+    #[test]
+    fn bad_values_say_what_is_allowed() {
+        for (args, needle) in [
+            (vec!["--num-queues=0"], "1-64"),
+            (vec!["--num-queues=65"], "1-64"),
+            (vec!["--queue-size=100"], "power of two"),
+            (vec!["--logical-block-size=256"], "512-65536"),
+            (vec!["--poll-us=20000"], "maximum"),
+            (vec!["--serial=123456789012345678901"], "at most 20"),
+            (vec!["--engine=fast"], "auto"),
+        ] {
+            let args: Vec<OsString> = args.into_iter().map(OsString::from).collect();
+            let err = parse(&args).unwrap_err();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    fn options() -> impl Strategy<Value = DeviceOptions> {
+        (
+            1..=MAX_QUEUES,
+            1u32..=15,
+            any::<bool>(),
+            9u32..=16,
+            "[ -~]{0,20}",
+            any::<bool>(),
+            prop_oneof![Just(WriteCache::Writeback), Just(WriteCache::Writethrough)],
+            prop_oneof![Just(Engine::Auto), Just(Engine::Sync), Just(Engine::Uring)],
+            0..=MAX_POLL_US,
+        )
+            .prop_map(|(nq, qs, ro, lbs, serial, direct, wc, engine, poll)| {
+                DeviceOptions {
+                    num_queues: nq,
+                    queue_size: 1 << qs,
+                    read_only: ro,
+                    logical_block_size: 1 << lbs,
+                    serial,
+                    direct_io: direct,
+                    write_cache: wc,
+                    engine,
+                    poll_us: poll,
+                }
+            })
+    }
+
+    proptest! {
+        /// What one program renders, another parses back to the same options.
+        #[test]
+        fn render_then_parse_is_identity(opts in options()) {
+            prop_assert_eq!(parse(&opts.to_args()).unwrap(), opts);
+        }
+
+        /// The JSON form (the control socket's `config` reply) round-trips too.
+        #[test]
+        fn json_round_trip(opts in options()) {
+            let text = serde_json::to_string(&opts).unwrap();
+            prop_assert_eq!(serde_json::from_str::<DeviceOptions>(&text).unwrap(), opts);
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! `extstorage-serve`: serving an ExtStorage volume to QEMU in one process.
+//!
+//! [`VolumeServer::start`] claims the volume on this node ([`claim`]),
+//! attaches it through its provider, runs `open` (exclusive, or shared for a
+//! live-migration target) and starts the vhost-user-blk backend on the
+//! attached block device; [`VolumeServer::run`] serves until shut down,
+//! drains in-flight I/O, then runs `close` and `detach`. Each script runs
+//! under the core's per-operation lock, taken only for that script, so
+//! other operations (`grow`, `setinfo`, `kvm-args`) work on a served volume.
+//! If the process dies, the volume stays attached and the next `serve`
+//! picks it up (attach is idempotent).
+#![warn(missing_docs)]
+
+pub mod claim;
+mod privsep;
+
+use std::path::{Path, PathBuf};
+
+use extstorage_core::{ExtStorage, Volume, VolumeSpec};
+use extstorage_serve_api::{DeviceOptions, ListenOptions, RunDir};
+use extstorage_vhost_user_blk::control::Identity;
+use extstorage_vhost_user_blk::{Config, ServeSpec, Serving, ShutdownHandle};
+
+/// The name of a volume's files in the run directory: provider and volume
+/// joined unambiguously, the core's one join
+/// ([`extstorage_core::names::volume_key`]).
+pub fn volume_key(provider: &str, volume: &str) -> String {
+    extstorage_core::names::volume_key(provider, volume)
+}
+
+/// What can go wrong while serving a volume.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A provider script or a volume operation failed.
+    #[error(transparent)]
+    Volume(#[from] extstorage_core::Error),
+    /// The backend could not start or failed.
+    #[error(transparent)]
+    Backend(#[from] extstorage_vhost_user_blk::Error),
+    /// An option is unusable.
+    #[error(transparent)]
+    Options(#[from] extstorage_serve_api::Error),
+    /// Another process serves the volume on this node.
+    #[error(
+        "volume {volume:?} of provider {provider:?} is already served on this node{}; stop \
+         that server first (a volume is served at most once per node)",
+        pid.map(|p| format!(" by pid {p}")).unwrap_or_default()
+    )]
+    AlreadyServed {
+        /// The provider.
+        provider: String,
+        /// The volume.
+        volume: String,
+        /// The serving process, when known.
+        pid: Option<u32>,
+    },
+    /// The claim file could not be used.
+    #[error("serve claim {path}: {what}")]
+    Claim {
+        /// The claim file.
+        path: PathBuf,
+        /// What failed.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The unprivileged I/O process (`--user`) could not be started.
+    #[error("cannot start the unprivileged I/O process: {0}")]
+    PrivilegeSeparation(String),
+    /// The unprivileged I/O process ended on its own.
+    #[error("the I/O process died ({0}); the volume stays open and attached for the next serve")]
+    ServerDied(String),
+    /// Serving stopped, but undoing `open` or `attach` failed.
+    #[error("the backend stopped, but {step} failed; the volume may still be open or attached")]
+    Cleanup {
+        /// "close" or "detach".
+        step: &'static str,
+        /// The failure.
+        #[source]
+        source: Box<extstorage_core::Error>,
+    },
+}
+
+impl Error {
+    /// The class of the error, for exit codes: a volume served elsewhere
+    /// is "busy", like a held volume lock.
+    pub fn kind(&self) -> extstorage_core::ErrorKind {
+        use extstorage_core::ErrorKind;
+        match self {
+            Error::Volume(e) => e.kind(),
+            Error::AlreadyServed { .. } => ErrorKind::LockBusy,
+            Error::Options(_) => ErrorKind::Invalid,
+            Error::Backend(extstorage_vhost_user_blk::Error::InvalidConfig(_)) => {
+                ErrorKind::Invalid
+            }
+            Error::Backend(_)
+            | Error::Claim { .. }
+            | Error::Cleanup { .. }
+            | Error::PrivilegeSeparation(_)
+            | Error::ServerDied(_) => ErrorKind::Failed,
+        }
+    }
+}
+
+/// Everything `serve` needs to know.
+#[derive(Debug, Clone)]
+pub struct ServeRequest {
+    /// Which volume, with its ext params.
+    pub volume: VolumeSpec,
+    /// Run `open` with `VOL_OPEN_EXCLUSIVE=False` (the target of a live
+    /// migration, while the source still has the volume open).
+    pub shared: bool,
+    /// On stop, leave the volume open and attached (e.g. for a restart).
+    pub keep_attached: bool,
+    /// How the backend serves it.
+    pub device: DeviceOptions,
+    /// Where it listens; with neither a socket nor a listen fd (nor
+    /// systemd's), the run directory's default socket for the volume.
+    pub listen: ListenOptions,
+    /// The run directory (claim, control socket, default socket).
+    pub run_dir: RunDir,
+}
+
+/// Where the backend runs: in this process, or (with `--user`) in an
+/// unprivileged child.
+#[derive(Debug)]
+enum Backend {
+    InProcess(Serving),
+    Child(privsep::ChildServer),
+}
+
+/// Stops a [`VolumeServer`] from another thread (e.g. a signal thread).
+#[derive(Debug, Clone)]
+pub struct StopHandle(StopInner);
+
+#[derive(Debug, Clone)]
+enum StopInner {
+    InProcess(ShutdownHandle),
+    Child(privsep::ChildStop),
+}
+
+impl StopHandle {
+    /// Asks the backend to drain and stop; [`VolumeServer::run`] then
+    /// closes and detaches.
+    pub fn stop(&self) {
+        match &self.0 {
+            StopInner::InProcess(h) => h.shutdown(),
+            StopInner::Child(c) => c.stop(),
+        }
+    }
+}
+
+/// A served volume.
+#[derive(Debug)]
+pub struct VolumeServer<'a> {
+    vol: Volume<'a>,
+    backend: Backend,
+    keep_attached: bool,
+    control_socket: PathBuf,
+    device_path: PathBuf,
+    device: DeviceOptions,
+    _claim: claim::Claim,
+}
+
+/// Where to listen: the given socket or fd, else systemd's socket (named
+/// explicitly, so an I/O child, whose pid is not LISTEN_PID, uses it
+/// too), else the run directory's default socket for the volume.
+fn resolve_listen(mut listen: ListenOptions, run_dir: &RunDir, key: &str) -> ListenOptions {
+    if listen.socket.is_none() && listen.listen_fd.is_none() {
+        listen.listen_fd = extstorage_serve_api::systemd::listen_fd();
+        if listen.listen_fd.is_none() {
+            listen.socket = Some(run_dir.vhost_user_socket(key));
+        }
+    }
+    listen
+}
+
+impl<'a> VolumeServer<'a> {
+    /// Claims, attaches, opens and starts serving. On a failure after
+    /// attach, the volume is closed and detached again (unless
+    /// `keep_attached`), so a failed start leaves nothing behind.
+    pub fn start(es: &'a ExtStorage, req: ServeRequest) -> Result<VolumeServer<'a>, Error> {
+        req.device.validate()?;
+        let mut vol = es.volume(req.volume.clone())?;
+        let provider = vol.provider().name.clone();
+        let volume = vol.name().to_owned();
+        let key = volume_key(&provider, &volume);
+        let listen = resolve_listen(req.listen, &req.run_dir, &key);
+        let separate = listen.user.is_some();
+        let claim = claim::claim(&req.run_dir.claim(&key), &provider, &volume)?;
+        let info = vol.attach()?;
+        let Some(device_path) = info.dev_path else {
+            return Err(extstorage_core::Error::NoBlockDevice {
+                provider,
+                volume,
+                what: "serve",
+            }
+            .into());
+        };
+        vol.open(!req.shared)?;
+        let control_socket = req.run_dir.control_socket(&key);
+        let spec = ServeSpec {
+            config: Config {
+                path: device_path.clone(),
+                device: req.device.clone(),
+            },
+            listen,
+            control_socket: Some(control_socket.clone()),
+            identity: Identity {
+                provider: Some(provider.clone()),
+                volume: Some(volume.clone()),
+                socket: None,
+            },
+        };
+        let started = if separate {
+            privsep::spawn(spec).map(Backend::Child)
+        } else {
+            Serving::start(spec)
+                .map(Backend::InProcess)
+                .map_err(Error::from)
+        };
+        let backend = match started {
+            Ok(b) => b,
+            Err(e) => {
+                if !req.keep_attached {
+                    undo(&mut vol);
+                }
+                return Err(e);
+            }
+        };
+        let server = VolumeServer {
+            vol,
+            backend,
+            keep_attached: req.keep_attached,
+            control_socket,
+            device_path,
+            device: req.device,
+            _claim: claim,
+        };
+        tracing::info!(
+            provider,
+            volume,
+            device = %server.device_path.display(),
+            socket = ?server.socket(),
+            control_socket = %server.control_socket.display(),
+            unprivileged = separate,
+            "serving"
+        );
+        Ok(server)
+    }
+
+    /// The vhost-user socket, unless inherited.
+    pub fn socket(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::InProcess(s) => s.socket(),
+            Backend::Child(c) => c.socket(),
+        }
+        .map(PathBuf::as_path)
+    }
+
+    /// The control socket.
+    pub fn control_socket(&self) -> &Path {
+        &self.control_socket
+    }
+
+    /// The attached block device being served.
+    pub fn device_path(&self) -> &Path {
+        &self.device_path
+    }
+
+    /// The device options in force.
+    pub fn device_options(&self) -> &DeviceOptions {
+        &self.device
+    }
+
+    /// A handle that stops [`run`](Self::run) from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(match &self.backend {
+            Backend::InProcess(s) => StopInner::InProcess(s.shutdown_handle()),
+            Backend::Child(c) => StopInner::Child(c.stop_handle()),
+        })
+    }
+
+    /// Serves until shut down; then, unless `keep_attached`, runs `close`
+    /// and `detach`.
+    pub fn run(self) -> Result<(), Error> {
+        let VolumeServer {
+            mut vol,
+            backend,
+            keep_attached,
+            ..
+        } = self;
+        let served = match backend {
+            Backend::InProcess(s) => s.run().map_err(Error::from),
+            Backend::Child(c) => match c.wait() {
+                // A crashed I/O process: leave the volume attached for the
+                // next serve (as if this process had crashed).
+                Err(e @ Error::ServerDied(_)) => return Err(e),
+                other => other,
+            },
+        };
+        if keep_attached {
+            tracing::info!(
+                volume = vol.name(),
+                "stopped; the volume stays open and attached"
+            );
+            return served;
+        }
+        let closed = vol.close();
+        let detached = vol.shutdown();
+        served?;
+        closed.map_err(|source| Error::Cleanup {
+            step: "close",
+            source: Box::new(source),
+        })?;
+        detached.map_err(|source| Error::Cleanup {
+            step: "detach",
+            source: Box::new(source),
+        })?;
+        tracing::info!(volume = vol.name(), "stopped, closed and detached");
+        Ok(())
+    }
+}
+
+/// Best-effort close and detach after a failed start.
+fn undo(vol: &mut Volume<'_>) {
+    if let Err(e) = vol.close() {
+        tracing::warn!(volume = vol.name(), error = %e, "close after a failed start failed");
+    }
+    if let Err(e) = vol.shutdown() {
+        tracing::warn!(volume = vol.name(), error = %e, "detach after a failed start failed");
+    }
+}

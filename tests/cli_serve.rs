@@ -1,0 +1,423 @@
+//! `extstorage serve` end to end without a VM: the reference `loopfile`
+//! provider (real loop devices), the real CLI as a process, the libblkio
+//! client as the frontend. The guest tests (tests/guest_serve.rs) boot
+//! Linux on the same path.
+
+mod common_cli;
+mod vhost_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use common_cli::{World, loop_devices_of};
+use nix::sys::signal::Signal;
+use vhost_support::{Client, read, write};
+
+const MIB: u64 = 1 << 20;
+
+fn vol_args(w: &World, vol: &str) -> Vec<String> {
+    vec![
+        "--provider".into(),
+        "loopfile".into(),
+        "--volume".into(),
+        vol.into(),
+        "-p".into(),
+        format!("dir={}", w.vols().display()),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn create(w: &World, vol: &str, size: &str) {
+    let mut args = vec!["create".to_owned()];
+    args.extend(vol_args(w, vol));
+    args.extend(["--size".into(), size.into()]);
+    w.run(&strs(&args)).ok();
+}
+
+fn img(w: &World, vol: &str) -> std::path::PathBuf {
+    w.vols().join(format!("{vol}.img"))
+}
+
+#[test]
+fn serve_attaches_opens_serves_and_cleans_up_on_sigterm() {
+    let w = World::new();
+    w.install("loopfile");
+    create(&w, "vol1", "64M");
+    // create attaches; serve must pick the existing device up.
+    let before = loop_devices_of(&img(&w, "vol1"));
+    assert_eq!(before.len(), 1);
+
+    let mut args = vol_args(&w, "vol1");
+    args.extend(["--num-queues".into(), "2".into()]);
+    let mut served = w.serve(&strs(&args)).unwrap_or_else(|r| panic!("{r:#?}"));
+    let ready = served.ready.clone();
+    assert_eq!(ready["serving"], before[0].as_str(), "{ready:#}");
+    assert_eq!(ready["num_queues"], 2);
+    let socket = served.socket();
+    assert!(
+        socket.starts_with(w.run_dir()),
+        "default socket under --run-dir: {}",
+        socket.display()
+    );
+    // open ran, exclusively.
+    let open = std::fs::read_to_string(w.vols().join("vol1.img.open")).unwrap();
+    assert_eq!(open.trim(), "exclusive=True");
+
+    let mut c = Client::connect(&socket, 2, false).unwrap();
+    assert_eq!(c.capacity(), 64 * MIB);
+    let (m0, m1) = (c.mem(0), c.mem(1));
+    assert_eq!(write(&mut c.queues[0], m0, 60 * MIB, &[0xa5; 4096]), 0);
+    assert_eq!(
+        read(&mut c.queues[1], m1, 60 * MIB, 4096),
+        (0, vec![0xa5; 4096])
+    );
+
+    // Other operations keep working on a served volume.
+    let mut st = vec!["--json".to_owned(), "status".into()];
+    st.extend(vol_args(&w, "vol1")[..4].iter().cloned());
+    let status = w.run(&strs(&st)).ok().json();
+    assert_eq!(status["connected"], true, "{status:#}");
+    assert_eq!(status["queues"][0]["requests"]["write"], 1);
+    assert_eq!(status["queues"][1]["requests"]["read"], 1);
+    let mut si = vec!["setinfo".to_owned()];
+    si.extend(vol_args(&w, "vol1"));
+    si.extend(["--metadata".into(), "originstname+vm1".into()]);
+    w.run(&strs(&si)).ok();
+
+    // A second serve of the same volume is refused, busy (exit 4).
+    let err = w
+        .serve(&strs(&vol_args(&w, "vol1")))
+        .err()
+        .expect("refused");
+    assert_eq!(err.code, 4, "{err:#?}");
+    assert!(
+        err.stderr.contains(&format!(
+            "already served on this node by pid {}",
+            served.pid()
+        )),
+        "{err:#?}"
+    );
+
+    drop(c);
+    assert_eq!(served.stop(Signal::SIGTERM), Some(0), "{}", served.log());
+    assert!(
+        loop_devices_of(&img(&w, "vol1")).is_empty(),
+        "detached on stop"
+    );
+    assert!(!w.vols().join("vol1.img.open").exists(), "closed on stop");
+    assert!(!socket.exists(), "socket removed");
+    // The data is in the volume file.
+    let data = std::fs::read(img(&w, "vol1")).unwrap();
+    assert_eq!(
+        &data[60 * MIB as usize..60 * MIB as usize + 4096],
+        &[0xa5; 4096]
+    );
+}
+
+#[test]
+fn grow_reaches_a_connected_frontend() {
+    let w = World::new();
+    w.install("loopfile");
+    create(&w, "vol1", "64M");
+    let served = w.serve(&strs(&vol_args(&w, "vol1"))).unwrap();
+    let c = Client::connect(&served.socket(), 1, false).unwrap();
+    assert_eq!(c.capacity(), 64 * MIB);
+    let mut g = vec!["--json".to_owned(), "grow".into()];
+    g.extend(vol_args(&w, "vol1"));
+    g.extend(["--amount".into(), "32M".into()]);
+    let grown = w.run(&strs(&g)).ok().json();
+    assert_eq!(grown["new_size_mib"], 96);
+    assert_eq!(grown["served_size_bytes"], 96 * MIB, "{grown:#}");
+    // The config-change message makes libblkio re-read the capacity.
+    let start = std::time::Instant::now();
+    while c.capacity() != 96 * MIB {
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "capacity still {}",
+            c.capacity()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_killed_server_leaves_the_volume_attached_for_the_next() {
+    let w = World::new();
+    w.install("loopfile");
+    create(&w, "vol1", "16M");
+    let mut first = w.serve(&strs(&vol_args(&w, "vol1"))).unwrap();
+    let dev = first.ready["serving"].as_str().unwrap().to_owned();
+    {
+        let mut c = Client::connect(&first.socket(), 1, false).unwrap();
+        let m = c.mem(0);
+        assert_eq!(write(&mut c.queues[0], m, 0, &[7; 512]), 0);
+    }
+    assert_eq!(first.stop(Signal::SIGKILL), None);
+    assert_eq!(loop_devices_of(&img(&w, "vol1")), vec![dev.clone()]);
+    // The claim died with it: the next serve picks the volume up.
+    let second = w.serve(&strs(&vol_args(&w, "vol1"))).unwrap();
+    assert_eq!(second.ready["serving"], dev.as_str());
+    let mut c = Client::connect(&second.socket(), 1, false).unwrap();
+    let m = c.mem(0);
+    assert_eq!(read(&mut c.queues[0], m, 0, 512), (0, vec![7; 512]));
+}
+
+#[test]
+fn shared_open_and_keep_attached() {
+    let w = World::new();
+    w.install("loopfile");
+    create(&w, "vol1", "16M");
+    let mut args = vol_args(&w, "vol1");
+    args.extend(["--shared".into(), "--keep-attached".into()]);
+    let mut served = w.serve(&strs(&args)).unwrap();
+    let open = std::fs::read_to_string(w.vols().join("vol1.img.open")).unwrap();
+    assert_eq!(
+        open.trim(),
+        "exclusive=False",
+        "migration target opens shared"
+    );
+    assert_eq!(served.stop(Signal::SIGINT), Some(0), "{}", served.log());
+    assert_eq!(loop_devices_of(&img(&w, "vol1")).len(), 1, "still attached");
+    assert!(w.vols().join("vol1.img.open").exists(), "still open");
+}
+
+#[test]
+fn serve_refuses_clearly_before_running_anything() {
+    let w = World::new();
+    w.install("loopfile");
+    create(&w, "vol1", "16M");
+    let dev = loop_devices_of(&img(&w, "vol1"));
+    for (extra, needle) in [
+        (vec!["--num-queues", "0"], "--num-queues"),
+        (vec!["--queue-size", "100"], "power of two"),
+        (vec!["--socket-mode", "0400"], "read and write"),
+        (vec!["--serial", "012345678901234567890"], "at most 20"),
+    ] {
+        let mut args = vol_args(&w, "vol1");
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let err = w.serve(&strs(&args)).err().expect("refused");
+        assert_eq!(err.code, 2, "{extra:?}: {err:#?}");
+        assert!(err.stderr.contains(needle), "{extra:?}: {err:#?}");
+    }
+    assert_eq!(loop_devices_of(&img(&w, "vol1")), dev, "nothing ran");
+    assert!(w.log_files("open-").is_empty(), "open never ran");
+}
+
+#[test]
+fn a_userspace_only_volume_cannot_be_served() {
+    let w = World::new();
+    w.install("qemunbd");
+    let vols = format!("dir={}", w.vols().display());
+    w.run(&[
+        "create",
+        "--provider",
+        "qemunbd",
+        "--volume",
+        "nbd1",
+        "-p",
+        &vols,
+        "--size",
+        "16M",
+    ])
+    .ok();
+    let err = w
+        .serve(&["--provider", "qemunbd", "--volume", "nbd1", "-p", &vols])
+        .err()
+        .expect("refused");
+    assert_eq!(err.code, 1, "{err:#?}");
+    assert!(err.stderr.contains("has no block device"), "{err:#?}");
+    // The claim was released: the message is the same the second time.
+    let again = w
+        .serve(&["--provider", "qemunbd", "--volume", "nbd1", "-p", &vols])
+        .err()
+        .unwrap();
+    assert_eq!(again.code, 1);
+}
+
+#[test]
+fn status_of_a_volume_not_served_says_so() {
+    let w = World::new();
+    let r = w
+        .run(&["status", "--provider", "loopfile", "--volume", "nothere"])
+        .code(1);
+    assert!(r.stderr.contains("is the backend running"), "{r:#?}");
+    let r = w
+        .run(&["status", "--provider", "a/b", "--volume", "v"])
+        .code(2);
+    assert!(r.stderr.contains("invalid provider name"), "{r:#?}");
+}
+
+#[test]
+fn the_cli_without_the_serve_feature_links_no_vhost_or_io_uring() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["tree", "--offline", "-e", "normal", "--no-default-features"])
+        .args(["-p", "extstorage", "--manifest-path"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let tree = String::from_utf8_lossy(&out.stdout);
+    for dep in ["vhost", "io-uring", "vm-memory"] {
+        assert!(!tree.contains(&format!(" {dep} v")), "{dep} in:\n{tree}");
+    }
+}
+
+#[test]
+fn kvm_args_states_the_served_queue_count() {
+    let w = World::new();
+    w.install("loopfile");
+    create(&w, "vol1", "16M");
+    let kvm = |extra: &[&str]| {
+        let mut a = vec!["--json".to_owned(), "kvm-args".into()];
+        a.extend(vol_args(&w, "vol1"));
+        a.extend(["--access".into(), "vhost-user".into()]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        w.run(&strs(&a))
+    };
+    // Not served: the default, min(vCPUs, 4), stated explicitly, and the
+    // serve command that offers exactly that.
+    let j = kvm(&["--vcpus", "3"]).ok().json();
+    assert_eq!(j["served"], false);
+    assert_eq!(j["num_queues"], 3);
+    let device = j["argv"].as_array().unwrap().last().unwrap().to_string();
+    assert!(device.contains("num-queues=3"), "{j:#}");
+    let serve_cmd: Vec<String> = j["serve_command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        serve_cmd.contains(&"--num-queues=3".to_owned()),
+        "{serve_cmd:?}"
+    );
+
+    // Served: the server's settings, whatever the defaults here.
+    let mut args = vol_args(&w, "vol1");
+    args.extend([
+        "--num-queues".into(),
+        "3".into(),
+        "--queue-size".into(),
+        "64".into(),
+    ]);
+    let served = w.serve(&strs(&args)).unwrap();
+    let j = kvm(&[]).ok().json();
+    assert_eq!(j["served"], true, "{j:#}");
+    assert_eq!(j["serve_command"], serde_json::Value::Null);
+    assert_eq!(j["socket"], served.ready["socket"]);
+    let device = j["argv"].as_array().unwrap().last().unwrap().to_string();
+    assert!(device.contains("num-queues=3"), "{device}");
+    assert!(device.contains("queue-size=64"), "{device}");
+    // Asking for something else is refused, saying what is served.
+    let r = kvm(&["--num-queues", "2"]).code(2);
+    assert!(r.stderr.contains("served with 3"), "{r:#?}");
+}
+
+/// The uid and gid lines of a process.
+fn ids(pid: u32) -> (String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    (line("Uid:"), line("Gid:"))
+}
+
+fn served_pid(w: &World, vol: &str) -> u32 {
+    let mut c = vec!["--json".to_owned(), "kvm-args".into()];
+    c.extend(vol_args(w, vol));
+    c.extend(["--access".into(), "vhost-user".into()]);
+    assert_eq!(w.run(&strs(&c)).ok().json()["served"], true);
+    let ctl = w.run_dir().join(format!("serve/loopfile.{vol}.ctl"));
+    let out = Command::new(vhost_support::bin())
+        .args(["config", "--control-socket"])
+        .arg(&ctl)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["pid"].as_u64().unwrap() as u32
+}
+
+#[test]
+fn with_user_the_io_process_runs_unprivileged_and_root_cleans_up() {
+    let w = World::new();
+    w.install("loopfile");
+    create(&w, "vol1", "16M");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let mut args = vol_args(&w, "vol1");
+    args.extend([
+        "--user".into(),
+        "nobody".into(),
+        "--num-queues".into(),
+        "2".into(),
+    ]);
+    let mut served = w.serve(&strs(&args)).unwrap_or_else(|r| panic!("{r:#?}"));
+    let io_pid = served_pid(&w, "vol1");
+    assert_ne!(io_pid, served.pid() as u32, "a separate I/O process");
+    assert_eq!(
+        ids(io_pid),
+        (nobody.uid.to_string(), nobody.gid.to_string())
+    );
+    assert_eq!(
+        ids(served.pid() as u32).0,
+        "0",
+        "the script runner keeps root"
+    );
+    {
+        let mut c = Client::connect(&served.socket(), 2, false).unwrap();
+        let (m0, m1) = (c.mem(0), c.mem(1));
+        assert_eq!(write(&mut c.queues[0], m0, MIB, &[3; 4096]), 0);
+        assert_eq!(read(&mut c.queues[1], m1, MIB, 4096), (0, vec![3; 4096]));
+    }
+    assert_eq!(served.stop(Signal::SIGTERM), Some(0), "{}", served.log());
+    assert!(
+        loop_devices_of(&img(&w, "vol1")).is_empty(),
+        "root detached after the I/O process drained"
+    );
+    assert!(!w.vols().join("vol1.img.open").exists(), "closed");
+}
+
+#[test]
+fn a_dead_io_process_leaves_the_volume_attached_and_a_dead_parent_takes_the_child_along() {
+    let w = World::new();
+    w.install("loopfile");
+    create(&w, "vol1", "16M");
+    let mut args = vol_args(&w, "vol1");
+    args.extend(["--user".into(), "nobody".into()]);
+    let mut served = w.serve(&strs(&args)).unwrap();
+    let io_pid = served_pid(&w, "vol1");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(io_pid as i32), Signal::SIGKILL).unwrap();
+    assert_eq!(served.stop(Signal::SIGCONT), Some(1), "{}", served.log());
+    assert!(
+        served.log().contains("I/O process died"),
+        "{}",
+        served.log()
+    );
+    assert_eq!(loop_devices_of(&img(&w, "vol1")).len(), 1, "still attached");
+
+    // A killed parent: its I/O process stops too, releasing the claim.
+    let mut served = w.serve(&strs(&args)).unwrap();
+    let io_pid = served_pid(&w, "vol1");
+    assert_eq!(served.stop(Signal::SIGKILL), None);
+    let start = std::time::Instant::now();
+    while !common_cli::process_gone(io_pid as i32) {
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "I/O process {io_pid} outlived its parent"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let again = w.serve(&strs(&vol_args(&w, "vol1"))).unwrap();
+    assert_eq!(again.ready["ok"], true);
+}

@@ -1,0 +1,136 @@
+//! scripts/install.sh into a temporary DESTDIR: binaries, a man page per
+//! command, bash/zsh/fish completions, the units pointing at the installed
+//! binary, the reference providers with their modes, the docs.
+
+mod common_cli;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use common_cli::repo;
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn install_sh_stages_everything_under_destdir() {
+    let dest = tempfile::tempdir().unwrap();
+    let binaries = extstorage_testbins::path(extstorage_testbins::CLI)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let out = Command::new(repo().join("scripts/install.sh"))
+        .args(["--prefix", "/opt/es", "--destdir"])
+        .arg(dest.path())
+        .arg("--binaries")
+        .arg(&binaries)
+        .current_dir(dest.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let root = dest.path().join("opt/es");
+
+    for bin in ["extstorage", "extstorage-vhost-user-blk"] {
+        let path = root.join("bin").join(bin);
+        assert_eq!(mode(&path), 0o755, "{}", path.display());
+        let v = Command::new(&path).arg("--version").output().unwrap();
+        assert!(v.status.success(), "{v:?}");
+        for completion in [
+            format!("share/bash-completion/completions/{bin}"),
+            format!("share/zsh/site-functions/_{bin}"),
+            format!("share/fish/vendor_completions.d/{bin}.fish"),
+        ] {
+            let text = std::fs::read_to_string(root.join(&completion)).unwrap();
+            assert!(text.contains("serve"), "{completion}");
+        }
+    }
+    // A page per command: what the binaries themselves write.
+    let reference = tempfile::tempdir().unwrap();
+    for bin in ["extstorage", "extstorage-vhost-user-blk"] {
+        Command::new(extstorage_testbins::path(bin))
+            .arg("man")
+            .arg(reference.path())
+            .output()
+            .unwrap();
+    }
+    let mut want: Vec<String> = std::fs::read_dir(reference.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut got: Vec<String> = std::fs::read_dir(root.join("share/man/man1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    want.sort();
+    got.sort();
+    assert!(want.len() > 20, "{want:?}");
+    assert_eq!(got, want);
+
+    // The units name the installed binary, not @BINDIR@.
+    let service =
+        std::fs::read_to_string(root.join("lib/systemd/system/extstorage-serve@.service")).unwrap();
+    assert!(
+        service.contains("ExecStart=/opt/es/bin/extstorage serve --provider ${PROVIDER}"),
+        "{service}"
+    );
+    assert!(!service.contains("@BINDIR@"));
+    assert!(
+        root.join("lib/systemd/system/extstorage-serve@.socket")
+            .is_file()
+    );
+
+    // Providers keep their modes; the environment-file directory exists.
+    let providers = root.join("share/extstorage/providers");
+    assert_eq!(mode(&providers.join("loopfile/attach")), 0o755);
+    assert_eq!(mode(&providers.join("loopfile/parameters.list")), 0o644);
+    assert!(providers.join("qemunbd/attach").is_file());
+    let listed = Command::new(root.join("bin/extstorage"))
+        .arg("--search-path")
+        .arg(&providers)
+        .args(["--json", "providers"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(
+        text.contains("loopfile") && text.contains("qemunbd"),
+        "{text}"
+    );
+    assert!(dest.path().join("etc/extstorage/serve").is_dir());
+    assert!(root.join("share/doc/extstorage/operations.md").is_file());
+    assert!(
+        root.join("share/doc/extstorage/serve.env.example")
+            .is_file()
+    );
+    // Nothing was written into the working directory.
+    let mut stray: Vec<_> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    stray.sort();
+    assert_eq!(stray, ["etc", "opt"]);
+}
+
+#[test]
+fn install_sh_refuses_bad_arguments() {
+    for (args, needle) in [
+        (vec!["--bogus"], "unknown argument"),
+        (vec!["--prefix", "relative"], "absolute"),
+        (vec!["--binaries", "/nonexistent"], "is missing"),
+    ] {
+        let out = Command::new(repo().join("scripts/install.sh"))
+            .args(&args)
+            .args(["--destdir", "/nonexistent-destdir"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
