@@ -13,12 +13,13 @@ mod status;
 mod uri;
 mod volume;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use extstorage_core::{Config, ErrorKind, ExtStorage, RunnerConfig, SearchPath};
+use extstorage_core::{Config, ErrorKind, ExtStorage, RunnerConfig, SearchPath, interrupt};
 
 use crate::output::Output;
 
@@ -34,6 +35,8 @@ pub mod exit {
     pub const TIMEOUT: u8 = 3;
     /// The volume lock was busy for longer than --lock-timeout.
     pub const LOCK_BUSY: u8 = 4;
+    /// Interrupted by signal N: 128 + N (130 SIGINT, 143 SIGTERM, 129 SIGHUP).
+    pub const SIGNAL_BASE: u8 = 128;
 }
 
 const AFTER_HELP: &str = "\
@@ -43,6 +46,8 @@ Exit codes:
   2  usage or validation error (arguments, names, unknown parameter, invalid provider)
   3  a script timed out (its whole process group was killed)
   4  the volume is locked by another operation (after --lock-timeout)
+  128+N  interrupted by signal N: 130 SIGINT, 143 SIGTERM, 129 SIGHUP (a running script's
+     process group was sent the signal and has exited; no further script started)
 
 Examples:
   extstorage --search-path ./providers providers
@@ -145,6 +150,44 @@ fn seconds(what: &str, secs: f64) -> Result<Duration, String> {
         .map_err(|_| format!("{what} {secs} is not a valid number of seconds (use e.g. 30 or 0.5)"))
 }
 
+/// The stderr writer of log lines: each formatted event is collected and
+/// written at once with its secrets redacted (extstorage_core::redact), a
+/// catch-all behind the redaction the core already does.
+struct RedactedStderr;
+
+/// One log event on its way to stderr.
+struct RedactedLine(Vec<u8>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RedactedStderr {
+    type Writer = RedactedLine;
+
+    fn make_writer(&'a self) -> RedactedLine {
+        RedactedLine(Vec::new())
+    }
+}
+
+impl Write for RedactedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for RedactedLine {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.0);
+        let clean = extstorage_core::redact(&text);
+        let _ = std::io::stderr().lock().write_all(clean.as_bytes());
+    }
+}
+
 fn init_tracing(verbose: u8) {
     let level = match verbose {
         0 => "warn",
@@ -156,8 +199,10 @@ fn init_tracing(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(RedactedStderr)
+        // Plain text: colour codes would split `name=value` apart and hide
+        // secrets from the redaction.
+        .with_ansi(false)
         .init();
 }
 
@@ -206,6 +251,11 @@ fn main() -> ExitCode {
     };
     init_tracing(cli.verbose);
     let out = Output { json: cli.json };
+    // SIGINT/SIGTERM/SIGHUP are forwarded to a running script's process
+    // group, which is waited for; then we exit with 128 + the signal.
+    if let Err(e) = interrupt::install_handlers() {
+        tracing::warn!(error = %e, "signals will not be forwarded to scripts");
+    }
     match run(cli, &out) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
@@ -214,6 +264,7 @@ fn main() -> ExitCode {
                 Some(ErrorKind::Invalid) => exit::USAGE,
                 Some(ErrorKind::Timeout) => exit::TIMEOUT,
                 Some(ErrorKind::LockBusy) => exit::LOCK_BUSY,
+                Some(ErrorKind::Interrupted) => interrupted_code(&err).unwrap_or(exit::SIGNAL_BASE),
                 None if err.is::<output::WriteError>() => exit::FAILED,
                 None => exit::USAGE,
             };
@@ -284,9 +335,22 @@ pub fn global_args() -> Vec<std::ffi::OsString> {
 }
 
 /// The name of a volume's files in the run directory (claim, control
-/// socket, default vhost-user socket).
+/// socket, default vhost-user socket): the core's one join.
 pub fn volume_key(provider: &str, volume: &str) -> String {
-    format!("{provider}.{volume}")
+    extstorage_core::names::volume_key(provider, volume)
+}
+
+/// Exit code 128 + N of an operation interrupted by signal N.
+fn interrupted_code(err: &anyhow::Error) -> Option<u8> {
+    if let Some(e) = err.downcast_ref::<extstorage_core::Error>() {
+        return e.interrupted_by().map(interrupt::exit_code);
+    }
+    #[cfg(feature = "serve")]
+    if let Some(extstorage_serve::Error::Volume(e)) = err.downcast_ref::<extstorage_serve::Error>()
+    {
+        return e.interrupted_by().map(interrupt::exit_code);
+    }
+    None
 }
 
 /// The class of an error, for the exit code: the core's, or the serve

@@ -67,7 +67,9 @@ impl Output {
     /// Prints an error on stderr, and as JSON on stdout with `--json`.
     /// Nothing more can be reported if these writes fail.
     pub fn error(&self, err: &anyhow::Error, code: u8) {
-        let message = format!("{err:#}");
+        // Secrets (an rbd key, a URL password) never reach an error message,
+        // whatever error carried them.
+        let message = extstorage_core::redact(&format!("{err:#}")).into_owned();
         note(&format!("error: {message}"));
         if self.json {
             json_error(&message, code);

@@ -2,7 +2,7 @@
 //! in the foreground until SIGTERM/SIGINT/SIGHUP, then close and detach.
 
 use anyhow::Context;
-use extstorage_core::{Access, ExtStorage};
+use extstorage_core::{Access, ExtStorage, interrupt};
 use extstorage_serve::{ServeRequest, StopHandle, VolumeServer};
 use extstorage_serve_api::{DeviceArgs, ListenArgs, RunDir, systemd};
 use serde_json::json;
@@ -33,16 +33,38 @@ pub struct ServeArgs {
 /// Blocks SIGTERM, SIGINT and SIGHUP in every thread and starts the thread
 /// that waits for them and stops the server. Started once the server runs:
 /// until then the process has one thread, so `--user` can fork its I/O
-/// process.
+/// process. (Until then the CLI's handlers catch the signals: one during
+/// attach or open is forwarded to the script and fails the start.)
+///
+/// The first signal stops the server, which then runs close and detach. A
+/// further one is handed to the core ([`interrupt::request`]): the close or
+/// detach script running then gets it forwarded to its process group, and
+/// no further script starts.
 fn signal_thread(stop: StopHandle) -> anyhow::Result<()> {
     let signals = extstorage_vhost_user_blk::threads::stop_signals();
     signals
         .thread_block()
         .context("blocking SIGTERM/SIGINT/SIGHUP")?;
+    // A signal the CLI's handler caught between the start and the block
+    // above is a stop request too; cleared so close and detach still run.
+    let early = interrupt::pending();
+    if let Some(sig) = early {
+        interrupt::clear();
+        tracing::info!(signal = %sig, "stop requested");
+        let _ = systemd::notify("STOPPING=1");
+        stop.stop();
+    }
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            let mut stopping = early.is_some();
             while let Ok(sig) = signals.wait() {
+                if stopping {
+                    tracing::warn!(signal = %sig, "stop requested again: interrupting the running script");
+                    interrupt::request(sig);
+                    continue;
+                }
+                stopping = true;
                 tracing::info!(signal = %sig, "stop requested");
                 let _ = systemd::notify("STOPPING=1");
                 stop.stop();

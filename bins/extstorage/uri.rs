@@ -21,6 +21,13 @@ use crate::volume::{VolumeId, check_hypervisor};
 /// volume below this one.
 pub const DEFAULT_SECRET_ROOT: &str = "/run/extstorage/secrets";
 
+/// The default secret directory of a volume:
+/// `DEFAULT_SECRET_ROOT/<provider>.<volume>` (one unambiguous name per
+/// volume, see `extstorage_core::names::volume_key`).
+pub fn default_secret_dir(provider: &str, volume: &str) -> PathBuf {
+    Path::new(DEFAULT_SECRET_ROOT).join(extstorage_core::names::volume_key(provider, volume))
+}
+
 /// How QEMU opens the disk.
 #[derive(Debug, clap::Args)]
 pub struct DiskArgs {
@@ -35,7 +42,7 @@ pub struct DiskArgs {
     #[arg(long, value_name = "MODE", default_value = "ignore")]
     discard: Discard,
     /// Directory for secret files (rbd keys, passwords), mode 0700, files
-    /// 0600. [default: /run/extstorage/secrets/PROVIDER-VOLUME]
+    /// 0600; by default /run/extstorage/secrets/PROVIDER.VOLUME.
     #[arg(long, value_name = "DIR", env = "EXTSTORAGE_SECRET_DIR")]
     secret_dir: Option<PathBuf>,
 }
@@ -62,7 +69,7 @@ impl DiskArgs {
         let secret_dir = self
             .secret_dir
             .clone()
-            .unwrap_or_else(|| Path::new(DEFAULT_SECRET_ROOT).join(format!("{provider}-{volume}")));
+            .unwrap_or_else(|| default_secret_dir(provider, volume));
         DiskOptions {
             cache: self.cache,
             aio: self.aio,
@@ -98,7 +105,7 @@ pub fn write_secrets(secrets: &[SecretObject]) -> anyhow::Result<()> {
         .collect();
     write_secret_files(&unique)?;
     for s in &unique {
-        tracing::info!(secret = %s.id, path = %s.path.display(), "wrote secret file");
+        tracing::info!(secret_id = %s.id, path = %s.path.display(), "wrote secret file");
     }
     Ok(())
 }

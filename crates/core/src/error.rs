@@ -152,6 +152,31 @@ pub enum Error {
         /// The operation that needed the device.
         what: &'static str,
     },
+    /// A SIGINT, SIGTERM or SIGHUP stopped the operation (see
+    /// [`crate::interrupt`]).
+    #[error("interrupted by {} {what}", signal_name(*.signal))]
+    Interrupted {
+        /// The signal number.
+        signal: i32,
+        /// What was interrupted and what became of it: a running script's
+        /// group was sent the signal and has exited; a lock wait stopped; a
+        /// script did not start.
+        what: String,
+    },
+    /// A log or lock file is a symbolic link or not a regular file.
+    #[error(
+        "refusing to use {what} {}: {reason}; remove it (extstorage never follows a \
+         symbolic link to a log or lock file)",
+        path.display()
+    )]
+    UnsafeFile {
+        /// "log file" or "lock file".
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The size given for a volume is not the size of its block device.
     #[error(
         "volume {volume:?} of provider {provider:?} is {measured_mib} MiB ({bytes} bytes, \
@@ -212,6 +237,15 @@ pub enum ErrorKind {
     Timeout,
     /// The volume lock was busy.
     LockBusy,
+    /// A signal interrupted the operation ([`Error::interrupted_by`] says
+    /// which).
+    Interrupted,
+}
+
+/// The name of a signal number (`SIGTERM`), or the number.
+fn signal_name(signal: i32) -> String {
+    nix::sys::signal::Signal::try_from(signal)
+        .map_or_else(|_| format!("signal {signal}"), |s| s.as_str().to_owned())
 }
 
 impl Error {
@@ -228,12 +262,24 @@ impl Error {
             Error::AttachFailedFirst { source, .. } => source.kind(),
             Error::Timeout { .. } => ErrorKind::Timeout,
             Error::LockBusy { .. } => ErrorKind::LockBusy,
+            Error::Interrupted { .. } => ErrorKind::Interrupted,
             Error::ScriptFailed { .. }
+            | Error::UnsafeFile { .. }
             | Error::NotSupported { .. }
             | Error::BadAttachOutput { .. }
             | Error::NoUserspaceUri { .. }
             | Error::NoBlockDevice { .. }
             | Error::Io { .. } => ErrorKind::Failed,
+        }
+    }
+
+    /// The signal that interrupted the operation, for
+    /// [`ErrorKind::Interrupted`].
+    pub fn interrupted_by(&self) -> Option<nix::sys::signal::Signal> {
+        match self {
+            Error::Interrupted { signal, .. } => nix::sys::signal::Signal::try_from(*signal).ok(),
+            Error::AttachFailedFirst { source, .. } => source.interrupted_by(),
+            _ => None,
         }
     }
 

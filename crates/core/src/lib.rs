@@ -22,15 +22,20 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod interrupt;
+mod keeper;
 pub mod lock;
 pub mod names;
 pub mod provider;
+pub mod redact;
 pub mod runner;
 pub mod size;
+mod sys;
 pub mod volume;
 
 pub use error::{Error, ErrorKind, Result};
 pub use provider::{Diagnosis, Parameter, Provider, SearchPath};
+pub use redact::{looks_secret_name, redact};
 pub use runner::RunnerConfig;
 pub use size::parse_size_mib;
 pub use volume::{

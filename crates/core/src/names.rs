@@ -8,6 +8,24 @@ use crate::error::{Error, Result};
 /// Longest accepted name, in bytes.
 pub const MAX_NAME_LEN: usize = 200;
 
+/// The character that joins a provider and a volume name in file names
+/// (locks, run-directory files and sockets, secret directories, systemd
+/// instance names): a provider name cannot contain it.
+pub const VOLUME_KEY_SEPARATOR: char = '.';
+
+/// The one name of a volume in file names: `<provider>.<volume>`.
+///
+/// Unambiguous because a provider name (`[A-Za-z0-9_-]`) cannot contain
+/// [`VOLUME_KEY_SEPARATOR`], so the first `.` of a key always ends the
+/// provider name (a volume name may contain more): provider `a-b` with
+/// volume `c` is `a-b.c`, provider `a` with volume `b-c` is `a.b-c`. It is
+/// exactly as long as the old `-` join, so unix socket paths built from it
+/// stay short, and it is a valid systemd instance name as it is. Names must
+/// already be validated.
+pub fn volume_key(provider: &str, volume: &str) -> String {
+    format!("{provider}{VOLUME_KEY_SEPARATOR}{volume}")
+}
+
 /// Checks a provider name: `^[A-Za-z0-9_-]+$` (Ganeti's rule), at most
 /// [`MAX_NAME_LEN`] bytes.
 pub fn validate_provider_name(name: &str) -> Result<()> {
@@ -91,6 +109,22 @@ mod tests {
         ] {
             assert!(validate_provider_name(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn volume_keys_are_unambiguous() {
+        assert_eq!(volume_key("a-b", "c"), "a-b.c");
+        assert_eq!(volume_key("a", "b-c"), "a.b-c");
+        assert_ne!(volume_key("a-b", "c"), volume_key("a", "b-c"));
+        // The separator is refused in provider names, so the first one in a
+        // key always ends the provider name, whatever the volume holds.
+        let sep = VOLUME_KEY_SEPARATOR.to_string();
+        assert!(validate_provider_name(&format!("a{sep}b")).is_err());
+        let key = volume_key("p_1-x", "v.1+2-3.ext.disk0");
+        assert_eq!(
+            key.split_once(VOLUME_KEY_SEPARATOR),
+            Some(("p_1-x", "v.1+2-3.ext.disk0"))
+        );
     }
 
     #[test]

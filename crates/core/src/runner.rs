@@ -1,10 +1,12 @@
-//! Running one provider script: clean environment, timeout with process
-//! group kill, bounded capture, per-action log files.
+//! Running one provider script: clean environment, no inherited fds,
+//! timeout with process group kill, signal forwarding, a lock keeper,
+//! bounded capture, per-action log files, secrets redacted.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -16,7 +18,11 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
+use crate::interrupt;
+use crate::keeper::{Keeper, pgid_message};
 use crate::provider::Provider;
+use crate::redact::{MASK, looks_secret_name, redact};
+use crate::sys::{cloexec_from, group_alive, open_no_follow};
 
 /// The `PATH` scripts run with.
 pub const SCRIPT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -26,6 +32,9 @@ pub const DEFAULT_LOG_DIR: &str = "/var/log/ganeti/extstorage";
 pub const TAIL_LINES: usize = 20;
 /// Longest line kept in the tail; longer lines are cut.
 const TAIL_LINE_MAX: usize = 1024;
+/// Longest line redacted as a whole in a log file; a longer one is written
+/// (and redacted) in pieces of this size.
+const LOG_LINE_MAX: usize = 64 * 1024;
 
 /// How scripts are run.
 #[derive(Debug, Clone)]
@@ -136,6 +145,7 @@ impl Tail {
         self.lines.push_back(text.trim_end_matches('\r').to_owned());
     }
 
+    /// The last lines, secrets redacted.
     fn finish(mut self) -> Vec<String> {
         for stream in 0..2 {
             let line = std::mem::take(&mut self.partial[stream]);
@@ -143,20 +153,80 @@ impl Tail {
                 self.push(&line);
             }
         }
-        self.lines.into()
+        self.lines
+            .into_iter()
+            .map(|l| redact(&l).into_owned())
+            .collect()
     }
 }
 
-/// A log file that stops growing at a limit.
+/// A log file that stops growing at a limit; lines are redacted whole.
 struct BoundedLog {
-    file: File,
+    file: BufWriter<File>,
     written: u64,
     limit: u64,
     truncated: bool,
+    /// The current line, not yet written.
+    line: Vec<u8>,
 }
 
 impl BoundedLog {
+    fn new(file: File, limit: u64) -> BoundedLog {
+        BoundedLog {
+            file: BufWriter::with_capacity(64 * 1024, file),
+            written: 0,
+            limit,
+            truncated: false,
+            line: Vec::new(),
+        }
+    }
+
+    /// Takes script output; complete lines are redacted and written.
     fn write(&mut self, data: &[u8]) {
+        let mut rest = data;
+        while !rest.is_empty() && !self.truncated {
+            match rest.iter().position(|&b| b == b'\n') {
+                Some(n) => {
+                    self.line.extend_from_slice(&rest[..=n]);
+                    rest = &rest[n + 1..];
+                    self.flush_line();
+                }
+                None => {
+                    let take = rest.len().min(LOG_LINE_MAX - self.line.len());
+                    self.line.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if self.line.len() >= LOG_LINE_MAX {
+                        self.flush_line();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the pending (partial) line.
+    fn flush_line(&mut self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let line = std::mem::take(&mut self.line);
+        let text = String::from_utf8_lossy(&line);
+        match redact(&text) {
+            Cow::Borrowed(_) if matches!(text, Cow::Borrowed(_)) => self.write_raw(&line),
+            clean => self.write_raw(clean.as_bytes()),
+        }
+        self.line = line;
+        self.line.clear();
+    }
+
+    /// Writes the pending line and everything buffered.
+    fn finish(&mut self) {
+        self.flush_line();
+        if self.file.flush().is_err() {
+            self.truncated = true;
+        }
+    }
+
+    fn write_raw(&mut self, data: &[u8]) {
         if self.truncated {
             return;
         }
@@ -218,8 +288,27 @@ fn describe_status(status: ExitStatus) -> String {
 }
 
 /// Runs one script and waits for it, within the configured time limit.
+///
+/// The script runs in a process group of its own, with no fd of ours but
+/// stdin (`/dev/null`) and the two output pipes. While the calling thread
+/// holds a volume lock, a lock keeper (`crate::keeper`) keeps the lock
+/// until the script's group is gone should this process die. A signal
+/// recorded by [`crate::interrupt`] before the start means the script does
+/// not run; one during the run is forwarded to the group, which is waited
+/// for (within the time limit); both end in [`Error::Interrupted`].
 pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutput> {
     let provider = run.provider.name.as_str();
+    let seen = interrupt::count();
+    if let Some(signal) = interrupt::pending() {
+        return Err(Error::Interrupted {
+            signal: signal as i32,
+            what: format!(
+                "before the {} script of volume {:?} (provider {provider:?}) started; it did not \
+                 run (any earlier script of this operation had finished)",
+                run.action, run.volume
+            ),
+        });
+    }
     fs::create_dir_all(&cfg.log_dir).map_err(|e| {
         Error::io(
             format!(
@@ -230,17 +319,12 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
         )
     })?;
     let log_path = log_path(&cfg.log_dir, run.action, provider, run.volume);
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| Error::io(format!("cannot open log file {}", log_path.display()), e))?;
-    let mut log = BoundedLog {
-        file,
-        written: 0,
-        limit: cfg.max_log_bytes,
-        truncated: false,
-    };
+    let file = open_no_follow(
+        &log_path,
+        OpenOptions::new().create(true).append(true),
+        "log file",
+    )?;
+    let mut log = BoundedLog::new(file, cfg.max_log_bytes);
 
     let script = run.provider.script(run.action);
     let mut cmd = Command::new(&script);
@@ -256,13 +340,53 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
         // A new process group, so a timeout can kill the script and
         // everything it started.
         .process_group(0);
+    let keeper = crate::lock::with_held_lock(|lock| {
+        lock.map(|fd| Keeper::start(fd, cfg.kill_grace)).transpose()
+    })?;
+    let report = keeper.as_ref().and_then(Keeper::report_fd);
+    // SAFETY: the closure runs in the child between fork and exec and makes
+    // only async-signal-safe system calls (setpgid, getpgrp, write,
+    // close_range or fcntl); it allocates nothing and cannot panic.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = report {
+                // Our own group, made sure of before it is reported: the
+                // keeper kills the reported group if we are orphaned.
+                libc::setpgid(0, 0);
+                let msg = pgid_message(libc::getpgrp());
+                libc::write(fd, msg.as_ptr().cast(), msg.len());
+            }
+            // Nothing of ours but 0-2 reaches the script (and the daemons
+            // it starts); marked close-on-exec rather than closed so std's
+            // exec-error pipe keeps working.
+            cloexec_from(3);
+            Ok(())
+        });
+    }
+    let shown_env: Vec<(&str, Cow<'_, str>)> = run
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let v = if looks_secret_name(k) {
+                Cow::Borrowed(MASK)
+            } else {
+                redact(v)
+            };
+            (k.as_str(), v)
+        })
+        .collect();
+    let shown_args: Vec<String> = run
+        .args
+        .iter()
+        .map(|a| redact(&a.to_string_lossy()).into_owned())
+        .collect();
     tracing::debug!(
         action = run.action,
         provider,
         volume = run.volume,
         script = %script.display(),
-        args = ?run.args,
-        env = ?run.env,
+        args = ?shown_args,
+        env = ?shown_env,
         log = %log_path.display(),
         "running ExtStorage script"
     );
@@ -272,6 +396,7 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
             e,
         )
     })?;
+    let pgid = child.id();
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(Error::io(
             "script pipes missing",
@@ -282,19 +407,42 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
     let mut tail = Tail::default();
     let mut result = Vec::new();
     let mut result_truncated = false;
-    let outcome = pump(cfg, &mut child, stdout, stderr, |stream, data| {
-        tail.feed(stream, data);
-        if stream == 0 && run.stdout_is_result {
-            let room = cfg.max_result_bytes.saturating_sub(result.len());
-            if data.len() > room {
-                result_truncated = true;
+    let outcome = pump(
+        cfg,
+        run,
+        seen,
+        &mut child,
+        stdout,
+        stderr,
+        |stream, data| {
+            tail.feed(stream, data);
+            if stream == 0 && run.stdout_is_result {
+                let room = cfg.max_result_bytes.saturating_sub(result.len());
+                if data.len() > room {
+                    result_truncated = true;
+                }
+                result.extend_from_slice(&data[..room.min(data.len())]);
+            } else {
+                log.write(data);
             }
-            result.extend_from_slice(&data[..room.min(data.len())]);
-        } else {
-            log.write(data);
-        }
-    });
+        },
+    );
+    if matches!(outcome, Err(PumpError::Io(_))) {
+        // We cannot supervise the script any more: stop it rather than
+        // leave it running without its lock.
+        kill_group(
+            cfg,
+            &mut child,
+            Pid::from_raw(i32::try_from(pgid).unwrap_or(i32::MAX)),
+        );
+    }
+    // The group is dealt with (exited, killed, or left to its daemons): the
+    // keeper can go.
+    if let Some(k) = keeper {
+        k.release();
+    }
     let tail = tail.finish();
+    log.finish();
     if log.truncated {
         let mut end = String::from("[extstorage: last lines of output]\n");
         for line in &tail {
@@ -302,10 +450,45 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
             end.push('\n');
         }
         let _ = log.file.write_all(end.as_bytes());
+        let _ = log.file.flush();
     }
+    let interrupted = |signal: Signal, outcome: String| Error::Interrupted {
+        signal: signal as i32,
+        what: format!(
+            "while the {} script of volume {:?} (provider {provider:?}) was running: {} was \
+             forwarded to its process group {pgid}, which {outcome}. Last lines of output:\n{}",
+            run.action,
+            run.volume,
+            signal.as_str(),
+            tail.join("\n")
+        ),
+    };
     let status = match outcome {
-        Ok(status) => status,
-        Err(Pumped::TimedOut) => {
+        Ok(Pumped {
+            status,
+            forwarded: Some(signal),
+        }) => {
+            return Err(interrupted(
+                signal,
+                format!("has exited (the script: {})", describe_status(status)),
+            ));
+        }
+        Err(PumpError::TimedOut {
+            forwarded: Some(signal),
+        }) => {
+            return Err(interrupted(
+                signal,
+                format!(
+                    "did not exit within the {:?} time limit and was killed",
+                    cfg.timeout
+                ),
+            ));
+        }
+        Ok(Pumped {
+            status,
+            forwarded: None,
+        }) => status,
+        Err(PumpError::TimedOut { forwarded: None }) => {
             tracing::debug!(action = run.action, provider, volume = run.volume, timeout = ?cfg.timeout, "script timed out, process group killed");
             return Err(Error::Timeout {
                 action: run.action.to_owned(),
@@ -315,7 +498,7 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
                 tail: tail.join("\n"),
             });
         }
-        Err(Pumped::Io(e)) => {
+        Err(PumpError::Io(e)) => {
             return Err(Error::io(format!("waiting for {} script", run.action), e));
         }
     };
@@ -344,21 +527,36 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
     })
 }
 
-enum Pumped {
-    TimedOut,
+/// How a run that was waited for to the end ended.
+struct Pumped {
+    status: ExitStatus,
+    /// The signal forwarded to the group while the script ran; the group has
+    /// exited since.
+    forwarded: Option<Signal>,
+}
+
+enum PumpError {
+    /// The time limit passed; the group was killed.
+    TimedOut {
+        forwarded: Option<Signal>,
+    },
     Io(std::io::Error),
 }
 
 /// Reads both pipes concurrently until the child exits and the pipes close,
 /// enforcing the time limit. `sink(stream, data)` gets every chunk (stream 0
-/// is stdout, 1 is stderr).
+/// is stdout, 1 is stderr). A signal recorded by [`interrupt`] after
+/// `seen` signals, while the script runs, is forwarded to its group, and then
+/// the whole group (not only the script) is waited for.
 fn pump(
     cfg: &RunnerConfig,
+    run: &ScriptRun<'_>,
+    mut seen: u32,
     child: &mut Child,
     mut stdout: ChildStdout,
     mut stderr: ChildStderr,
     mut sink: impl FnMut(usize, &[u8]),
-) -> std::result::Result<ExitStatus, Pumped> {
+) -> std::result::Result<Pumped, PumpError> {
     let start = Instant::now();
     // A limit too large to represent means no limit.
     let deadline = start.checked_add(cfg.timeout);
@@ -368,26 +566,58 @@ fn pump(
     let mut buf = vec![0u8; 64 * 1024];
     let mut idle = Duration::from_micros(200);
     let pgid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let mut forwarded: Option<Signal> = None;
     loop {
+        // Forwarded while the script runs, and again (a second Ctrl-C) while
+        // its group is waited for; not once the script has finished on its
+        // own: then the run is complete and the next script will not start.
+        if (status.is_none() || forwarded.is_some()) && interrupt::count() != seen {
+            seen = interrupt::count();
+            if let Some(signal) = interrupt::pending() {
+                let _ = killpg(pgid, signal);
+                forwarded = Some(signal);
+                tracing::warn!(
+                    signal = signal.as_str(),
+                    action = run.action,
+                    volume = run.volume,
+                    pgid = pgid.as_raw(),
+                    "interrupted: signal forwarded to the script's process group; waiting for the group to exit"
+                );
+            }
+        }
         if status.is_none() {
-            status = child.try_wait().map_err(Pumped::Io)?;
+            status = child.try_wait().map_err(PumpError::Io)?;
         }
         let now = Instant::now();
-        if let Some(st) = status {
-            if !open[0] && !open[1] {
-                return Ok(st);
-            }
-            let until = *drain_until.get_or_insert(now.checked_add(cfg.drain_grace).unwrap_or(now));
-            if now >= until {
-                tracing::warn!(
-                    pid = pgid.as_raw(),
-                    "script exited but a background process keeps its output open; not waiting for it"
-                );
-                return Ok(st);
-            }
-        } else if deadline.is_some_and(|d| now >= d) {
+        // Interrupted: the whole group is waited for, within the time limit.
+        let group_left = status.is_some() && forwarded.is_some() && group_alive(pgid.as_raw());
+        if deadline.is_some_and(|d| now >= d) && (status.is_none() || group_left) {
             kill_group(cfg, child, pgid);
-            return Err(Pumped::TimedOut);
+            return Err(PumpError::TimedOut { forwarded });
+        }
+        match status {
+            None => {}
+            Some(_) if group_left => {}
+            Some(st) => {
+                if !open[0] && !open[1] {
+                    return Ok(Pumped {
+                        status: st,
+                        forwarded,
+                    });
+                }
+                let until =
+                    *drain_until.get_or_insert(now.checked_add(cfg.drain_grace).unwrap_or(now));
+                if now >= until {
+                    tracing::warn!(
+                        pid = pgid.as_raw(),
+                        "script exited but a background process keeps its output open; not waiting for it"
+                    );
+                    return Ok(Pumped {
+                        status: st,
+                        forwarded,
+                    });
+                }
+            }
         }
         if !open[0] && !open[1] {
             // The pipes closed, so the script is exiting (or a child of it
@@ -416,7 +646,7 @@ fn pump(
                     .map(|(_, w)| w)
                     .collect(),
                 Err(nix::errno::Errno::EINTR) => Vec::new(),
-                Err(e) => return Err(Pumped::Io(e.into())),
+                Err(e) => return Err(PumpError::Io(e.into())),
             }
         };
         for stream in ready {
@@ -429,25 +659,38 @@ fn pump(
                 Ok(0) => open[stream] = false,
                 Ok(n) => sink(stream, &buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Pumped::Io(e)),
+                Err(e) => return Err(PumpError::Io(e)),
             }
         }
     }
 }
 
-/// SIGTERM the group, wait a grace period for the script, then SIGKILL the
-/// whole group (children that ignored SIGTERM included) and reap the script.
+/// SIGTERM the group, wait a grace period for the whole group, then
+/// SIGKILL it (children that ignored SIGTERM included), reap the script and
+/// wait (at most another grace period) until no member is alive.
 fn kill_group(cfg: &RunnerConfig, child: &mut Child, pgid: Pid) {
     let _ = killpg(pgid, Signal::SIGTERM);
     let start = Instant::now();
     while start.elapsed() < cfg.kill_grace {
-        if matches!(child.try_wait(), Ok(Some(_))) {
+        let _ = child.try_wait();
+        if !group_alive(pgid.as_raw()) {
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = killpg(pgid, Signal::SIGKILL);
     let _ = child.wait();
+    let start = Instant::now();
+    while group_alive(pgid.as_raw()) {
+        if start.elapsed() >= cfg.kill_grace {
+            tracing::warn!(
+                pgid = pgid.as_raw(),
+                "a member of the script's process group is still alive after SIGKILL (uninterruptible sleep?)"
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[cfg(test)]
@@ -561,6 +804,37 @@ mod tests {
         let pid = fs::read_to_string(&pid_file).unwrap();
         let _ = nix::sys::signal::kill(Pid::from_raw(pid.trim().parse().unwrap()), Signal::SIGKILL);
         assert_eq!(out.unwrap().stdout, b"/dev/null\n");
+    }
+
+    #[test]
+    fn log_lines_are_redacted_whole_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut log = BoundedLog::new(File::create(&path).unwrap(), 1 << 20);
+        // A secret split across two reads is still one line.
+        log.write(b"plain line\nrbd map --key AQBse");
+        log.write(b"cret== pool/img\nkvm:iscsi://u%pw");
+        log.write(b"@h/t/0");
+        log.finish();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "plain line\nrbd map --key *** pool/img\nkvm:iscsi://u%***@h/t/0"
+        );
+        // Non-UTF-8 bytes do not stop the redaction.
+        let mut log = BoundedLog::new(File::create(&path).unwrap(), 1 << 20);
+        log.write(b"\xff password=hunter2\n");
+        log.finish();
+        let text = String::from_utf8_lossy(&fs::read(&path).unwrap()).into_owned();
+        assert!(!text.contains("hunter2"), "{text}");
+        // The limit still holds.
+        let mut log = BoundedLog::new(File::create(&path).unwrap(), 100);
+        for _ in 0..100 {
+            log.write(b"0123456789\n");
+        }
+        log.finish();
+        assert!(log.truncated);
+        assert!(fs::metadata(&path).unwrap().len() < 200);
     }
 
     #[test]

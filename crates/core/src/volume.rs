@@ -455,7 +455,7 @@ impl Volume<'_> {
         let bad = |reason: String| Error::BadAttachOutput {
             provider: self.provider.name.clone(),
             volume: self.spec.name.clone(),
-            reason,
+            reason: crate::redact::redact(&reason).into_owned(),
         };
         if out.stdout_truncated {
             return Err(bad("stdout is larger than the result limit".into()));
@@ -478,7 +478,8 @@ impl Volume<'_> {
             info.minor = Some(nix::sys::stat::minor(rdev) as u32);
             info.dev_path = Some(dev);
         }
-        tracing::debug!(volume = %self.spec.name, provider = %self.provider.name, dev = ?info.dev_path, uris = ?info.uris, "attached");
+        let uris: Vec<_> = info.uris.iter().map(|u| crate::redact::redact(u)).collect();
+        tracing::debug!(volume = %self.spec.name, provider = %self.provider.name, dev = ?info.dev_path, uris = ?uris, "attached");
         self.attached = Some(info.clone());
         Ok(info)
     }
@@ -595,6 +596,10 @@ impl Volume<'_> {
     /// whose backing file was deleted); without it the error says so.
     fn shutdown_locked(&mut self, operation: &'static str, force: bool) -> Result<()> {
         if let Err(err) = self.ensure_attached() {
+            if matches!(err, Error::Interrupted { .. }) {
+                // Not a half-gone volume: stop, and say why.
+                return Err(err);
+            }
             if !force {
                 return Err(Error::AttachFailedFirst {
                     operation,

@@ -22,9 +22,10 @@ use extstorage_vhost_user_blk::control::Identity;
 use extstorage_vhost_user_blk::{Config, ServeSpec, Serving, ShutdownHandle};
 
 /// The name of a volume's files in the run directory: provider and volume
-/// joined unambiguously (provider names have no `.`).
+/// joined unambiguously, the core's one join
+/// ([`extstorage_core::names::volume_key`]).
 pub fn volume_key(provider: &str, volume: &str) -> String {
-    format!("{provider}.{volume}")
+    extstorage_core::names::volume_key(provider, volume)
 }
 
 /// What can go wrong while serving a volume.
