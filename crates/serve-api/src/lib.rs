@@ -28,3 +28,31 @@ pub use error::Error;
 pub use listen::{ListenArgs, ListenOptions, SocketAccess};
 pub use options::{DeviceArgs, DeviceOptions, Engine, WriteCache};
 pub use paths::RunDir;
+
+/// Parsing as the programs do: both option groups flattened into one
+/// command, so a clash between them fails here too.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::ffi::OsString;
+
+    use clap::Parser;
+
+    use crate::{DeviceArgs, DeviceOptions, ListenArgs, ListenOptions};
+
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[command(flatten)]
+        listen: ListenArgs,
+    }
+
+    /// Parses and resolves `args`; errors as text.
+    pub(crate) fn parse(args: &[OsString]) -> Result<(DeviceOptions, ListenOptions), String> {
+        let argv = std::iter::once(OsString::from("prog")).chain(args.iter().cloned());
+        let cmd = Cmd::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let device = cmd.device.resolve().map_err(|e| e.to_string())?;
+        let listen = cmd.listen.resolve().map_err(|e| e.to_string())?;
+        Ok((device, listen))
+    }
+}

@@ -163,21 +163,9 @@ impl ListenOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    struct Cmd {
-        #[command(flatten)]
-        listen: ListenArgs,
-    }
 
     fn parse(args: &[OsString]) -> Result<ListenOptions, String> {
-        let argv = std::iter::once(OsString::from("prog")).chain(args.iter().cloned());
-        Cmd::try_parse_from(argv)
-            .map_err(|e| e.to_string())?
-            .listen
-            .resolve()
-            .map_err(|e| e.to_string())
+        crate::testutil::parse(args).map(|(_, listen)| listen)
     }
 
     #[test]

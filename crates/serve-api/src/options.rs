@@ -317,22 +317,10 @@ impl DeviceOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
     use proptest::prelude::*;
 
-    #[derive(Debug, Parser)]
-    struct Cmd {
-        #[command(flatten)]
-        device: DeviceArgs,
-    }
-
     fn parse(args: &[OsString]) -> Result<DeviceOptions, String> {
-        let argv = std::iter::once(OsString::from("prog")).chain(args.iter().cloned());
-        Cmd::try_parse_from(argv)
-            .map_err(|e| e.to_string())?
-            .device
-            .resolve()
-            .map_err(|e| e.to_string())
+        crate::testutil::parse(args).map(|(device, _)| device)
     }
 
     #[test]

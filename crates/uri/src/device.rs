@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Result, UriError};
-use crate::render::{BlockdevArgs, check_id, escape_opt_value};
+use crate::render::{BlockdevArgs, check_id, check_queues, escape_opt_value};
 
 /// A `-device virtio-blk-pci` on top of a drive id or block node name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,22 +53,7 @@ impl VirtioBlkDevice {
     fn validate(&self) -> Result<()> {
         check_id("drive", &self.drive, 31)?;
         check_id("device id", &self.id, 64)?;
-        if self.num_queues == Some(0) {
-            return Err(UriError::InvalidValue {
-                field: "num-queues",
-                value: "0".into(),
-                reason: "at least one queue".into(),
-            });
-        }
-        if let Some(q) = self.queue_size
-            && (!q.is_power_of_two() || !(2..=1024).contains(&q))
-        {
-            return Err(UriError::InvalidValue {
-                field: "queue-size",
-                value: q.to_string(),
-                reason: "a power of two from 2 to 1024".into(),
-            });
-        }
+        check_queues(self.num_queues, self.queue_size)?;
         if let Some(s) = &self.serial
             && (s.is_empty() || s.len() > 20 || s.chars().any(|c| c.is_control()))
         {

@@ -20,7 +20,7 @@ use crate::device::VirtioBlkDevice;
 use crate::error::{Result, UriError};
 use crate::model::{Source, check_abs, path_str};
 use crate::options::{CacheMode, DiskOptions};
-use crate::render::{SecretObject, render_blockdev};
+use crate::render::{SecretObject, check_queues, render_blockdev};
 use crate::vhost::{QemuVersion, SharedMemory, VhostUserBlkDisk};
 
 /// Longest unix socket path (`sun_path` holds 108 bytes with the NUL).
@@ -229,22 +229,7 @@ impl KvmDisk {
     /// [`render`](Self::render) checks again, with the source.
     pub fn validate(&self) -> Result<()> {
         crate::render::check_id("disk id", &self.id, 26)?;
-        if self.num_queues == Some(0) {
-            return Err(UriError::InvalidValue {
-                field: "num-queues",
-                value: "0".into(),
-                reason: "at least one queue".into(),
-            });
-        }
-        if let Some(q) = self.queue_size
-            && (!q.is_power_of_two() || !(2..=1024).contains(&q))
-        {
-            return Err(UriError::InvalidValue {
-                field: "queue-size",
-                value: q.to_string(),
-                reason: "a power of two from 2 to 1024".into(),
-            });
-        }
+        check_queues(self.num_queues, self.queue_size)?;
         if self.memory_mib == Some(0) {
             return Err(UriError::InvalidValue {
                 field: "memory size",

@@ -279,6 +279,28 @@ impl SecretObject {
 
 /// Checks a QEMU id or node name: a letter, then letters, digits, `-`, `.`
 /// and `_`, at most `max` characters.
+/// Checks a virtio device's queue count (at least one) and queue size (a
+/// power of two from 2 to 1024, QEMU's limits), when given.
+pub(crate) fn check_queues(num_queues: Option<u16>, queue_size: Option<u16>) -> Result<()> {
+    if num_queues == Some(0) {
+        return Err(UriError::InvalidValue {
+            field: "num-queues",
+            value: "0".into(),
+            reason: "at least one queue".into(),
+        });
+    }
+    if let Some(q) = queue_size
+        && (!q.is_power_of_two() || !(2..=1024).contains(&q))
+    {
+        return Err(UriError::InvalidValue {
+            field: "queue-size",
+            value: q.to_string(),
+            reason: "a power of two from 2 to 1024".into(),
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn check_id(field: &'static str, id: &str, max: usize) -> Result<()> {
     let mut chars = id.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{Result, UriError};
 use crate::model::{check_abs, path_str};
-use crate::render::{check_id, escape_opt_value};
+use crate::render::{check_id, check_queues, escape_opt_value};
 
 /// A QEMU version, `major.minor.micro`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -158,22 +158,7 @@ impl VhostUserBlkDisk {
         check_id("device id", &self.id, 27)?;
         let socket = path_str(&self.socket)?;
         check_abs(&socket)?;
-        if self.num_queues == Some(0) {
-            return Err(UriError::InvalidValue {
-                field: "num-queues",
-                value: "0".into(),
-                reason: "at least one queue".into(),
-            });
-        }
-        if let Some(q) = self.queue_size
-            && (!q.is_power_of_two() || !(2..=1024).contains(&q))
-        {
-            return Err(UriError::InvalidValue {
-                field: "queue-size",
-                value: q.to_string(),
-                reason: "a power of two from 2 to 1024".into(),
-            });
-        }
+        check_queues(self.num_queues, self.queue_size)?;
         Ok(socket)
     }
 
