@@ -127,15 +127,17 @@ impl QueueWorker {
     /// Handles a kick. The EVENT_IDX drain loop: with notifications off,
     /// process everything available; optionally spin for more (poll mode);
     /// turn notifications back on; go again if more arrived meanwhile.
-    /// The guest memory is loaded and the vring locked once for all of it,
-    /// and the guest is signalled at most once per batch.
+    /// The vring is locked once for all of it, the guest memory loaded once
+    /// per batch (after the batch's avail index is read: see
+    /// [`batch_memory`]), and the guest is signalled at most once per batch.
     fn process_queue(&mut self, dev: &Device, gm: &Gm, vring: &Vring, event_idx: bool) {
-        let mem: Arc<Mem> = gm.memory().into_inner();
+        let mut mem: Arc<Mem> = gm.memory().into_inner();
         let mut st = vring.get_mut();
         loop {
             if event_idx && let Err(e) = st.get_queue_mut().disable_notification(&*mem) {
                 tracing::warn!(queue = self.index, error = %e, "cannot disable notifications");
             }
+            mem = batch_memory(gm, &st, &mem);
             self.process_available(dev, &mut st, &mem);
             if !self.poll.is_zero() {
                 // Let the guest see this batch before spinning for the next.
@@ -551,6 +553,20 @@ impl QueueWorker {
 
 /// Host buffers for `segs`, split where a segment crosses memory regions.
 /// False if any part is outside guest memory.
+/// The guest memory to parse the next batch with. A frontend adds memory
+/// (ADD_MEM_REG, acknowledged) before it puts requests using it on the
+/// ring, so memory loaded after reading the avail index (an acquire) maps
+/// every request that index reveals. Memory loaded before it (at the
+/// start of the event, or for an earlier batch) may predate a region the
+/// new requests use: parsing them against it would fail them as "outside
+/// guest memory".
+fn batch_memory(gm: &Gm, st: &VState, current: &Arc<Mem>) -> Arc<Mem> {
+    // The rings themselves are in `current`: they do not move while the
+    // vring runs.
+    let _ = st.get_queue().avail_idx(&**current, Ordering::Acquire);
+    gm.memory().into_inner()
+}
+
 fn map_segments(mem: &Mem, segs: &[Segment], out: &mut Vec<IoBuf>) -> bool {
     for seg in segs {
         let Ok(len) = usize::try_from(seg.len) else {
