@@ -133,6 +133,7 @@ enum Command {
     /// Serve the volume to QEMU over vhost-user-blk until SIGTERM/SIGINT:
     /// attach, open, serve; on stop drain, close and detach.
     #[cfg(feature = "serve")]
+    #[command(after_help = serve::AFTER_HELP)]
     Serve(serve::ServeArgs),
     /// Show a served volume's per-queue counters (requests, bytes, errors,
     /// in flight, latency).

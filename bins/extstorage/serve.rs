@@ -11,6 +11,20 @@ use crate::exit;
 use crate::output::Output;
 use crate::volume::VolumeId;
 
+/// Examples and exit codes under `serve --help`.
+pub const AFTER_HELP: &str = "\
+Examples:
+  extstorage serve --provider loopfile --volume vm1.disk0 -p dir=/srv/vols --vcpus 4
+  extstorage kvm-args --access vhost-user --provider loopfile --volume vm1.disk0 \\
+      -p dir=/srv/vols --memory-mib 2048        # QEMU arguments matching the server
+  extstorage grow --provider loopfile --volume vm1.disk0 -p dir=/srv/vols --amount 10G
+  extstorage status --provider loopfile --volume vm1.disk0
+  systemctl start extstorage-serve@loopfile.vm1.disk0   # as a unit (docs/operations.md)
+
+Ready when the first line is printed (and READY=1 under systemd). A volume is
+served at most once per node: a second serve exits 4. If the server dies the
+volume stays attached, and the next serve picks it up.";
+
 /// Arguments of `serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
