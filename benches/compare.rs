@@ -907,6 +907,7 @@ fn plot(
             .disable_x_axis()
             .y_desc("k IOPS")
             .y_labels(6)
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()
             .map_err(|e| err(&e))?;
         for (i, v) in values.iter().enumerate() {

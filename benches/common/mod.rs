@@ -437,8 +437,12 @@ impl Daemon {
         let _ = std::fs::remove_file(socket);
         let stderr = socket.with_extension("log");
         let log = std::fs::File::create(&stderr)?;
+        use std::os::unix::process::CommandExt;
+        // A process group of its own: stopping the group also stops what a
+        // wrapper (strace, perf, taskset) started in `$EXTSTORAGE_VHOST_USER_BLK`.
         let child = Command::new(&argv[0])
             .args(&argv[1..])
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -517,14 +521,16 @@ impl Daemon {
     }
 }
 
+/// Sends `sig` to the process group led by `pid` (every daemon leads one).
+pub fn signal_group(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
+        signal_group(self.child.id(), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -532,10 +538,9 @@ impl Drop for Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        // Whatever is left of the group (the leader, or a wrapper's child).
+        signal_group(self.child.id(), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
         cleanup::remove_pid(self.child.id());
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_file(&self.stderr);
@@ -952,7 +957,7 @@ pub mod cleanup {
         with(|r| r.dirs.push(dir));
     }
 
-    /// Stops every registered process (SIGTERM, then SIGKILL after 3 s),
+    /// Stops every registered process group (SIGTERM, then SIGKILL after 3 s),
     /// detaches every loop device and removes every directory.
     pub fn run_all() {
         let (pids, loops, dirs) = with(|r| {
@@ -964,7 +969,7 @@ pub mod cleanup {
         });
         let pid = |p: u32| nix::unistd::Pid::from_raw(i32::try_from(p).unwrap_or(i32::MAX));
         for &p in &pids {
-            let _ = nix::sys::signal::kill(pid(p), nix::sys::signal::Signal::SIGTERM);
+            super::signal_group(p, nix::sys::signal::Signal::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         for &p in &pids {
@@ -976,13 +981,14 @@ pub mod cleanup {
                         std::thread::sleep(Duration::from_millis(10));
                     }
                     Ok(WaitStatus::StillAlive) => {
-                        let _ = nix::sys::signal::kill(pid(p), nix::sys::signal::Signal::SIGKILL);
+                        super::signal_group(p, nix::sys::signal::Signal::SIGKILL);
                         let _ = waitpid(pid(p), None);
                         break;
                     }
                     _ => break,
                 }
             }
+            super::signal_group(p, nix::sys::signal::Signal::SIGKILL);
         }
         for dev in &loops {
             super::detach_loop(dev);
