@@ -174,6 +174,7 @@ fn parse_args(argv: &[String]) -> Result<Args> {
         Ok(Duration::from_secs_f64(s))
     };
     let mut variants = Vec::new();
+    let mut primary_given = Vec::new();
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -243,8 +244,14 @@ fn parse_args(argv: &[String]) -> Result<Args> {
                     })
                     .collect::<Result<_>>()?;
             }
-            "--primary" => a.primary = it.next().context(USAGE)?.clone(),
-            "--primary-poll" => a.primary_poll = it.next().context(USAGE)?.clone(),
+            "--primary" => {
+                a.primary = it.next().context(USAGE)?.clone();
+                primary_given.push(a.primary.clone());
+            }
+            "--primary-poll" => {
+                a.primary_poll = it.next().context(USAGE)?.clone();
+                primary_given.push(a.primary_poll.clone());
+            }
             "--perf" => a.perf = true,
             "--no-rss" => a.rss = false,
             "--out" => a.out = PathBuf::from(it.next().context(USAGE)?),
@@ -261,7 +268,67 @@ fn parse_args(argv: &[String]) -> Result<Args> {
             );
         }
     }
+    for p in primary_given {
+        if !a.backends.iter().any(|b| b.name == p && b.is_ours()) {
+            bail!(
+                "--primary/--primary-poll {p:?} is not one of our daemons in this run: \
+name one from --backends or --variant"
+            );
+        }
+    }
     Ok(a)
+}
+
+/// Checks that bad command lines are refused with a message naming the
+/// problem (run by the smoke test: a bench binary has no unit tests).
+fn smoke_bad_args() -> Result<()> {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--backends", "qsd,nope"], "unknown backend \"nope\""),
+        (&["--backing", "nvme"], "unknown --backing \"nvme\""),
+        (&["--variant", "no-equals-sign"], "is not NAME=ARGS"),
+        (&["--variant", "bad name=--x"], "must be letters"),
+        (&["--variant", "x@/nonexistent/bin="], "does not exist"),
+        (&["--variant", "ours=--poll-us 9"], "named twice"),
+        (&["--primary", "qsd"], "is not one of our daemons"),
+        (&["--repeat", "0"], "at least 1"),
+        (&["--secs", "-1"], "not a number of seconds"),
+        (&["--size-mib", "1"], "at least 4"),
+        (&["--workloads", "randread"], "unknown workload"),
+        (&["--frobnicate"], "unknown argument"),
+    ];
+    for (args, want) in cases {
+        let mut argv = vec!["--bench".to_owned()];
+        argv.extend(args.iter().map(|s| (*s).to_owned()));
+        match parse_args(&argv) {
+            Ok(_) => bail!("smoke run: {args:?} was accepted"),
+            Err(e) if format!("{e:#}").contains(want) => {}
+            Err(e) => bail!("smoke run: {args:?} said {e:#}, expected it to mention {want:?}"),
+        }
+    }
+    // And a good one: a variant with a binary, checked on as the primary.
+    let exe = std::env::current_exe()?.display().to_string();
+    let argv: Vec<String> = [
+        "--bench",
+        "--variant",
+        &format!("mine@{exe}=--poll-us 5 --engine uring"),
+        "--primary",
+        "mine",
+    ]
+    .map(String::from)
+    .to_vec();
+    let a = parse_args(&argv)?;
+    let mine = a
+        .backends
+        .iter()
+        .find(|b| b.name == "mine")
+        .context("smoke run: --variant mine is missing")?;
+    let cmd = mine
+        .argv(Path::new("/dev/x"), Path::new("/s"), 2)
+        .context("a daemon")?;
+    if cmd[0] != exe || !cmd.ends_with(&["--poll-us", "5", "--engine", "uring"].map(String::from)) {
+        bail!("smoke run: --variant built {cmd:?}");
+    }
+    Ok(())
 }
 
 /// Runs one workload against one daemon.
@@ -1233,7 +1300,24 @@ fn run(a: &Args) -> Result<()> {
             }
         }
     }
+    let dev = targets.loop_dev.as_ref().map(|d| d.dev.clone());
     drop(targets);
+    if a.smoke
+        && let Some(dev) = dev
+    {
+        let name = dev
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let backing = read_trim(&format!("/sys/block/{name}/loop/backing_file"));
+        if backing.contains(&*dir.path().to_string_lossy()) {
+            bail!(
+                "smoke run: {} is still attached to {backing} at the end of the run",
+                dev.display()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -1377,6 +1461,7 @@ fn main() -> Result<()> {
     common::cleanup::run_all();
     result?;
     if a.smoke {
+        smoke_bad_args()?;
         smoke_interrupt(&a.out.join("interrupt"))?;
     }
     Ok(())
