@@ -1049,7 +1049,8 @@ fn run(a: &Args) -> Result<()> {
     let size = a.size_mib << 20;
     let targets = Targets {
         loop_dev: if a.backings.contains(&Backing::Loop) {
-            let d = LoopDevice::create(&dir.path().join("loop.img"), size)?;
+            let d = LoopDevice::create(&dir.path().join("loop.img"), size)
+                .context("the loop backing needs a loop device (or run with --backing tmpfs)")?;
             eprintln!(
                 "compare: loop device {} (direct I/O {})",
                 d.dev.display(),
