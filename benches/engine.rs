@@ -1,15 +1,19 @@
 //! The blockio engines on their own (no virtio, no daemon): 4 KiB reads and
-//! writes at queue depth 1 and 32, per engine, on a file in /dev/shm opened
-//! with O_DIRECT and on a page-cached file on the temp dir's filesystem.
+//! writes at queue depth 1 and 32, per engine, on a loop device with direct
+//! I/O over a file in /dev/shm (a block device, as users serve), on a file
+//! in /dev/shm opened with O_DIRECT and on a page-cached file on the temp
+//! dir's filesystem.
 //!
 //! Each iteration is one completed request, so criterion's throughput is
 //! IOPS. Completions are awaited the way the daemon will: poll the engine's
 //! completion fd when nothing is ready.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use extstorage_blockio::{
     Backing, Engine, EngineKind, IoBuf, Op, OpenOptions, Request, UringEngine, open_engine,
 };
@@ -85,20 +89,37 @@ fn run(
     start.elapsed()
 }
 
-/// A 64 MiB image filled with data in `dir`, opened direct or buffered.
-fn image(dir: &std::path::Path, direct: bool) -> (tempfile::TempDir, Arc<Backing>) {
+/// Where a bench image lives; keeps its directory and loop device alive.
+struct Place {
+    _dir: tempfile::TempDir,
+    _loop: Option<common::LoopDevice>,
+    backing: Arc<Backing>,
+}
+
+/// A 64 MiB image filled with data in `dir`, opened direct or buffered,
+/// or behind a loop device with direct I/O (`on_loop`).
+fn image(dir: &std::path::Path, direct: bool, on_loop: bool) -> Place {
     let dir = tempfile::tempdir_in(dir).expect("temp dir");
-    let path = dir.path().join("img");
-    std::fs::write(&path, vec![0x5au8; SIZE as usize]).expect("write the bench image");
+    common::cleanup::add_dir(dir.path().to_path_buf());
+    let file = dir.path().join("img");
+    let (path, lo) = if on_loop {
+        let lo = common::LoopDevice::create(&file, SIZE)
+            .unwrap_or_else(|e| panic!("engine bench needs a loop device: {e:#}"));
+        (lo.dev.clone(), Some(lo))
+    } else {
+        std::fs::write(&file, vec![0x5au8; SIZE as usize]).expect("write the bench image");
+        (file, None)
+    };
     let opts = OpenOptions {
         read_only: false,
         direct,
         ..OpenOptions::default()
     };
-    (
-        dir,
-        Arc::new(Backing::open(&path, opts).expect("open image")),
-    )
+    Place {
+        backing: Arc::new(Backing::open(&path, opts).expect("open image")),
+        _loop: lo,
+        _dir: dir,
+    }
 }
 
 const SIZE: u64 = 64 << 20;
@@ -112,9 +133,10 @@ fn engines(c: &mut Criterion) {
     // tmpfs with O_DIRECT (the daemon's default and the comparison's setup),
     // and a disk filesystem's page cache, where io_uring completes inline.
     let shm = std::path::Path::new("/dev/shm");
-    let mut places = vec![("disk-buffered", std::env::temp_dir(), false)];
+    let mut places = vec![("disk-buffered", std::env::temp_dir(), false, false)];
     if shm.is_dir() {
-        places.insert(0, ("shm-direct", shm.to_path_buf(), true));
+        places.insert(0, ("shm-direct", shm.to_path_buf(), true, false));
+        places.insert(0, ("loop-direct", shm.to_path_buf(), true, true));
     }
     let mut kinds = vec![EngineKind::Sync];
     if UringEngine::is_supported() {
@@ -124,13 +146,13 @@ fn engines(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(1));
-    for (place, dir, direct) in places {
-        let (_dir, backing) = image(&dir, direct);
+    for (place, dir, direct, on_loop) in places {
+        let here = image(&dir, direct, on_loop);
+        let backing = &here.backing;
         for &kind in &kinds {
             for (op, name) in [(Op::Read, "read4k"), (Op::Write, "write4k")] {
                 for depth in [1usize, 32] {
-                    let mut e =
-                        open_engine(kind, Arc::clone(&backing), depth).expect("open engine");
+                    let mut e = open_engine(kind, Arc::clone(backing), depth).expect("open engine");
                     let id =
                         BenchmarkId::new(format!("{place}/{kind}/{name}"), format!("qd{depth}"));
                     g.bench_function(id, |b| {
@@ -145,13 +167,15 @@ fn engines(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
+fn main() {
+    common::install_cleanup_on_signals().expect("signal thread");
+    let mut c = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_millis(1500))
-        .noise_threshold(0.05);
-    targets = engines
+        .noise_threshold(0.05)
+        .configure_from_args();
+    engines(&mut c);
+    c.final_summary();
+    common::cleanup::run_all();
 }
-criterion_main!(benches);

@@ -437,13 +437,18 @@ impl Daemon {
         let _ = std::fs::remove_file(socket);
         let stderr = socket.with_extension("log");
         let log = std::fs::File::create(&stderr)?;
+        use std::os::unix::process::CommandExt;
+        // A process group of its own: stopping the group also stops what a
+        // wrapper (strace, perf, taskset) started in `$EXTSTORAGE_VHOST_USER_BLK`.
         let child = Command::new(&argv[0])
             .args(&argv[1..])
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", argv[0]))?;
+        cleanup::add_pid(child.id());
         let mut d = Self {
             child,
             socket: socket.to_path_buf(),
@@ -516,14 +521,16 @@ impl Daemon {
     }
 }
 
+/// Sends `sig` to the process group led by `pid` (every daemon leads one).
+pub fn signal_group(pid: u32, sig: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
+        signal_group(self.child.id(), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -531,88 +538,175 @@ impl Drop for Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        // Whatever is left of the group (the leader, or a wrapper's child).
+        signal_group(self.child.id(), nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+        cleanup::remove_pid(self.child.id());
         let _ = std::fs::remove_file(&self.socket);
         let _ = std::fs::remove_file(&self.stderr);
     }
 }
 
-/// The vhost-user-blk backends the harness knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// qemu-storage-daemon, the documented command (buffered, aio=threads).
-    Qsd,
-    /// qemu-storage-daemon with `cache.direct=on,aio=io_uring`.
-    QsdDirect,
-    /// Our daemon with its default engine choice (`--engine auto`).
-    Ours,
-    /// Our daemon forced to the io_uring engine.
-    OursUring,
-    /// Our daemon forced to the synchronous engine.
-    OursSync,
-    /// Our daemon (`--engine auto`) with adaptive polling (`--poll-us`
-    /// [`POLL_US`]): burns CPU, reported separately.
-    OursPoll,
+/// What a backend is, and so how it is started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// fio with io_uring and O_DIRECT on the backing itself: the ceiling,
+    /// no virtualisation, not a daemon.
+    Fio,
+    /// qemu-storage-daemon; `opts` are appended to its `--blockdev`
+    /// (empty: the documented command, page cache and `aio=threads`).
+    Qsd {
+        /// E.g. `,cache.direct=on,aio=native`.
+        opts: &'static str,
+    },
+    /// Our daemon: `serve --path … --socket … --num-queues N --queue-size
+    /// 256` followed by `args`.
+    Ours {
+        /// The binary; None: [`our_daemon`].
+        bin: Option<PathBuf>,
+        /// Extra command-line arguments (the variant's levers).
+        args: Vec<String>,
+    },
+}
+
+/// One backend the harness can measure: a name (tables, command line, JSON)
+/// and how to start it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Short name.
+    pub name: String,
+    /// How it is started.
+    pub kind: Kind,
 }
 
 /// The `--poll-us` of the `ours-poll` backend.
 pub const POLL_US: u32 = 50;
 
+/// Our daemon's built-in variants: name and the arguments appended to the
+/// common `serve` command. To measure a new lever, add a row here (or pass
+/// `--variant NAME=ARGS` to the comparison, `EXTSTORAGE_BENCH_VARIANTS` to
+/// the criterion bench; see [`Backend::parse_variant`]).
+pub const OURS_VARIANTS: &[(&str, &[&str])] = &[
+    // The default a user gets: no engine or polling flags at all.
+    ("ours", &[]),
+    ("ours-uring", &["--engine", "uring"]),
+    ("ours-sync", &["--engine", "sync"]),
+    ("ours-poll", &["--poll-us", "50"]),
+];
+
+/// qemu-storage-daemon's variants: the documented command, then direct I/O
+/// with each of its native AIO engines.
+pub const QSD_VARIANTS: &[(&str, &str)] = &[
+    ("qsd", ""),
+    ("qsd-native", ",cache.direct=on,aio=native"),
+    ("qsd-uring", ",cache.direct=on,aio=io_uring"),
+];
+
 impl Backend {
-    /// Every daemon backend, in table order.
-    pub const ALL: [Backend; 6] = [
-        Self::Qsd,
-        Self::QsdDirect,
-        Self::Ours,
-        Self::OursUring,
-        Self::OursSync,
-        Self::OursPoll,
-    ];
+    /// Every built-in backend, in table order: fio, the qsd variants, ours.
+    pub fn builtin() -> Vec<Backend> {
+        let mut v = vec![Backend {
+            name: "fio".into(),
+            kind: Kind::Fio,
+        }];
+        v.extend(QSD_VARIANTS.iter().map(|&(name, opts)| Backend {
+            name: name.into(),
+            kind: Kind::Qsd { opts },
+        }));
+        v.extend(OURS_VARIANTS.iter().map(|&(name, args)| Backend {
+            name: name.into(),
+            kind: Kind::Ours {
+                bin: None,
+                args: args.iter().map(|&a| a.to_owned()).collect(),
+            },
+        }));
+        v
+    }
 
-    /// The name used on the command line and in tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Qsd => "qsd",
-            Self::QsdDirect => "qsd-direct",
-            Self::Ours => "ours",
-            Self::OursUring => "ours-uring",
-            Self::OursSync => "ours-sync",
-            Self::OursPoll => "ours-poll",
+    /// Finds a built-in backend by name.
+    pub fn named(name: &str) -> Option<Backend> {
+        Self::builtin().into_iter().find(|b| b.name == name)
+    }
+
+    /// Parses an extra variant of our daemon, `NAME=ARGS` or
+    /// `NAME@BINARY=ARGS` (ARGS split at whitespace, may be empty), e.g.
+    /// `ours-fixed=--fixed-buffers on` or
+    /// `main@/work/main/target/release/extstorage-vhost-user-blk=`.
+    pub fn parse_variant(spec: &str) -> Result<Backend> {
+        let (head, args) = spec.split_once('=').with_context(|| {
+            format!("variant {spec:?} is not NAME=ARGS or NAME@BINARY=ARGS (ARGS may be empty)")
+        })?;
+        let (name, bin) = match head.split_once('@') {
+            Some((n, b)) => (n, Some(PathBuf::from(b))),
+            None => (head, None),
+        };
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            bail!("variant name {name:?} must be letters, digits, '-', '_' or '.'");
         }
+        if let Some(b) = &bin
+            && !b.is_file()
+        {
+            bail!(
+                "variant {name}: binary {} does not exist (build it first)",
+                b.display()
+            );
+        }
+        Ok(Backend {
+            name: name.into(),
+            kind: Kind::Ours {
+                bin,
+                args: args.split_whitespace().map(String::from).collect(),
+            },
+        })
     }
 
-    /// Parses [`name`](Self::name).
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|b| b.name() == s)
+    /// Whether this is a daemon (everything but fio).
+    pub fn is_daemon(&self) -> bool {
+        self.kind != Kind::Fio
     }
 
-    /// The command line serving `image` on `socket` with `queues` queues.
-    pub fn argv(self, image: &Path, socket: &Path, queues: usize) -> Vec<String> {
-        let img = image.display().to_string();
+    /// Whether this is one of qemu-storage-daemon's variants.
+    pub fn is_qsd(&self) -> bool {
+        matches!(self.kind, Kind::Qsd { .. })
+    }
+
+    /// Whether this is our daemon.
+    pub fn is_ours(&self) -> bool {
+        matches!(self.kind, Kind::Ours { .. })
+    }
+
+    /// The command line serving `target` on `socket` with `queues` queues
+    /// (None for fio, which is run by [`fio`]).
+    pub fn argv(&self, target: &Path, socket: &Path, queues: usize) -> Option<Vec<String>> {
+        let img = target.display().to_string();
         let sock = socket.display().to_string();
-        match self {
-            Self::Qsd | Self::QsdDirect => {
-                let extra = if self == Self::QsdDirect {
-                    ",cache.direct=on,aio=io_uring"
+        match &self.kind {
+            Kind::Fio => None,
+            Kind::Qsd { opts } => {
+                // A block device takes host_device (it refuses `file`'s
+                // regular-file assumptions); a file takes `file`.
+                let driver = if is_block_device(target) {
+                    "host_device"
                 } else {
-                    ""
+                    "file"
                 };
-                vec![
+                Some(vec![
                     "qemu-storage-daemon".into(),
                     "--blockdev".into(),
-                    format!("driver=file,node-name=f0,filename={img}{extra}"),
+                    format!("driver={driver},node-name=f0,filename={img}{opts}"),
                     "--export".into(),
                     format!(
                         "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path={sock},writable=on,num-queues={queues}"
                     ),
-                ]
+                ])
             }
-            Self::Ours | Self::OursUring | Self::OursSync | Self::OursPoll => {
+            Kind::Ours { bin, args } => {
                 let mut v = vec![
-                    our_daemon().display().to_string(),
+                    bin.clone().unwrap_or_else(our_daemon).display().to_string(),
                     "serve".into(),
                     "--path".into(),
                     img,
@@ -622,19 +716,26 @@ impl Backend {
                     queues.to_string(),
                     "--queue-size".into(),
                     "256".into(),
-                    "--engine".into(),
-                    match self {
-                        Self::OursUring => "uring",
-                        Self::OursSync => "sync",
-                        _ => "auto",
-                    }
-                    .into(),
                 ];
-                if self == Self::OursPoll {
-                    v.extend(["--poll-us".into(), POLL_US.to_string()]);
-                }
-                v
+                v.extend(args.iter().cloned());
+                Some(v)
             }
+        }
+    }
+
+    /// The command, for the report: [`argv`](Self::argv) on placeholders,
+    /// or fio's options.
+    pub fn describe(&self) -> String {
+        match self.argv(Path::new("TARGET"), Path::new("SOCK"), 1) {
+            // host_device on the loop device, file on the tmpfs file.
+            Some(v) => v
+                .join(" ")
+                .replace("driver=file,", "driver=host_device|file,")
+                .replace("num-queues=1", "num-queues=N")
+                .replace("--num-queues 1 ", "--num-queues N "),
+            None => "fio --ioengine=io_uring --direct=1 --randrepeat=0 --norandommap \
+--time_based --filename=TARGET --rw=… --bs=… --iodepth=… --numjobs=<queues>"
+                .into(),
         }
     }
 }
@@ -645,6 +746,12 @@ pub fn our_daemon() -> PathBuf {
     std::env::var_os("EXTSTORAGE_VHOST_USER_BLK")
         .map(PathBuf::from)
         .unwrap_or_else(|| extstorage_testbins::path(extstorage_testbins::DAEMON))
+}
+
+/// Whether `path` is a block device.
+pub fn is_block_device(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device())
 }
 
 /// Runs `w` with fio's io_uring engine directly on `image` (no
@@ -721,4 +828,325 @@ pub fn cpu_time(pid: u32) -> Result<Duration> {
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100);
     Ok(Duration::from_secs_f64(total as f64 / hz as f64))
+}
+
+/// Voluntary plus involuntary context switches of every thread of `pid` so
+/// far, from /proc/PID/task/*/status (threads that already exited are not
+/// counted; the daemons keep theirs for the whole connection).
+pub fn context_switches(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let status = match std::fs::read_to_string(task?.path().join("status")) {
+            Ok(s) => s,
+            // The thread ended between the listing and the read.
+            Err(_) => continue,
+        };
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>()?;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Counts from `perf stat` attached to a daemon for one window.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PerfCounts {
+    /// System calls entered (`raw_syscalls:sys_enter`).
+    pub syscalls: f64,
+    /// Context switches (`context-switches`).
+    pub context_switches: f64,
+    /// CPU migrations (`cpu-migrations`).
+    pub cpu_migrations: f64,
+}
+
+/// Runs `perf stat` on every thread of `pid` for `window` and returns its
+/// counts. Fails with perf's own words when perf or the tracepoint is
+/// missing.
+pub fn perf_stat(pid: u32, window: Duration) -> Result<PerfCounts> {
+    let out = Command::new("perf")
+        .args([
+            "stat",
+            "-x,",
+            "-e",
+            "raw_syscalls:sys_enter,context-switches,cpu-migrations",
+            "-p",
+        ])
+        .arg(pid.to_string())
+        .arg("--")
+        .arg("sleep")
+        .arg(format!("{:.3}", window.as_secs_f64()))
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run perf: is it installed (apt-get install linux-perf)?")?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("perf stat failed ({}): {}", out.status, text.trim());
+    }
+    let mut c = PerfCounts::default();
+    for line in text.lines() {
+        // value,unit,event,run-time,percentage,...
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() < 3 {
+            continue;
+        }
+        let Ok(v) = f[0].parse::<f64>() else { continue };
+        match f[2] {
+            "raw_syscalls:sys_enter" => c.syscalls = v,
+            "context-switches" => c.context_switches = v,
+            "cpu-migrations" => c.cpu_migrations = v,
+            _ => {}
+        }
+    }
+    Ok(c)
+}
+
+/// Everything a run must undo even when it is interrupted: daemons to stop,
+/// loop devices to detach, directories to remove. The signal thread of
+/// [`install_cleanup_on_signals`] undoes it all on SIGINT/SIGTERM/SIGHUP;
+/// normal drops unregister what they undid themselves.
+pub mod cleanup {
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    #[derive(Debug, Default)]
+    struct Registry {
+        pids: Vec<u32>,
+        loops: Vec<PathBuf>,
+        dirs: Vec<PathBuf>,
+    }
+
+    static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+        pids: Vec::new(),
+        loops: Vec::new(),
+        dirs: Vec::new(),
+    });
+
+    fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
+        let mut g = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    /// A process to stop if the run is interrupted.
+    pub fn add_pid(pid: u32) {
+        with(|r| r.pids.push(pid));
+    }
+
+    /// It was stopped normally.
+    pub fn remove_pid(pid: u32) {
+        with(|r| r.pids.retain(|&p| p != pid));
+    }
+
+    /// A loop device to detach if the run is interrupted.
+    pub fn add_loop(dev: PathBuf) {
+        with(|r| r.loops.push(dev));
+    }
+
+    /// It was detached normally.
+    pub fn remove_loop(dev: &std::path::Path) {
+        with(|r| r.loops.retain(|d| d != dev));
+    }
+
+    /// A directory to remove if the run is interrupted.
+    pub fn add_dir(dir: PathBuf) {
+        with(|r| r.dirs.push(dir));
+    }
+
+    /// Stops every registered process group (SIGTERM, then SIGKILL after 3 s),
+    /// detaches every loop device and removes every directory.
+    pub fn run_all() {
+        let (pids, loops, dirs) = with(|r| {
+            (
+                std::mem::take(&mut r.pids),
+                std::mem::take(&mut r.loops),
+                std::mem::take(&mut r.dirs),
+            )
+        });
+        let pid = |p: u32| nix::unistd::Pid::from_raw(i32::try_from(p).unwrap_or(i32::MAX));
+        for &p in &pids {
+            super::signal_group(p, nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for &p in &pids {
+            // Our own children: reap them, so they are gone, not zombies.
+            loop {
+                use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+                match waitpid(pid(p), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Ok(WaitStatus::StillAlive) => {
+                        super::signal_group(p, nix::sys::signal::Signal::SIGKILL);
+                        let _ = waitpid(pid(p), None);
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            super::signal_group(p, nix::sys::signal::Signal::SIGKILL);
+        }
+        for dev in &loops {
+            super::detach_loop(dev);
+        }
+        for dir in &dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP undo the run ([`cleanup::run_all`])
+/// and exit with 128 + the signal. Call it before starting any thread: it
+/// blocks the signals in the calling thread (every later thread inherits
+/// that) and waits for them on a thread of its own. Child processes start
+/// with an empty mask (std resets it), so daemons still get SIGTERM.
+pub fn install_cleanup_on_signals() -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block()
+        .context("cannot block SIGINT/SIGTERM/SIGHUP")?;
+    std::thread::Builder::new()
+        .name("cleanup-on-signal".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                eprintln!(
+                    "{sig}: stopping the daemons, detaching the loop devices, removing the images"
+                );
+                cleanup::run_all();
+                std::process::exit(128 + sig as i32);
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+/// `losetup -d DEV`, quietly: the device may already be gone (autoclear).
+pub fn detach_loop(dev: &Path) {
+    let _ = Command::new("losetup")
+        .arg("-d")
+        .arg(dev)
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A loop device with direct I/O over a filled file in `dir` (a tmpfs, so
+/// it behaves like a fast local disk). The file is unlinked as soon as the
+/// device holds it, and the device is marked autoclear while this process
+/// keeps it open: even a SIGKILL leaves neither behind. Dropping it (or
+/// [`cleanup::run_all`]) detaches it.
+#[derive(Debug)]
+pub struct LoopDevice {
+    /// `/dev/loopN`.
+    pub dev: PathBuf,
+    /// Keeps the device attached while autoclear is set.
+    holder: Option<std::fs::File>,
+    /// Whether the kernel confirmed direct I/O (`/sys/block/loopN/loop/dio`).
+    pub direct_io: bool,
+}
+
+// The loop ioctls and their status struct (linux/loop.h); libc lacks them.
+const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+impl LoopDevice {
+    /// Fills `size` bytes at `file`, attaches it with
+    /// `losetup --find --show --direct-io=on`, and unlinks it.
+    pub fn create(file: &Path, size: u64) -> Result<Self> {
+        let image = Image::create(file.to_path_buf(), size)?;
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(&image.path)
+            .output()
+            .context("cannot run losetup (util-linux): is it installed?")?;
+        if !out.status.success() {
+            bail!(
+                "losetup --find --show --direct-io=on {} failed: {} (loop devices need root and the loop module)",
+                image.path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        cleanup::add_loop(dev.clone());
+        let mut d = Self {
+            dev,
+            holder: None,
+            direct_io: false,
+        };
+        // The device holds the file now; tmpfs frees it when the device goes.
+        drop(image);
+        let name = d
+            .dev
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match d.set_autoclear() {
+            Ok(f) => d.holder = Some(f),
+            Err(e) => eprintln!(
+                "warning: {} not marked autoclear ({e:#}); it is still detached at the end of the run",
+                d.dev.display()
+            ),
+        }
+        d.direct_io = std::fs::read_to_string(format!("/sys/block/{name}/loop/dio"))
+            .is_ok_and(|s| s.trim() == "1");
+        Ok(d)
+    }
+
+    /// Opens the device and sets LO_FLAGS_AUTOCLEAR; the returned file keeps
+    /// it attached.
+    fn set_autoclear(&self) -> Result<std::fs::File> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new().read(true).open(&self.dev)?;
+        let mut info = MaybeUninit::<LoopInfo64>::zeroed();
+        // SAFETY: LOOP_GET_STATUS64 fills a struct loop_info64, which
+        // `LoopInfo64` mirrors field for field; `f` is an open loop device.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), LOOP_GET_STATUS64, info.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("LOOP_GET_STATUS64");
+        }
+        // SAFETY: zero-initialised, then filled by the kernel: every field
+        // is a plain integer or byte array, valid for any bits.
+        let mut info = unsafe { info.assume_init() };
+        info.lo_flags |= LO_FLAGS_AUTOCLEAR;
+        // SAFETY: as above; the kernel only reads the struct.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), LOOP_SET_STATUS64, &raw const info) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("LOOP_SET_STATUS64");
+        }
+        Ok(f)
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        // Closing the holder detaches an autoclear device with no other
+        // user; losetup -d covers the rest.
+        self.holder.take();
+        detach_loop(&self.dev);
+        cleanup::remove_loop(&self.dev);
+    }
 }
