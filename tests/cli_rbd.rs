@@ -357,36 +357,23 @@ fn rbd_volume_lifecycle_through_the_cli() {
         &uri,
     ]);
 
-    // kvm-args --access userspace: QEMU with the rendered -blockdev writes,
-    // librbd reads it back.
-    {
-        let mut q = qemu_for(&w, &v);
-        q.assert_pattern("disk0", MIB as u64, KIB64 as u64, 0xab);
-        device_write(&mut q, 3 * MIB, KIB64, 0xcd);
-    }
-    assert!(export(c, spec, 3 * MIB, KIB64).iter().all(|&b| b == 0xcd));
-    // And `uri --format drive`'s -drive form opens it too.
-    let d = es(&w, true, "uri", &v, &[]).ok().json();
-    let drive: Vec<String> = d["drive_args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
-    {
-        let mut q = Qemu::start(&drive).unwrap_or_else(|e| panic!("{drive:?}: {}", e.stderr));
-        q.assert_pattern("disk0", 3 * MIB as u64, KIB64 as u64, 0xcd);
-    }
+    // kvm-args --access userspace: QEMU with the rendered -blockdev reads
+    // and writes; librbd reads it back later.
+    let mut q = qemu_for(&w, &v);
+    q.assert_pattern("disk0", MIB as u64, KIB64 as u64, 0xab);
+    device_write(&mut q, 3 * MIB, KIB64, 0xcd);
+    // Having written, QEMU holds the image's exclusive lock: what follows
+    // runs against a live, locked image, as for a running instance (librbd
+    // hands metadata changes, resizes and snapshots to the lock owner).
+    let locks = ok(c.rbd().args(["lock", "ls", "--format=json", spec]));
+    assert!(locks.contains("\"locker\""), "QEMU holds no lock: {locks}");
 
-    // grow: rbd info sees the new size, and so does QEMU when it opens it.
+    // grow: rbd info sees the new size.
     let g = es(&w, true, "grow", &v, &["--size", "16", "--amount", "16M"])
         .ok()
         .json();
     assert_eq!(g["new_size_mib"], 32, "{g:#}");
     assert_eq!(size_of(c, spec), 32 << 20);
-    let img = ok(Command::new("qemu-img").args(["info", "--output=json", &uri]));
-    let img: Value = serde_json::from_str(&img).unwrap();
-    assert_eq!(img["virtual-size"], 32u64 << 20, "{img:#}");
     // A stale VOL_SIZE never shrinks it: refused, size kept.
     let r = es(&w, false, "grow", &v, &["--size", "8", "--amount", "8M"]).code(1);
     assert!(
@@ -416,6 +403,8 @@ fn rbd_volume_lifecycle_through_the_cli() {
         meta(c, spec).get("extstorage.info").map(String::as_str),
         Some("a_b_c")
     );
+    es(&w, false, "setinfo", &v, &["--metadata", ""]).ok();
+    assert!(!meta(c, spec).contains_key("extstorage.info"));
 
     // open/close on this node: the record comes and goes.
     let node = nix::sys::utsname::uname()
@@ -448,10 +437,14 @@ fn rbd_volume_lifecycle_through_the_cli() {
     .ok()
     .json();
     assert_eq!(s["name"], "inst1.ext.disk0.snap", "{s:#}");
+    // The guest goes on writing; the snapshot keeps the old data.
+    device_write(&mut q, MIB, KIB64, 0xef);
+    drop(q);
     let snap = "rbd/inst1.ext.disk0.snap";
     assert_eq!(size_of(c, snap), 48 << 20);
     assert!(export(c, snap, 3 * MIB, KIB64).iter().all(|&b| b == 0xcd));
     assert!(export(c, snap, MIB, KIB64).iter().all(|&b| b == 0xab));
+    assert!(export(c, spec, MIB, KIB64).iter().all(|&b| b == 0xef));
     assert_eq!(
         meta(c, snap)
             .get("extstorage.snapshot-of")
@@ -459,6 +452,24 @@ fn rbd_volume_lifecycle_through_the_cli() {
         Some(spec)
     );
     assert_eq!(snapshots(c, spec), Vec::<String>::new());
+
+    // QEMU opening it afresh sees the new size; `uri --format drive`'s
+    // -drive form opens it too.
+    let img = ok(Command::new("qemu-img").args(["info", "--output=json", &uri]));
+    let img: Value = serde_json::from_str(&img).unwrap();
+    assert_eq!(img["virtual-size"], 32u64 << 20, "{img:#}");
+    let d = es(&w, true, "uri", &v, &[]).ok().json();
+    let drive: Vec<String> = d["drive_args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    {
+        let mut q = Qemu::start(&drive).unwrap_or_else(|e| panic!("{drive:?}: {}", e.stderr));
+        q.assert_pattern("disk0", 3 * MIB as u64, KIB64 as u64, 0xcd);
+        q.assert_pattern("disk0", MIB as u64, KIB64 as u64, 0xef);
+    }
     // The snapshot is a volume of this provider: Ganeti attaches, exports
     // and removes it like one.
     let sv = vol(c, "inst1.ext.disk0.snap", &[]);

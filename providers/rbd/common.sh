@@ -155,13 +155,22 @@ trap run_exit_hooks EXIT
 
 # ---------------------------------------------------------- running rbd
 
+# Sets RBD_WHAT, the command for messages: rbd and its (sub)command words.
+rbd_what() {
+    RBD_WHAT="rbd $1"
+    case "${2-}" in
+        ""|-*) ;;
+        *) RBD_WHAT+=" $2" ;;
+    esac
+}
+
 # Runs rbd with the cluster options. The whole command is bounded too
 # (timeout + 10 s, then SIGKILL 5 s later), in case some wait is not covered
 # by Ceph's own timeouts. --foreground keeps rbd in our process group, so
 # the caller's timeout and signals reach it. Sets RBD_OUT (stdout) and
 # RBD_RC; stderr is kept in RBD_ERRFILE. Never exits.
 rbd_run() {
-    RBD_WHAT="rbd $1${2:+ $2}"
+    rbd_what "$@"
     RBD_RC=0
     RBD_OUT=$(timeout --foreground --kill-after=5 $((TIMEOUT + 10)) \
         rbd "${CEPH_OPTS[@]}" "$@" 2>"$RBD_ERRFILE" </dev/null) || RBD_RC=$?
@@ -171,7 +180,7 @@ rbd_run() {
 # grows with the image, so only Ceph's per-operation timeouts bound them
 # (and the caller's timeout for the whole script).
 rbd_run_long() {
-    RBD_WHAT="rbd $1${2:+ $2}"
+    rbd_what "$@"
     RBD_RC=0
     RBD_OUT=$(rbd "${CEPH_OPTS[@]}" "$@" 2>"$RBD_ERRFILE" </dev/null) || RBD_RC=$?
 }
