@@ -297,6 +297,25 @@ fn qemu_io(args: &[&str]) -> String {
     r.stdout
 }
 
+/// Runs a provider script directly, as Ganeti would: clean environment,
+/// the provider directory as working directory.
+fn run_script(w: &World, script: &str, env: &[(&str, &str)]) -> Run {
+    let dir = w.providers().join("rbd");
+    Command::new(dir.join(script))
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("LC_ALL", "C")
+        .envs(env.iter().copied())
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+        .into()
+}
+
 const KIB64: usize = 65536;
 const MIB: usize = 1 << 20;
 
@@ -316,7 +335,8 @@ fn rbd_volume_lifecycle_through_the_cli() {
         true,
         "create",
         &v,
-        &["--size", "16M", "--cname", "disk0", "--uuid", "u-1"],
+        // (A name that starts with '-' must not read as an rbd option.)
+        &["--size", "16M", "--cname=-disk 0", "--uuid", "u-1"],
     )
     .ok()
     .json();
@@ -328,7 +348,10 @@ fn rbd_volume_lifecycle_through_the_cli() {
     assert_eq!(created["uris"], serde_json::json!([line]), "{created:#}");
     assert_eq!(size_of(c, spec), 16 << 20);
     let m = meta(c, spec);
-    assert_eq!(m.get("extstorage.cname").map(String::as_str), Some("disk0"));
+    assert_eq!(
+        m.get("extstorage.cname").map(String::as_str),
+        Some("-disk 0")
+    );
     assert_eq!(m.get("extstorage.uuid").map(String::as_str), Some("u-1"));
     // attach and assemble are idempotent.
     for cmd in ["attach", "assemble"] {
@@ -496,6 +519,32 @@ fn rbd_volume_lifecycle_through_the_cli() {
     assert!(info(c, spec).is_some());
     es(&w, false, "remove", &v, &[]).ok();
     assert!(info(c, spec).is_none());
+    // The scripts themselves are idempotent (the CLI attaches first, so
+    // here they run as Ganeti's retries would: directly).
+    for script in ["remove", "detach", "close"] {
+        let r = run_script(
+            &w,
+            script,
+            &[("VOL_NAME", "inst1.ext.disk0"), ("EXTP_CONF", c.conf())],
+        );
+        assert_eq!(r.code, 0, "{script}: {r:#?}");
+    }
+    // But a missing pool is not "already removed".
+    let r = run_script(
+        &w,
+        "remove",
+        &[
+            ("VOL_NAME", "inst1.ext.disk0"),
+            ("EXTP_CONF", c.conf()),
+            ("EXTP_POOL", "nopool"),
+        ],
+    );
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(
+        r.stderr.contains("pool 'nopool' does not exist"),
+        "{}",
+        r.stderr
+    );
     // Every script logged what it did.
     assert!(!w.log_files("remove-rbd-inst1.ext.disk0-").is_empty());
 }
@@ -784,21 +833,15 @@ fn rbd_errors_say_what_is_wrong() {
     // The CLI checks snapshot names; the script does too, for callers
     // that do not (run here as Ganeti would: clean environment, provider
     // directory as working directory).
-    let dir = w.providers().join("rbd");
-    let r: Run = Command::new(dir.join("snapshot"))
-        .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("LC_ALL", "C")
-        .env("VOL_NAME", "e1")
-        .env("VOL_SNAPSHOT_NAME", "a/b")
-        .env("EXTP_CONF", c.conf())
-        .current_dir(&dir)
-        .output()
-        .unwrap()
-        .into();
+    let r = run_script(
+        &w,
+        "snapshot",
+        &[
+            ("VOL_NAME", "e1"),
+            ("VOL_SNAPSHOT_NAME", "a/b"),
+            ("EXTP_CONF", c.conf()),
+        ],
+    );
     assert_eq!(r.code, 1, "{r:#?}");
     assert!(
         r.stderr

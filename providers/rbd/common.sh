@@ -201,6 +201,13 @@ rbd_said() {
     rbd_stderr | grep -q -i -E -- "$1"
 }
 
+# Whether the last rbd command failed because the image (not its pool or
+# namespace) does not exist.
+image_missing() {
+    [ "$RBD_RC" = 2 ] && rbd_said "error opening image" \
+        && ! rbd_said "error opening pool|namespace '.*' does not exist"
+}
+
 # Dies with what the last rbd command's failure means and what to do. rbd
 # exits with the errno of the failure (2 ENOENT, 17 EEXIST, 110 ETIMEDOUT, ...);
 # its own words go to the log first.
@@ -265,7 +272,8 @@ image_watchers() {
     json_eval '[w["address"] + " (client." + str(w["client"]) + ")" for w in d.get("watchers", [])]' <<<"$RBD_OUT"
 }
 
-meta_set() { rbd_ok image-meta set "${IMAGE_OPTS[@]}" "$1" "$2"; }
+# Sets metadata key $1 to $2 ('--': a value may start with '-').
+meta_set() { rbd_ok image-meta set "${IMAGE_OPTS[@]}" -- "$1" "$2"; }
 
 # Removes metadata key $1; a missing key is fine.
 meta_remove() {
