@@ -19,7 +19,7 @@
 #   PREFIX/share/zsh/site-functions/_extstorage*
 #   PREFIX/share/fish/vendor_completions.d/extstorage*.fish
 #   PREFIX/lib/systemd/system/extstorage-serve@.{service,socket}
-#   PREFIX/share/extstorage/providers/{loopfile,qemunbd}
+#   PREFIX/share/extstorage/providers/{loopfile,qemunbd,rbd}
 #   PREFIX/share/doc/extstorage/{operations.md,serve.env.example}
 #   /etc/extstorage/serve/  (the units' environment files; never overwritten)
 set -euo pipefail

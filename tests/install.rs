@@ -90,6 +90,8 @@ fn install_sh_stages_everything_under_destdir() {
     assert_eq!(mode(&providers.join("loopfile/attach")), 0o755);
     assert_eq!(mode(&providers.join("loopfile/parameters.list")), 0o644);
     assert!(providers.join("qemunbd/attach").is_file());
+    assert_eq!(mode(&providers.join("rbd/open")), 0o755);
+    assert_eq!(mode(&providers.join("rbd/parameters.list")), 0o644);
     let listed = Command::new(root.join("bin/extstorage"))
         .arg("--search-path")
         .arg(&providers)
@@ -99,7 +101,7 @@ fn install_sh_stages_everything_under_destdir() {
     let text = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.status.success(), "{listed:?}");
     assert!(
-        text.contains("loopfile") && text.contains("qemunbd"),
+        text.contains("loopfile") && text.contains("qemunbd") && text.contains("\"rbd\""),
         "{text}"
     );
     assert!(dest.path().join("etc/extstorage/serve").is_dir());
