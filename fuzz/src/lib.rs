@@ -50,7 +50,10 @@ mod tests {
                 std::fs::write(&path, &data).unwrap();
             }
             let committed = std::fs::read(&path).unwrap_or_else(|e| {
-                panic!("{}: {e}; run EXTSTORAGE_WRITE_SEEDS=1 cargo test", path.display())
+                panic!(
+                    "{}: {e}; run EXTSTORAGE_WRITE_SEEDS=1 cargo test",
+                    path.display()
+                )
             });
             assert_eq!(committed, data, "{} is stale", path.display());
         }

@@ -64,7 +64,10 @@ pub fn check_attach(data: &[u8]) -> Attach {
 
     // find_uri: the first URI whose prefix before the first ':' is the
     // hypervisor (any case), without that prefix.
-    let from_input: Vec<&str> = got_uris.iter().filter_map(|u| u.split(':').next()).collect();
+    let from_input: Vec<&str> = got_uris
+        .iter()
+        .filter_map(|u| u.split(':').next())
+        .collect();
     let mut names = vec!["kvm", "KVM", "xen", "", "k"];
     names.extend(from_input);
     let hv = names[usize::from(pick) % names.len()];
@@ -90,7 +93,10 @@ pub fn check_parameters(data: &[u8]) -> Option<usize> {
     let params = match parse_parameters(&text) {
         Ok(p) => p,
         Err(e) => {
-            assert!(e.contains("parameters.list"), "error without the file name: {e}");
+            assert!(
+                e.contains("parameters.list"),
+                "error without the file name: {e}"
+            );
             return None;
         }
     };
@@ -100,7 +106,11 @@ pub fn check_parameters(data: &[u8]) -> Option<usize> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    assert_eq!(params.len(), listed.len(), "one parameter per line of {text:?}");
+    assert_eq!(
+        params.len(),
+        listed.len(),
+        "one parameter per line of {text:?}"
+    );
     for (p, line) in params.iter().zip(&listed) {
         assert!(!p.name.is_empty(), "empty name from {line:?}");
         assert!(
@@ -108,7 +118,11 @@ pub fn check_parameters(data: &[u8]) -> Option<usize> {
             "name {:?}",
             p.name
         );
-        assert!(line.starts_with(p.name.as_str()), "{:?} is not from {line:?}", p.name);
+        assert!(
+            line.starts_with(p.name.as_str()),
+            "{:?} is not from {line:?}",
+            p.name
+        );
         assert!(trimmed(&p.description), "description {:?}", p.description);
         assert!(line.ends_with(p.description.as_str()));
     }
@@ -132,7 +146,10 @@ pub fn check_parameters(data: &[u8]) -> Option<usize> {
                 .zip(b)
                 .all(|(x, y)| x.name == y.name && x.description == y.description)
     };
-    assert!(same(&params, &again), "{text:?} -> {rendered:?} reads back differently");
+    assert!(
+        same(&params, &again),
+        "{text:?} -> {rendered:?} reads back differently"
+    );
     Some(params.len())
 }
 
@@ -149,7 +166,10 @@ pub fn check_size(data: &[u8]) -> Option<u64> {
                 t.starts_with(|c: char| c.is_ascii_digit() || c == '.'),
                 "{text:?} accepted"
             );
-            assert!(t.contains(|c: char| c.is_ascii_digit()), "{text:?} accepted");
+            assert!(
+                t.contains(|c: char| c.is_ascii_digit()),
+                "{text:?} accepted"
+            );
         }
         Err(e) => assert!(!e.to_string().is_empty()),
     }
@@ -186,7 +206,11 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     vec![
         t("attach_output", "device", "\0/dev/loop3\n"),
         t("attach_output", "device-no-newline", "\0/dev/loop3"),
-        t("attach_output", "device-crlf", "\0/dev/loop3\r\nkvm:rbd:pool/img\r\n"),
+        t(
+            "attach_output",
+            "device-crlf",
+            "\0/dev/loop3\r\nkvm:rbd:pool/img\r\n",
+        ),
         t(
             "attach_output",
             "uris-only",
@@ -201,8 +225,16 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
         t("attach_output", "empty", ""),
         t("attach_output", "colon-only", "\x05\n:\nkvm\nkvm:\n"),
         ("attach_output", "not-utf8", b"\x00/dev/\xff\xfe\n".to_vec()),
-        t("parameters_list", "two", "dir Directory of the volume files\nsize_hint\tA hint\n"),
-        t("parameters_list", "comments-blank", "# comment\n\n  \nname   description with  spaces  \n"),
+        t(
+            "parameters_list",
+            "two",
+            "dir Directory of the volume files\nsize_hint\tA hint\n",
+        ),
+        t(
+            "parameters_list",
+            "comments-blank",
+            "# comment\n\n  \nname   description with  spaces  \n",
+        ),
         t("parameters_list", "crlf", "a b\r\nc d\r\n"),
         t("parameters_list", "duplicate", "a x\na y\n"),
         t("parameters_list", "equals", "a=b c\n"),

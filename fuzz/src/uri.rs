@@ -18,9 +18,9 @@ use std::path::Path;
 
 use extstorage_uri::parse::redact;
 use extstorage_uri::{
-    Aio, CacheMode, DetectZeroes, Discard, DiskOptions, Gluster, GlusterServer, Host,
-    HostKeyCheck, Iscsi, IscsiTransport, Nbd, NbdServer, Nfs, Rbd, Secret, Server, Source, Ssh,
-    UriError, parse_attach_line, render_blockdev, render_drive, render_json_filename, split_opts,
+    Aio, CacheMode, DetectZeroes, Discard, DiskOptions, Gluster, GlusterServer, Host, HostKeyCheck,
+    Iscsi, IscsiTransport, Nbd, NbdServer, Nfs, Rbd, Secret, Server, Source, Ssh, UriError,
+    parse_attach_line, render_blockdev, render_drive, render_json_filename, split_opts,
 };
 use serde_json::{Map, Value};
 
@@ -44,8 +44,12 @@ pub fn options(flags: u8, flags2: u8) -> DiskOptions {
             CacheMode::Directsync,
             CacheMode::Unsafe,
         ][usize::from(flags & 7) % 5],
-        aio: [None, Some(Aio::Threads), Some(Aio::Native), Some(Aio::IoUring)]
-            [usize::from((flags >> 3) & 3)],
+        aio: [
+            None,
+            Some(Aio::Threads),
+            Some(Aio::Native),
+            Some(Aio::IoUring),
+        ][usize::from((flags >> 3) & 3)],
         discard: if flags & 0x20 == 0 {
             Discard::Ignore
         } else {
@@ -124,7 +128,10 @@ pub fn check(data: &[u8]) -> Outcome {
     let _ = redact(text);
     let parsed = if flags2 & ATTACH_LINE != 0 {
         parse_attach_line(text).map(|(hv, src)| {
-            let (prefix, _) = text.trim().split_once(':').expect("parsed lines have a ':'");
+            let (prefix, _) = text
+                .trim()
+                .split_once(':')
+                .expect("parsed lines have a ':'");
             assert_eq!(hv, prefix.to_ascii_lowercase(), "hypervisor of {text:?}");
             src
         })
@@ -316,7 +323,10 @@ fn check_blockdev(src: &Source, opts: &DiskOptions) -> Option<[Map<String, Value
     let node = |i: usize| -> Map<String, Value> {
         match serde_json::from_str(&args.json_nodes[i]) {
             Ok(Value::Object(m)) => m,
-            other => panic!("node {:?} is not a JSON object: {other:?}", args.json_nodes[i]),
+            other => panic!(
+                "node {:?} is not a JSON object: {other:?}",
+                args.json_nodes[i]
+            ),
         }
     };
     let (proto, raw) = (node(0), node(1));
@@ -357,8 +367,14 @@ fn check_blockdev(src: &Source, opts: &DiskOptions) -> Option<[Map<String, Value
 
 fn check_common(keys: &mut Keys<'_>, opts: &DiskOptions) {
     assert_eq!(keys.take("read-only"), Some(&Value::Bool(opts.read_only)));
-    assert_eq!(keys.take_str("discard").as_deref(), Some(opts.discard.as_str()));
-    let cache = keys.take("cache").and_then(Value::as_object).expect("cache");
+    assert_eq!(
+        keys.take_str("discard").as_deref(),
+        Some(opts.discard.as_str())
+    );
+    let cache = keys
+        .take("cache")
+        .and_then(Value::as_object)
+        .expect("cache");
     assert_eq!(cache.get("direct"), Some(&Value::Bool(opts.cache.direct())));
     assert_eq!(
         cache.get("no-flush"),
@@ -367,7 +383,11 @@ fn check_common(keys: &mut Keys<'_>, opts: &DiskOptions) {
     assert_eq!(cache.len(), 2);
 }
 
-fn check_json_filename(src: &Source, opts: &DiskOptions, blockdev: Option<&[Map<String, Value>; 2]>) {
+fn check_json_filename(
+    src: &Source,
+    opts: &DiskOptions,
+    blockdev: Option<&[Map<String, Value>; 2]>,
+) {
     let j = match (render_json_filename(src, opts, "d0"), blockdev) {
         (Ok(j), Some(_)) => j,
         (Err(_), None) => return,
@@ -589,14 +609,16 @@ fn decode_node(k: &mut Keys<'_>) -> Result<Source, String> {
                 Some(v) => {
                     let m = v.as_object().ok_or("host-key-check")?;
                     let get = |f: &str| m.get(f).and_then(Value::as_str).map(str::to_string);
-                    Some(match (get("mode").as_deref(), get("type").as_deref(), get("hash")) {
-                        (Some("none"), None, None) => HostKeyCheck::No,
-                        (Some("known_hosts"), None, None) => HostKeyCheck::KnownHosts,
-                        (Some("hash"), Some("md5"), Some(h)) => HostKeyCheck::Md5(h),
-                        (Some("hash"), Some("sha1"), Some(h)) => HostKeyCheck::Sha1(h),
-                        (Some("hash"), Some("sha256"), Some(h)) => HostKeyCheck::Sha256(h),
-                        _ => return Err(format!("host-key-check {m:?}")),
-                    })
+                    Some(
+                        match (get("mode").as_deref(), get("type").as_deref(), get("hash")) {
+                            (Some("none"), None, None) => HostKeyCheck::No,
+                            (Some("known_hosts"), None, None) => HostKeyCheck::KnownHosts,
+                            (Some("hash"), Some("md5"), Some(h)) => HostKeyCheck::Md5(h),
+                            (Some("hash"), Some("sha1"), Some(h)) => HostKeyCheck::Sha1(h),
+                            (Some("hash"), Some("sha256"), Some(h)) => HostKeyCheck::Sha256(h),
+                            _ => return Err(format!("host-key-check {m:?}")),
+                        },
+                    )
                 }
             };
             Source::Ssh(Ssh {
@@ -648,27 +670,81 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>, Outcome)> {
             r"rbd:po\:ol/ns/im\@age@snap:conf=/etc/ceph/a\:b.conf:id=admin:mon_host=[2001\:db8\:\:1]\:3300\;10.0.0.1\:6789:auth_supported=cephx\;none:key=AQBzZWNyZXRrZXk=",
             ok,
         ),
-        s("rbd-options", 0, 0, "rbd:p/i:rbd_cache=true:mon_host=h1", ok),
+        s(
+            "rbd-options",
+            0,
+            0,
+            "rbd:p/i:rbd_cache=true:mon_host=h1",
+            ok,
+        ),
         s("rbd-key-no-secret-dir", 0, 0, "rbd:p/i:key=QUJDRA==", ok),
         s("rbd-escapes", 0, 0, r"rbd:p\/q/i\:m\@g\\x", ok),
         s("nbd-tcp", 0, 0, "nbd://[::1]:10809/exp%20name", ok),
-        s("nbd-unix", 0, 0, "nbd+unix:///vol?socket=/run/a%2Cb.sock", ok),
+        s(
+            "nbd-unix",
+            0,
+            0,
+            "nbd+unix:///vol?socket=/run/a%2Cb.sock",
+            ok,
+        ),
         s("nbd-old", 0, 0, "nbd:unix:/run/n.sock:exportname=e", ok),
         s("nbd-old-tcp", 0, 0, "nbd:localhost:10809:exportname=e", ok),
         s("gluster", 0, 0, "gluster://host:24007/vol/dir/img.raw", ok),
-        s("gluster-unix", 0, 0, "gluster+unix:///vol/img?socket=/run/g.sock", ok),
-        s("iscsi", 0, RO_SECRETS, "iscsi://user%secretpw@10.0.0.2:3261/iqn.2001-04.com.example:t/7", ok),
+        s(
+            "gluster-unix",
+            0,
+            0,
+            "gluster+unix:///vol/img?socket=/run/g.sock",
+            ok,
+        ),
+        s(
+            "iscsi",
+            0,
+            RO_SECRETS,
+            "iscsi://user%secretpw@10.0.0.2:3261/iqn.2001-04.com.example:t/7",
+            ok,
+        ),
         s("iser", 0, 0, "iser://[fe80::1]/iqn.x:y/0", ok),
-        s("nfs", 0, 0, "nfs://server/export/img?uid=1&gid=2&readahead=65536", ok),
-        s("ssh", 0, 0, "ssh://me@host:2222/srv/img?host_key_check=sha256%3Aab%3Acd", ok),
-        s("https", 0, RO_SECRETS, "https://u:pa%3Ass@h.example:8443/x/y.img?t=1", ok),
+        s(
+            "nfs",
+            0,
+            0,
+            "nfs://server/export/img?uid=1&gid=2&readahead=65536",
+            ok,
+        ),
+        s(
+            "ssh",
+            0,
+            0,
+            "ssh://me@host:2222/srv/img?host_key_check=sha256%3Aab%3Acd",
+            ok,
+        ),
+        s(
+            "https",
+            0,
+            RO_SECRETS,
+            "https://u:pa%3Ass@h.example:8443/x/y.img?t=1",
+            ok,
+        ),
         s("ftp-not-read-only", 0, 0, "ftp://h/img", ok),
         s("json-refused", 0, 0, "json:{\"driver\":\"file\"}", no),
         s("sheepdog", 0, 0, "sheepdog:x", no),
         s("attach-kvm-rbd", 0, ATTACH_LINE, "KVM:rbd:pool/img", ok),
-        s("attach-nbd", 0, ATTACH_LINE, "kvm:nbd+unix:///vol?socket=/run/v.sock\r\n", ok),
+        s(
+            "attach-nbd",
+            0,
+            ATTACH_LINE,
+            "kvm:nbd+unix:///vol?socket=/run/v.sock\r\n",
+            ok,
+        ),
         s("attach-bad-hv", 0, ATTACH_LINE, "k v:/dev/x", no),
-        s("attach-rbd-key", 0, ATTACH_LINE | RO_SECRETS, "kvm:rbd:p/i:key=c2VjcmV0a2V5", ok),
+        s(
+            "attach-rbd-key",
+            0,
+            ATTACH_LINE | RO_SECRETS,
+            "kvm:rbd:p/i:key=c2VjcmV0a2V5",
+            ok,
+        ),
     ]
 }
 

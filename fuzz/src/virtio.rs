@@ -477,7 +477,13 @@ fn apply(mem: &GuestMemoryMmap<()>, layout: &Layout, case: &Case) {
 /// table (never nested, length a multiple of 16, at most 65535 entries), no
 /// more descriptors than the table has entries, at most 4 GiB in total.
 /// The flag is false when the walk stopped before a descriptor without NEXT.
-fn walk(mem: &GuestMemoryMmap<()>, layout: &Layout, table: u64, qsize: u16, head: u16) -> (Vec<D>, bool) {
+fn walk(
+    mem: &GuestMemoryMmap<()>,
+    layout: &Layout,
+    table: u64,
+    qsize: u16,
+    head: u16,
+) -> (Vec<D>, bool) {
     let mut out = Vec::new();
     let (mut table, mut size, mut idx) = (table, u32::from(qsize), u32::from(head));
     let mut indirect = false;
@@ -706,7 +712,11 @@ pub fn check(case: &Case) -> Outcome {
     let got = Request::parse(&chain, &mut segs);
     // Parsing is a pure function of guest memory: the same again.
     let mut again = Vec::new();
-    assert_eq!(Request::parse(&chain, &mut again), got, "parse is not repeatable");
+    assert_eq!(
+        Request::parse(&chain, &mut again),
+        got,
+        "parse is not repeatable"
+    );
     assert_eq!(again, segs, "parse is not repeatable");
 
     let (descs, complete) = walk(&mem, &layout, table, qsize, case.head);
@@ -751,11 +761,7 @@ pub fn check(case: &Case) -> Outcome {
                 let d = d.expect("a discard request has a whole segment");
                 assert_eq!(
                     d.byte_range(case.capacity),
-                    range_oracle(
-                        d.sector,
-                        u64::from(d.num_sectors) * 512,
-                        case.capacity
-                    ),
+                    range_oracle(d.sector, u64::from(d.num_sectors) * 512, case.capacity),
                     "discard byte_range({})",
                     case.capacity
                 );
@@ -836,7 +842,12 @@ pub fn seeds() -> Vec<(&'static str, Case, Outcome)> {
     let mut discard = std3(11, 16, 0);
     discard.push(Op::Bytes {
         at: at(DATA),
-        data: [24u64.to_le_bytes().as_slice(), &8u32.to_le_bytes(), &0u32.to_le_bytes()].concat(),
+        data: [
+            24u64.to_le_bytes().as_slice(),
+            &8u32.to_le_bytes(),
+            &0u32.to_le_bytes(),
+        ]
+        .concat(),
     });
     let mut write_zeroes = std3(13, 32, 0);
     write_zeroes.push(Op::Bytes {
@@ -850,8 +861,16 @@ pub fn seeds() -> Vec<(&'static str, Case, Outcome)> {
     });
 
     let mut out = vec![
-        ("read", one_region(std3(0, 4096, F_WRITE)), Outcome::Ok(RequestType::In)),
-        ("write", one_region(std3(1, 1024, 0)), Outcome::Ok(RequestType::Out)),
+        (
+            "read",
+            one_region(std3(0, 4096, F_WRITE)),
+            Outcome::Ok(RequestType::In),
+        ),
+        (
+            "write",
+            one_region(std3(1, 1024, 0)),
+            Outcome::Ok(RequestType::Out),
+        ),
         (
             "write-header-and-data-in-one",
             one_region(with(
@@ -876,8 +895,16 @@ pub fn seeds() -> Vec<(&'static str, Case, Outcome)> {
             )),
             Outcome::Ok(RequestType::Flush),
         ),
-        ("get-id", one_region(std3(8, 20, F_WRITE)), Outcome::Ok(RequestType::GetId)),
-        ("discard", one_region(discard), Outcome::Ok(RequestType::Discard)),
+        (
+            "get-id",
+            one_region(std3(8, 20, F_WRITE)),
+            Outcome::Ok(RequestType::GetId),
+        ),
+        (
+            "discard",
+            one_region(discard),
+            Outcome::Ok(RequestType::Discard),
+        ),
         (
             "write-zeroes-out-of-range",
             one_region(write_zeroes),
@@ -954,7 +981,11 @@ pub fn seeds() -> Vec<(&'static str, Case, Outcome)> {
             "status-readable",
             one_region(with(
                 vec![header(0, 0)],
-                chain(&[(at(HDR), 16, 0), (at(DATA), 512, F_WRITE), (at(STATUS), 1, 0)]),
+                chain(&[
+                    (at(HDR), 16, 0),
+                    (at(DATA), 512, F_WRITE),
+                    (at(STATUS), 1, 0),
+                ]),
             )),
             Outcome::NoStatus,
         ),
@@ -1050,15 +1081,35 @@ pub fn seeds() -> Vec<(&'static str, Case, Outcome)> {
         indirect(48, &entries, true),
         Outcome::Ok(RequestType::Out),
     ));
-    out.push(("indirect-misaligned", indirect(40, &entries, false), Outcome::NoStatus));
-    out.push(("indirect-empty", indirect(0, &entries, false), Outcome::NoStatus));
-    out.push(("indirect-short", indirect(32, &entries, false), Outcome::NoStatus));
+    out.push((
+        "indirect-misaligned",
+        indirect(40, &entries, false),
+        Outcome::NoStatus,
+    ));
+    out.push((
+        "indirect-empty",
+        indirect(0, &entries, false),
+        Outcome::NoStatus,
+    ));
+    out.push((
+        "indirect-short",
+        indirect(32, &entries, false),
+        Outcome::NoStatus,
+    ));
     let mut nested = entries;
     nested[1].flags |= F_INDIRECT;
-    out.push(("indirect-nested", indirect(48, &nested, false), Outcome::NoStatus));
+    out.push((
+        "indirect-nested",
+        indirect(48, &nested, false),
+        Outcome::NoStatus,
+    ));
     let mut iloop = entries;
     iloop[2] = d(STATUS, 1, F_WRITE | F_NEXT, 0);
-    out.push(("indirect-loop", indirect(48, &iloop, false), Outcome::NoStatus));
+    out.push((
+        "indirect-loop",
+        indirect(48, &iloop, false),
+        Outcome::NoStatus,
+    ));
     // Indirect after a direct descriptor.
     let mut mixed = one_region(vec![header(0, 0)]);
     mixed.ops.push(Op::Slot {
@@ -1113,7 +1164,11 @@ pub fn seeds() -> Vec<(&'static str, Case, Outcome)> {
             ops,
         }
     };
-    out.push(("across-adjacent-regions", two(0), Outcome::Ok(RequestType::In)));
+    out.push((
+        "across-adjacent-regions",
+        two(0),
+        Outcome::Ok(RequestType::In),
+    ));
     out.push(("across-a-hole", two(1), Outcome::IoErr));
     // The descriptor table straddles two adjacent regions.
     let mut straddle = two(0);
@@ -1121,7 +1176,11 @@ pub fn seeds() -> Vec<(&'static str, Case, Outcome)> {
         region: 0,
         back: 16,
     };
-    out.push(("table-across-regions", straddle, Outcome::Ok(RequestType::In)));
+    out.push((
+        "table-across-regions",
+        straddle,
+        Outcome::Ok(RequestType::In),
+    ));
 
     // Memory just below 2^64: a header at the very top, data wrapping.
     let top = Case {
@@ -1151,14 +1210,7 @@ pub fn seeds() -> Vec<(&'static str, Case, Outcome)> {
                     0,
                 ),
                 (at(0x1000), 512, 0),
-                (
-                    Addr::FromEnd {
-                        region: 0,
-                        back: 1,
-                    },
-                    1,
-                    F_WRITE,
-                ),
+                (Addr::FromEnd { region: 0, back: 1 }, 1, F_WRITE),
             ]),
         ),
     };
