@@ -93,10 +93,7 @@ pub fn check_parameters(data: &[u8]) -> Option<usize> {
     let params = match parse_parameters(&text) {
         Ok(p) => p,
         Err(e) => {
-            assert!(
-                e.contains("parameters.list"),
-                "error without the file name: {e}"
-            );
+            assert!(!e.trim().is_empty(), "an empty error for {text:?}");
             return None;
         }
     };
