@@ -37,28 +37,34 @@ pub fn check_attach(data: &[u8]) -> Attach {
         return Attach::Refused;
     };
     // The contract: line 1 is the device or empty, every further non-blank
-    // line a URI; line ends and surrounding whitespace do not count.
-    let mut lines = text.split('\n').map(str::trim);
-    let dev = lines.next().unwrap_or("");
-    let uris: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
-    let (got_dev, got_uris) = match result {
+    // line a URI; line ends and surrounding whitespace do not count. Lines
+    // end at "\n", or (as Ganeti 3 reads them, with Python's universal
+    // newlines) at "\n", "\r\n" or a lone "\r": either reading is accepted
+    // until the project settles on one.
+    let model = |ends: &[char]| -> (Option<String>, Vec<String>) {
+        let mut lines = text.split(ends).map(str::trim);
+        let dev = lines.next().unwrap_or("");
+        let uris = lines.filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        ((!dev.is_empty()).then(|| dev.to_owned()), uris)
+    };
+    let readings = [model(&['\n']), model(&['\n', '\r'])];
+    let got = match result {
         Err(e) => {
             assert!(!e.is_empty());
             assert!(
-                dev.is_empty() && uris.is_empty(),
-                "{text:?} refused ({e}) but has device {dev:?} and URIs {uris:?}"
+                readings.iter().any(|(d, u)| d.is_none() && u.is_empty()),
+                "{text:?} refused ({e}) but has lines {readings:?}"
             );
             return Attach::Refused;
         }
-        Ok(r) => r,
+        Ok((dev, uris)) => (dev.map(|p| p.to_str().expect("UTF-8").to_owned()), uris),
     };
-    assert_eq!(
-        got_dev.as_deref().map(|p| p.to_str().expect("UTF-8")),
-        (!dev.is_empty()).then_some(dev),
-        "device of {text:?}"
+    assert!(
+        readings.contains(&got),
+        "{text:?} parses as {got:?}, not as one of {readings:?}"
     );
-    assert_eq!(got_uris, uris, "URIs of {text:?}");
-    for u in &got_uris {
+    let (got_dev, got_uris) = got;
+    for u in got_uris.iter().chain(&got_dev) {
         assert!(!u.is_empty() && trimmed(u) && !u.contains('\n'));
     }
 
@@ -179,10 +185,11 @@ pub fn check_size(data: &[u8]) -> Option<u64> {
     // rounding of fractions, and overflow).
     let t = text.trim();
     if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        assert_eq!(ok(&format!("{t}M")), v, "{t:?} vs {t}M");
-        assert_eq!(ok(&format!("{t}MiB")), v, "{t:?} vs {t}MiB");
-        assert_eq!(ok(&format!("{t}mb")), v, "{t:?} vs {t}mb");
-        if let Some(m) = v {
+        let bare = ok(t);
+        assert_eq!(ok(&format!("{t}M")), bare, "{t:?} vs {t}M");
+        assert_eq!(ok(&format!("{t}MiB")), bare, "{t:?} vs {t}MiB");
+        assert_eq!(ok(&format!("{t}mb")), bare, "{t:?} vs {t}mb");
+        if let Some(m) = bare {
             for (unit, factor) in [("G", 1u64 << 10), ("T", 1 << 20)] {
                 if let Some(g) = ok(&format!("{t}{unit}")) {
                     assert!(
