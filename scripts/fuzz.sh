@@ -114,8 +114,9 @@ case "$mode" in
     -*) usage ;;
     *)
         target=$mode
-        if ! targets | grep -qx "$target"; then
-            echo "fuzz.sh: no target $target; the targets are: $(targets | tr '\n' ' ')" >&2
+        all=$(targets)
+        if ! grep -qx -- "$target" <<<"$all"; then
+            echo "fuzz.sh: no target $target; the targets are:" $all >&2
             exit 2
         fi
         case "${args[0]:-60}" in
