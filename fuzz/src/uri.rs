@@ -679,6 +679,23 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>, Outcome)> {
         ),
         s("rbd-key-no-secret-dir", 0, 0, "rbd:p/i:key=QUJDRA==", ok),
         s("rbd-escapes", 0, 0, r"rbd:p\/q/i\:m\@g\\x", ok),
+        s(
+            "rbd-escaped-option-names",
+            0,
+            0,
+            r"rbd:p/i:i\d=admin:c\onf=/etc/ceph/c.conf",
+            ok,
+        ),
+        // Regression (parse::tests::redaction_reads_rbd_options_as_rbd_does):
+        // `k\ey` is the key option, and its value must be redacted.
+        s(
+            "rbd-escaped-key-name",
+            0,
+            RO_SECRETS,
+            r"rbd:p/i:k\ey=c2VjcmV0a2V5",
+            ok,
+        ),
+        s("rbd-key-escaped-colon", 0, 0, r"rbd:p/i:key=c2Vj\:cmV0", no),
         s("nbd-tcp", 0, 0, "nbd://[::1]:10809/exp%20name", ok),
         s(
             "nbd-unix",
