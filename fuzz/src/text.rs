@@ -37,35 +37,28 @@ pub fn check_attach(data: &[u8]) -> Attach {
         return Attach::Refused;
     };
     // The contract: line 1 is the device or empty, every further non-blank
-    // line a URI; line ends and surrounding whitespace do not count. Lines
-    // end at "\n", or (as Ganeti 3 reads them, with Python's universal
-    // newlines) at "\n", "\r\n" or a lone "\r": either reading is accepted
-    // until the project settles on one.
-    let model = |ends: &[char]| -> (Option<String>, Vec<String>) {
-        let mut lines = text.split(ends).map(str::trim);
-        let dev = lines.next().unwrap_or("");
-        let uris = lines.filter(|l| !l.is_empty()).map(str::to_owned).collect();
-        ((!dev.is_empty()).then(|| dev.to_owned()), uris)
-    };
-    let readings = [model(&['\n']), model(&['\n', '\r'])];
+    // line a URI; lines end at "\n", "\r\n" or a lone "\r" (Ganeti 3 reads
+    // script output with Python's universal newlines), and surrounding
+    // whitespace does not count.
+    let mut lines = text.split(['\n', '\r']).map(str::trim);
+    let dev = lines.next().unwrap_or("");
+    let uris: Vec<String> = lines.filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    let want = ((!dev.is_empty()).then(|| dev.to_owned()), uris);
     let got = match result {
         Err(e) => {
             assert!(!e.is_empty());
             assert!(
-                readings.iter().any(|(d, u)| d.is_none() && u.is_empty()),
-                "{text:?} refused ({e}) but has lines {readings:?}"
+                want.0.is_none() && want.1.is_empty(),
+                "{text:?} refused ({e}) but has device and URIs {want:?}"
             );
             return Attach::Refused;
         }
         Ok((dev, uris)) => (dev.map(|p| p.to_str().expect("UTF-8").to_owned()), uris),
     };
-    assert!(
-        readings.contains(&got),
-        "{text:?} parses as {got:?}, not as one of {readings:?}"
-    );
+    assert_eq!(got, want, "device and URIs of {text:?}");
     let (got_dev, got_uris) = got;
     for u in got_uris.iter().chain(&got_dev) {
-        assert!(!u.is_empty() && trimmed(u) && !u.contains('\n'));
+        assert!(!u.is_empty() && trimmed(u) && !u.contains(['\n', '\r']));
     }
 
     // find_uri: the first URI whose prefix before the first ':' is the
@@ -157,7 +150,7 @@ pub fn check_parameters(data: &[u8]) -> Option<usize> {
 }
 
 /// `parse_size_mib` on any text: never panics, errors say what to write,
-/// and the units relate as units do. Returns the size (`None` when refused).
+/// a size is a multiple of 4 MiB, and the units relate as units do. Returns the size (`None` when refused).
 pub fn check_size(data: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(data).ok()?;
     let got = parse_size_mib(text);
@@ -179,6 +172,12 @@ pub fn check_size(data: &[u8]) -> Option<u64> {
     // Units are case-insensitive.
     let ok = |s: &str| parse_size_mib(s).ok();
     let v = got.ok();
+    if let Some(m) = v {
+        assert!(
+            m.is_multiple_of(4),
+            "{text:?} = {m} MiB, not a multiple of 4"
+        );
+    }
     assert_eq!(ok(&text.to_ascii_uppercase()), v, "{text:?} upper-cased");
     assert_eq!(ok(&text.to_ascii_lowercase()), v, "{text:?} lower-cased");
     // A bare number is MiB; G and T are 1024 and 1024² times more (up to
@@ -190,6 +189,9 @@ pub fn check_size(data: &[u8]) -> Option<u64> {
         assert_eq!(ok(&format!("{t}MiB")), bare, "{t:?} vs {t}MiB");
         assert_eq!(ok(&format!("{t}mb")), bare, "{t:?} vs {t}mb");
         if let Some(m) = bare {
+            // Rounded up to whole MiB, then to a multiple of 4 MiB, as
+            // Ganeti's ParseUnit does.
+            assert!(m.is_multiple_of(4), "{t:?} = {m} MiB");
             for (unit, factor) in [("G", 1u64 << 10), ("T", 1 << 20)] {
                 if let Some(g) = ok(&format!("{t}{unit}")) {
                     assert!(
@@ -226,6 +228,7 @@ pub fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
             "\x02  /dev/sdb  \n\n   \n\tKVM:rbd:p/i:key=QUJDRA==\n\n",
         ),
         t("attach_output", "nothing", "\x03\n\n \n"),
+        t("attach_output", "lone-cr", "\0/dev/loop3\rkvm:rbd:p/i\r"),
         t("attach_output", "empty", ""),
         t("attach_output", "colon-only", "\x05\n:\nkvm\nkvm:\n"),
         ("attach_output", "not-utf8", b"\x00/dev/\xff\xfe\n".to_vec()),
@@ -289,5 +292,12 @@ mod tests {
         assert_eq!(check_parameters(b"a b\na c\n"), None);
         assert_eq!(check_parameters(b"# x\n\na b\r\n"), Some(1));
         assert_eq!(check_size(b"10G"), Some(10240));
+        assert_eq!(check_size(b"5"), Some(8));
+        assert_eq!(check_size(b"1.5G"), Some(1536));
+        assert_eq!(check_size(b"4096B"), None);
+        assert_eq!(
+            check_attach(b"\0/dev/loop3\rkvm:rbd:p/i\r"),
+            Attach::Parsed { dev: true, uris: 1 }
+        );
     }
 }
