@@ -161,7 +161,8 @@ pub fn check(data: &[u8]) -> Outcome {
 /// when the secret's value occurs exactly once in the input, that
 /// occurrence is replaced by a marker (found nowhere else in the input),
 /// and if the result parses to the same source with the marker as its
-/// secret, the marker must not survive redaction or reach an error message.
+/// secret, the marker must not survive redaction (the uri crate's, for its
+/// errors, and the core's, for log lines) or reach an error message.
 fn check_redaction(text: &str, src: &Source, parse: impl Fn(&str) -> Result<Source, UriError>) {
     let Some(secret) = secret_of(src) else {
         return;
@@ -182,6 +183,13 @@ fn check_redaction(text: &str, src: &Source, parse: impl Fn(&str) -> Result<Sour
     assert!(
         !r.contains(MARKER),
         "redact({marked:?}) = {r:?} still holds the secret"
+    );
+    // The core's redaction of log lines and errors (attach output, script
+    // output) must not let it through either.
+    let r = extstorage_core::redact(&marked);
+    assert!(
+        !r.contains(MARKER),
+        "extstorage_core::redact({marked:?}) = {r:?} still holds the secret"
     );
     let err = parse_attach_line(&format!("not a hypervisor:{marked}"))
         .expect_err("a hypervisor name with a space is refused");
