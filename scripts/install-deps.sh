@@ -24,6 +24,8 @@ done
 for p in libvirt-clients libxml2-utils groff-base man-db systemd; do
     have "$p" || need+=("$p")
 done
+# The fuzz targets (scripts/fuzz.sh): libFuzzer is C++.
+have g++ || need+=(g++)
 # Packages that must come from backports (QEMU 10).
 backports=()
 for p in qemu-system-x86 qemu-utils qemu-block-extra; do

@@ -4,6 +4,7 @@
 #
 # Environment:
 #   SKIP_INSTALL=1  do not run scripts/install-deps.sh (packages already there)
+#   FUZZ_RUNS=N     new inputs per fuzz target (default 20000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,16 @@ echo "== cargo test --doc"
 cargo test --workspace --doc 2>&1 | tee -a "$results"
 echo "== cargo test"
 cargo test --workspace --all-targets 2>&1 | tee -a "$results"
+
+# The fuzz crate (fuzz/, its own workspace): formatted, lint-free, its seeds
+# current and checked, then every target over its seeds plus a fixed number
+# of new inputs (fixed RNG seed), so the targets keep building and passing.
+echo "== cargo fuzz"
+cargo fmt --manifest-path fuzz/Cargo.toml --all -- --check
+# Sharing target/ with the workspace reuses the crates built above.
+CARGO_TARGET_DIR=target cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
+CARGO_TARGET_DIR=target cargo test --manifest-path fuzz/Cargo.toml 2>&1 | tee -a "$results"
+scripts/fuzz.sh --check "${FUZZ_RUNS:-20000}"
 
 # One closing line over every test binary (cargo prints one per binary).
 awk '/^test result:/ { p += $4; f += $6; i += $8 }

@@ -10,7 +10,8 @@
 //! `name=value` spellings):
 //! - URL userinfo passwords: `scheme://user:SECRET@host`, and for `iscsi://`
 //!   and `iser://` also `user%SECRET@host`;
-//! - the value of an option whose name looks secret ([`looks_secret_name`]):
+//! - the value of an option whose name looks secret ([`looks_secret_name`],
+//!   after removing backslash escapes, as rbd does: `k\ey=` is a key):
 //!   `key=SECRET` (rbd's `:key=...:`, with `\:` escapes), `password=SECRET`,
 //!   `secret="SECRET"`, `"token": "SECRET"`, `key = SECRET` (Ceph keyrings),
 //!   and a flag's next word: `--key SECRET`.
@@ -270,11 +271,26 @@ fn secret_options(text: &str, spans: &mut Vec<(usize, usize)>) {
             i += 1;
             continue;
         }
+        // A backslash may escape a name byte: rbd (and QEMU) unescape
+        // option names, so `k\ey=` sets the key.
         let start = i;
-        while i < b.len() && is_name_byte(b[i]) {
-            i += 1;
+        let mut escaped = false;
+        loop {
+            match b.get(i) {
+                Some(&c) if is_name_byte(c) => i += 1,
+                Some(b'\\') if b.get(i + 1).is_some_and(|&c| is_name_byte(c)) => {
+                    escaped = true;
+                    i += 2;
+                }
+                _ => break,
+            }
         }
-        if !looks_secret_name(&text[start..i]) {
+        let name = if escaped {
+            Cow::Owned(text[start..i].replace('\\', ""))
+        } else {
+            Cow::Borrowed(&text[start..i])
+        };
+        if !looks_secret_name(&name) {
             continue;
         }
         // A quoted name: "name", 'name' or \"name\" (JSON inside a debug
@@ -325,6 +341,21 @@ fn secret_options(text: &str, spans: &mut Vec<(usize, usize)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found through the uri_roundtrip fuzz target (docs/reliability.md):
+    /// rbd unescapes option names, so `k\ey=` sets the key, but the name
+    /// was read up to the backslash and the key went into logs as it was.
+    #[test]
+    fn escaped_option_names() {
+        assert_eq!(
+            redact(r"kvm:rbd:p/i:k\ey=c2VjcmV0a2V5:id=admin"),
+            r"kvm:rbd:p/i:k\ey=***:id=admin"
+        );
+        assert_eq!(redact(r"pass\word=hunter2"), r"pass\word=***");
+        // Escapes that do not make a secret name change nothing.
+        assert_eq!(redact(r"rbd:p/i:i\d=admin"), r"rbd:p/i:i\d=admin");
+        assert_eq!(redact(r"a\:key"), r"a\:key");
+    }
 
     #[test]
     fn names() {

@@ -8,6 +8,12 @@ use crate::model::{
 };
 
 /// Replaces passwords and keys in a legacy filename by `***`, for messages.
+///
+/// rbd options are read as rbd reads them: the text splits into options at
+/// each `:` not escaped by a backslash, an option's name is unescaped
+/// before it is compared with `key` (so `k\ey=` is a key too), and its value
+/// runs to the next unescaped `:` (so an escaped `\:` inside a key does not
+/// end the redaction).
 pub fn redact(input: &str) -> String {
     let mut out = input.to_string();
     // URI userinfo: everything between "://" and the last '@' of the authority.
@@ -19,18 +25,24 @@ pub fn redact(input: &str) -> String {
             out.replace_range(start..start + at, "***");
         }
     }
-    // rbd ":key=VALUE" (up to the next ':').
-    let mut from = 0;
-    while let Some(i) = out[from..].find("key=").map(|i| from + i) {
-        let preceded = i == 0 || matches!(out.as_bytes()[i - 1], b':');
-        let vstart = i + 4;
-        if preceded {
-            let vend = out[vstart..].find(':').map_or(out.len(), |j| vstart + j);
-            out.replace_range(vstart..vend, "***");
+    // rbd ":key=VALUE", as rbd splits and unescapes it.
+    let mut redacted = String::with_capacity(out.len());
+    let mut rest = Some(out.as_str());
+    while let Some(text) = rest {
+        let (option, next) = rbd_next_tok(text, ':');
+        match rbd_next_tok(option, '=') {
+            (name, Some(_)) if rbd_unescape(name) == "key" => {
+                redacted.push_str(name);
+                redacted.push_str("=***");
+            }
+            _ => redacted.push_str(option),
         }
-        from = vstart.min(out.len());
+        if next.is_some() {
+            redacted.push(':');
+        }
+        rest = next;
     }
-    out
+    redacted
 }
 
 fn syntax(protocol: &'static str, input: &str, reason: impl Into<String>) -> UriError {
@@ -982,5 +994,30 @@ mod tests {
     fn redaction() {
         assert_eq!(redact("iscsi://u%pw@h/t/0"), "iscsi://***@h/t/0");
         assert_eq!(redact("rbd:p/i:key=ABC:id=x"), "rbd:p/i:key=***:id=x");
+        assert_eq!(redact("key=ABC"), "key=***");
+        assert_eq!(redact("kvm:rbd:p/i:key=ABC"), "kvm:rbd:p/i:key=***");
+        assert_eq!(redact("rbd:p/i:monkey=x:id=key"), "rbd:p/i:monkey=x:id=key");
+        assert_eq!(redact("nbd://h/e?key=x"), "nbd://h/e?key=x");
+    }
+
+    /// Found by the uri_roundtrip fuzz target (docs/reliability.md): rbd
+    /// unescapes option names, so `k\ey=` sets the key, but redaction
+    /// looked for the literal text `key=` and let the key through into
+    /// error messages; and an escaped `\:` in a key ended the redaction
+    /// early, letting the rest of the key through.
+    #[test]
+    fn redaction_reads_rbd_options_as_rbd_does() {
+        let escaped_name = r"rbd:p/i:k\ey=c2VjcmV0a2V5";
+        let src = Source::parse_legacy(escaped_name).unwrap();
+        assert!(src.has_secret(), "k\\ey is the key option");
+        assert_eq!(redact(escaped_name), r"rbd:p/i:k\ey=***");
+        let e = parse_attach_line(&format!("bad hv:{escaped_name}")).unwrap_err();
+        assert!(!e.to_string().contains("c2VjcmV0a2V5"), "{e}");
+        assert_eq!(
+            redact(r"rbd:p/i:key=c2Vj\:cmV0:id=admin"),
+            "rbd:p/i:key=***:id=admin"
+        );
+        let e = Source::parse_legacy(r"rbd:p/i:key=c2Vj\:cmV0").unwrap_err();
+        assert!(!e.to_string().contains("cmV0"), "{e}");
     }
 }
