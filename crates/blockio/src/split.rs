@@ -10,7 +10,8 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use crate::{
-    Backing, Completion, Engine, Error, Op, Request, SubmitError, SyncEngine, UringEngine,
+    Backing, Completion, Engine, EnginePaths, Error, EventLoop, Op, Request, SubmitError,
+    SyncEngine, UringEngine,
 };
 
 /// Requests moving at least this many bytes go to io_uring.
@@ -73,6 +74,19 @@ impl Engine for SplitEngine {
 
     fn in_flight(&self) -> usize {
         self.sync.in_flight() + self.uring.in_flight()
+    }
+
+    fn event_loop(&mut self) -> Option<&mut dyn EventLoop> {
+        self.uring.event_loop()
+    }
+
+    fn paths(&self) -> EnginePaths {
+        // Discards and write-zeroes carry no data: the sync engine's.
+        EnginePaths {
+            event_loop: UringEngine::event_loop_supported(),
+            ring: self.uring.paths().ring,
+            ..self.sync.paths()
+        }
     }
 }
 

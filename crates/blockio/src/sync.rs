@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::backing::Transfer;
 use crate::bounce::{self, BouncePool};
-use crate::{Backing, Completion, Engine, IoBuf, Op, Request, SubmitError};
+use crate::{Backing, Completion, Engine, EnginePaths, IoBuf, Op, Request, SubmitError};
 
 /// Runs requests with `preadv`/`pwritev`/`fdatasync`/`fallocate` on the
 /// calling thread.
@@ -136,6 +136,18 @@ impl Engine for SyncEngine {
 
     fn in_flight(&self) -> usize {
         self.done.len()
+    }
+
+    fn paths(&self) -> EnginePaths {
+        let blockdev = self.backing.kind() == crate::BackingKind::BlockDevice;
+        let space = if blockdev { "ioctl" } else { "fallocate" };
+        EnginePaths {
+            ring: "none",
+            event_loop: false,
+            discard: space,
+            write_zeroes: space,
+            write_through: "fdatasync",
+        }
     }
 }
 

@@ -15,12 +15,15 @@ use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, OnceLock};
 
-use io_uring::{IoUring, Probe, opcode, squeue, types};
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::backing::Transfer;
 use crate::bounce::{self, AlignedBuf, BouncePool};
-use crate::{Backing, BackingKind, Completion, Engine, Error, IoBuf, Op, Request, SubmitError};
+use crate::{
+    Backing, BackingKind, Completion, Engine, EnginePaths, Error, EventLoop, IoBuf, Op, Request,
+    SubmitError, Watches,
+};
 
 /// Most iovecs one readv/writev accepts (`IOV_MAX`); longer requests are
 /// issued in pieces, like a short transfer.
@@ -28,6 +31,19 @@ const IOV_MAX: usize = 1024;
 
 /// Largest queue depth accepted; the kernel caps rings at 32768 entries anyway.
 const MAX_DEPTH: usize = 4096;
+
+/// Event-loop watches an engine can hold (bits of a [`Watches`] mask).
+const MAX_WATCHES: usize = 32;
+
+/// Submission entries kept free for watches and their cancellations.
+const WATCH_ENTRIES: usize = 2 * MAX_WATCHES;
+
+/// `user_data` of a watch's entry: this bit plus the watch number. Request
+/// entries carry their slot index, always below [`MAX_DEPTH`].
+const WATCH_TAG: u64 = 1 << 63;
+
+/// `user_data` of a cancellation entry (its completion carries nothing).
+const CANCEL_TAG: u64 = 1 << 62;
 
 /// What an in-flight slot is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +134,16 @@ pub struct UringEngine {
     no_zero_range: bool,
     /// Bounce buffers for requests whose memory breaks direct-I/O alignment.
     pool: BouncePool,
+    /// The ring was set up with cooperative task running.
+    coop: bool,
+    /// Watches submitted (or queued) and not yet completed.
+    armed: Watches,
+    /// Watches completed successfully and not yet taken.
+    fired: Watches,
+    /// Watches that completed with an error and not yet taken.
+    failed: Watches,
+    /// Armed watches that stay armed across firings (multishot polls).
+    multishot: Watches,
 }
 
 impl std::fmt::Debug for UringEngine {
@@ -175,8 +201,22 @@ impl UringEngine {
             source,
         };
         let capacity = depth.clamp(1, MAX_DEPTH);
-        let entries = u32::try_from(capacity.next_power_of_two()).unwrap_or(4096);
-        let ring = IoUring::new(entries).map_err(err)?;
+        let entries = u32::try_from((capacity + WATCH_ENTRIES).next_power_of_two()).unwrap_or(8192);
+        // Cooperative task running: completions never interrupt the worker
+        // with an IPI while it runs; they are run when it next enters the
+        // kernel (and flagged for a spinning caller). Kernels before 5.19
+        // refuse the flags: plain ring there.
+        let (ring, coop) = match IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(entries)
+        {
+            Ok(r) => (r, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                (IoUring::new(entries).map_err(err)?, false)
+            }
+            Err(e) => return Err(err(e)),
+        };
         let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(err)?;
         ring.submitter()
             .register_eventfd(eventfd.as_raw_fd())
@@ -190,8 +230,96 @@ impl UringEngine {
             capacity,
             no_zero_range: false,
             pool: BouncePool::new(backing.mem_alignment()),
+            coop,
             backing,
+            armed: 0,
+            fired: 0,
+            failed: 0,
+            multishot: 0,
         })
+    }
+
+    /// Whether this kernel's io_uring has what the event loop needs (poll,
+    /// read and cancellation). Probed once per process.
+    pub fn event_loop_supported() -> bool {
+        static SUPPORTED: OnceLock<bool> = OnceLock::new();
+        *SUPPORTED.get_or_init(|| {
+            Self::is_supported()
+                && match probe_opcodes(&[
+                    ("poll_add", opcode::PollAdd::CODE),
+                    ("async_cancel", opcode::AsyncCancel::CODE),
+                    ("read", opcode::Read::CODE),
+                ]) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::info!(error = %e, "io_uring event loop unavailable");
+                        false
+                    }
+                }
+        })
+    }
+
+    /// The next finished request from the completion queue, sorting watch
+    /// completions out on the way (short transfers are resubmitted).
+    fn next_from_ring(&mut self) -> Option<Completion> {
+        loop {
+            let cqe = self.ring.completion().next()?;
+            let ud = cqe.user_data();
+            if ud & WATCH_TAG != 0 {
+                self.watch_done(ud, cqe.result(), cqueue::more(cqe.flags()));
+                continue;
+            }
+            if ud & CANCEL_TAG != 0 {
+                continue;
+            }
+            let Ok(idx) = usize::try_from(ud) else {
+                continue;
+            };
+            if idx >= self.slots.len() {
+                tracing::warn!(user_data = ud, "unknown io_uring completion");
+                continue;
+            }
+            if let Some(c) = self.reap(idx, cqe.result()) {
+                return Some(c);
+            }
+        }
+    }
+
+    fn watch_done(&mut self, ud: u64, res: i32, more: bool) {
+        let Some(bit) = watch_bit(ud & !WATCH_TAG) else {
+            return;
+        };
+        if self.armed & bit == 0 {
+            return;
+        }
+        // A multishot poll stays armed while its completions say more follow.
+        if !(more && self.multishot & bit != 0) {
+            self.armed &= !bit;
+            self.multishot &= !bit;
+        }
+        if res >= 0 {
+            self.fired |= bit;
+        } else if res != -libc::ECANCELED {
+            tracing::debug!(
+                watch = ud & !WATCH_TAG,
+                errno = -res,
+                "event loop watch failed"
+            );
+            self.failed |= bit;
+        }
+    }
+
+    /// Queues a watch entry, making room in the submission queue if needed.
+    fn push_watch(&mut self, entry: &squeue::Entry) -> std::io::Result<()> {
+        // SAFETY: a watch entry (a poll or a cancellation) points at no
+        // memory.
+        if unsafe { self.ring.submission().push(entry) }.is_ok() {
+            return Ok(());
+        }
+        submit_all(&self.ring)?;
+        // SAFETY: as above.
+        unsafe { self.ring.submission().push(entry) }
+            .map_err(|_| std::io::Error::other("io_uring submission queue full"))
     }
 
     fn busy(&self) -> usize {
@@ -473,19 +601,7 @@ impl Engine for UringEngine {
         if let Some(c) = self.ready.pop_front() {
             return Some(c);
         }
-        loop {
-            let cqe = self.ring.completion().next()?;
-            let Ok(idx) = usize::try_from(cqe.user_data()) else {
-                continue;
-            };
-            if idx >= self.slots.len() {
-                tracing::warn!(user_data = cqe.user_data(), "unknown io_uring completion");
-                continue;
-            }
-            if let Some(c) = self.reap(idx, cqe.result()) {
-                return Some(c);
-            }
-        }
+        self.next_from_ring()
     }
 
     fn completion_fd(&self) -> Option<RawFd> {
@@ -495,10 +611,143 @@ impl Engine for UringEngine {
     fn in_flight(&self) -> usize {
         self.busy() + self.ready.len()
     }
+
+    fn event_loop(&mut self) -> Option<&mut dyn EventLoop> {
+        if Self::event_loop_supported() {
+            Some(self)
+        } else {
+            None
+        }
+    }
+
+    fn paths(&self) -> EnginePaths {
+        let blockdev = self.backing.kind() == BackingKind::BlockDevice;
+        EnginePaths {
+            ring: if self.coop { "coop_taskrun" } else { "plain" },
+            event_loop: Self::event_loop_supported(),
+            discard: if blockdev { "ioctl" } else { "uring_fallocate" },
+            write_zeroes: if blockdev { "ioctl" } else { "uring_fallocate" },
+            write_through: "fdatasync",
+        }
+    }
+}
+
+/// The bit of watch number `n`, if it is one.
+fn watch_bit(n: u64) -> Option<Watches> {
+    (n < MAX_WATCHES as u64).then(|| 1 << n)
+}
+
+impl EventLoop for UringEngine {
+    fn watch_readable(&mut self, fd: RawFd, watch: u32) -> std::io::Result<()> {
+        let bit = watch_bit(u64::from(watch)).ok_or_else(bad_watch)?;
+        if self.armed & bit != 0 {
+            return Ok(());
+        }
+        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(WATCH_TAG | u64::from(watch));
+        self.push_watch(&entry)?;
+        self.armed |= bit;
+        Ok(())
+    }
+
+    fn watch_writes(&mut self, fd: RawFd, watch: u32) -> std::io::Result<()> {
+        let bit = watch_bit(u64::from(watch)).ok_or_else(bad_watch)?;
+        if self.armed & bit != 0 {
+            return Ok(());
+        }
+        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(WATCH_TAG | u64::from(watch));
+        self.push_watch(&entry)?;
+        self.armed |= bit;
+        self.multishot |= bit;
+        Ok(())
+    }
+
+    fn wait(&mut self) -> std::io::Result<()> {
+        if !self.ready.is_empty()
+            || self.fired | self.failed != 0
+            || !self.ring.completion().is_empty()
+        {
+            return submit_all(&self.ring);
+        }
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => Ok(()),
+            // A signal: the caller looks at what arrived and waits again.
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn poll(&mut self) -> std::io::Result<()> {
+        let pending = {
+            let sq = self.ring.submission();
+            !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+        };
+        if pending {
+            submit_all(&self.ring)?;
+        }
+        Ok(())
+    }
+
+    fn fired(&self) -> Watches {
+        self.fired
+    }
+
+    fn take_fired(&mut self) -> Watches {
+        std::mem::take(&mut self.fired)
+    }
+
+    fn take_failed(&mut self) -> Watches {
+        std::mem::take(&mut self.failed)
+    }
+
+    fn armed(&self) -> Watches {
+        self.armed
+    }
+
+    fn unwatch_all(&mut self) -> std::io::Result<()> {
+        let mut left = self.armed;
+        while left != 0 {
+            let n = left.trailing_zeros();
+            left &= left - 1;
+            let entry = opcode::AsyncCancel::new(WATCH_TAG | u64::from(n))
+                .build()
+                .user_data(CANCEL_TAG);
+            self.push_watch(&entry)?;
+        }
+        submit_all(&self.ring)?;
+        while self.armed != 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+            // Requests that finish meanwhile wait in `ready` for the caller.
+            while let Some(c) = self.next_from_ring() {
+                self.ready.push_back(c);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad_watch() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("an io_uring watch number must be below {MAX_WATCHES}"),
+    )
 }
 
 impl Drop for UringEngine {
     fn drop(&mut self) {
+        // Watches point at no memory; cancelled anyway so the kernel drops
+        // its references to their files now.
+        if self.armed != 0 {
+            let _ = self.unwatch_all();
+        }
         // The kernel may still write into caller memory and read slot iovecs
         // until each entry completes: wait for them before freeing anything.
         let _ = submit_all(&self.ring);
@@ -521,6 +770,9 @@ impl Drop for UringEngine {
                 let Some(cqe) = self.ring.completion().next() else {
                     break;
                 };
+                if cqe.user_data() & (WATCH_TAG | CANCEL_TAG) != 0 {
+                    continue;
+                }
                 if let Ok(idx) = usize::try_from(cqe.user_data())
                     && idx < self.slots.len()
                 {
@@ -544,18 +796,26 @@ fn submit_all(ring: &IoUring) -> std::io::Result<()> {
 
 /// Sets up a small ring and checks every opcode the engine uses.
 fn probe() -> std::io::Result<()> {
-    let ring = IoUring::new(4)?;
-    let mut probe = Probe::new();
-    ring.submitter().register_probe(&mut probe)?;
-    let needed = [
+    probe_opcodes(&[
         ("readv", opcode::Readv::CODE),
         ("writev", opcode::Writev::CODE),
         ("read", opcode::Read::CODE),
         ("write", opcode::Write::CODE),
         ("fsync", opcode::Fsync::CODE),
         ("fallocate", opcode::Fallocate::CODE),
-    ];
-    for (name, code) in needed {
+    ])?;
+    let ring = IoUring::new(4)?;
+    let efd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+    ring.submitter().register_eventfd(efd.as_raw_fd())?;
+    Ok(())
+}
+
+/// Checks that this kernel's io_uring knows every opcode in `needed`.
+fn probe_opcodes(needed: &[(&str, u8)]) -> std::io::Result<()> {
+    let ring = IoUring::new(4)?;
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    for &(name, code) in needed {
         if !probe.is_supported(code) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
@@ -563,8 +823,6 @@ fn probe() -> std::io::Result<()> {
             ));
         }
     }
-    let efd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
-    ring.submitter().register_eventfd(efd.as_raw_fd())?;
     Ok(())
 }
 
@@ -805,6 +1063,77 @@ mod tests {
         }
         assert_eq!(e.in_flight(), 0);
         assert!(e.pop_completion().is_none());
+    }
+
+    /// A one-shot watch fires once, a multishot watch after every write;
+    /// neither reads its eventfd. Requests complete alongside them,
+    /// cancellation leaves nothing armed, and a watch on a bad fd is
+    /// reported as failed.
+    #[test]
+    fn event_loop_watches_fire_and_cancel_cleanly() {
+        let Some((_d, mut e)) = engine(1 << 16, false, 4) else {
+            return;
+        };
+        let a = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let b = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        assert!(e.event_loop().is_some(), "io_uring has an event loop");
+        e.watch_writes(a.as_raw_fd(), 0).unwrap();
+        e.watch_readable(b.as_raw_fd(), 1).unwrap();
+        // Arming twice is a no-op.
+        e.watch_writes(a.as_raw_fd(), 0).unwrap();
+        assert_eq!(e.armed(), 0b11);
+        let fire = |e: &mut UringEngine| {
+            while e.fired() == 0 {
+                e.wait().unwrap();
+                assert!(e.pop_completion().is_none());
+            }
+            e.take_fired()
+        };
+        for round in 1..=3 {
+            a.write(1).unwrap();
+            assert_eq!(fire(&mut e), 0b01, "round {round}");
+            assert_eq!(e.armed(), 0b11, "the multishot watch stays armed");
+        }
+        assert_eq!(a.read().unwrap(), 3, "never read by the watch");
+        b.write(1).unwrap();
+        assert_eq!(fire(&mut e), 0b10);
+        assert_eq!(e.armed(), 0b01, "the one-shot watch is spent");
+        assert_eq!(b.read().unwrap(), 1, "never read by the watch");
+        // A request completes while a watch waits.
+        let mut r = vec![vec![0u8; 4096]];
+        let io = iobufs(&mut r);
+        let req = Request {
+            op: Op::Read,
+            offset: 0,
+            len: 0,
+            bufs: &io,
+        };
+        // SAFETY: `r` outlives the completion, collected below.
+        unsafe { e.submit(&req, 9) }.unwrap();
+        let c = loop {
+            e.wait().unwrap();
+            if let Some(c) = e.pop_completion() {
+                break c;
+            }
+        };
+        assert_eq!((c.user_data, c.result), (9, Ok(4096)));
+        assert_eq!((e.fired(), e.armed()), (0, 0b01));
+        e.unwatch_all().unwrap();
+        assert_eq!((e.take_fired(), e.armed()), (0, 0));
+        // Once cancelled, writes fire nothing.
+        a.write(1).unwrap();
+        e.poll().unwrap();
+        assert!(e.pop_completion().is_none());
+        assert_eq!(e.take_fired(), 0);
+        // A watch that cannot work fails, and is not armed any more.
+        e.watch_readable(-1, 2).unwrap();
+        while e.armed() != 0 {
+            e.wait().unwrap();
+            assert!(e.pop_completion().is_none());
+        }
+        assert_eq!((e.take_failed(), e.take_fired()), (0b100, 0));
+        let err = e.watch_readable(a.as_raw_fd(), 32).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     }
 
     #[test]
