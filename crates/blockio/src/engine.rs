@@ -20,6 +20,18 @@ pub struct IoBuf {
 const _: () = assert!(std::mem::size_of::<IoBuf>() == std::mem::size_of::<libc::iovec>());
 const _: () = assert!(std::mem::align_of::<IoBuf>() == std::mem::align_of::<libc::iovec>());
 
+impl Op {
+    /// Whether it moves data from `bufs` to the backing store.
+    pub fn is_write(self) -> bool {
+        matches!(self, Self::Write | Self::WriteThrough)
+    }
+
+    /// Whether it moves data at all (a read or a write).
+    pub fn moves_data(self) -> bool {
+        matches!(self, Self::Read | Self::Write | Self::WriteThrough)
+    }
+}
+
 impl IoBuf {
     /// Views this buffer as an `iovec`.
     pub fn as_iovec(&self) -> libc::iovec {
@@ -41,6 +53,9 @@ pub enum Op {
     Read,
     /// Write `bufs` at `offset`.
     Write,
+    /// Write `bufs` at `offset` and make them durable (`fdatasync`) before
+    /// completing: a write under a write-through cache.
+    WriteThrough,
     /// Make earlier completed writes durable.
     Flush,
     /// Deallocate `len` bytes at `offset`; they may read back as anything (zeroes here).
@@ -101,7 +116,9 @@ pub trait Engine: Send {
     /// carrying `user_data` has been returned by `pop_completion`.
     unsafe fn submit(&mut self, req: &Request<'_>, user_data: u64) -> Result<(), SubmitError>;
 
-    /// Starts everything queued since the last commit.
+    /// Starts everything queued since the last commit. Write-through
+    /// writes complete only once durable: the sync engine makes all of a
+    /// batch's durable here with one `fdatasync`.
     fn commit(&mut self) -> std::io::Result<()>;
 
     /// Returns one finished request, if any.
@@ -140,7 +157,9 @@ pub struct EnginePaths {
     pub discard: &'static str,
     /// Write-zeroes: `uring_fallocate`, `ioctl` or `fallocate`.
     pub write_zeroes: &'static str,
-    /// Write-through writes: `fdatasync` (blocking, after the write).
+    /// Write-through writes: `uring_group_fdatasync` (one fdatasync in the
+    /// ring at a time makes every write written before it durable) or
+    /// `group_fdatasync` (blocking, once per committed batch).
     pub write_through: &'static str,
 }
 
@@ -170,6 +189,11 @@ pub trait EventLoop {
     /// Submits everything queued (requests and watches) and, unless a
     /// completion or a fired watch is already waiting, sleeps until one is.
     fn wait(&mut self) -> std::io::Result<()>;
+
+    /// While on, [`commit`](Engine::commit) leaves requests queued for the
+    /// next [`wait`](EventLoop::wait) or [`poll`](EventLoop::poll), which
+    /// submit them in the same system call.
+    fn defer_submission(&mut self, on: bool);
 
     /// Gathers finished requests without sleeping (for callers that spin):
     /// enters the kernel only when it has completions to hand over.

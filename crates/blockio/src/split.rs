@@ -10,8 +10,8 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use crate::{
-    Backing, Completion, Engine, EnginePaths, Error, EventLoop, Op, Request, SubmitError,
-    SyncEngine, UringEngine,
+    Backing, Completion, Engine, EnginePaths, Error, EventLoop, Request, SubmitError, SyncEngine,
+    UringEngine,
 };
 
 /// Requests moving at least this many bytes go to io_uring.
@@ -37,8 +37,7 @@ impl SplitEngine {
     }
 
     fn is_large(&self, req: &Request<'_>) -> bool {
-        matches!(req.op, Op::Read | Op::Write)
-            && req.bufs.iter().map(|b| b.len).sum::<usize>() >= self.threshold
+        req.op.moves_data() && req.bufs.iter().map(|b| b.len).sum::<usize>() >= self.threshold
     }
 }
 
@@ -93,7 +92,7 @@ impl Engine for SplitEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{IoBuf, OpenOptions};
+    use crate::{IoBuf, Op, OpenOptions};
 
     fn wait_all(e: &mut SplitEngine, n: usize) -> Vec<Completion> {
         let mut done = crate::testutil::wait(e, n);

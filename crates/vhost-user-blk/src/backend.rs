@@ -41,7 +41,6 @@ struct InFlight {
     head: u16,
     status: GuestAddress,
     used_len: u32,
-    is_write: bool,
     /// What it is, for the counters.
     kind: Kind,
     /// Bytes moved on success, for the counters.
@@ -75,9 +74,6 @@ struct QueueWorker {
     /// 1/64 of `poll`), back to `poll` after one that found work, so a
     /// queue whose guest has gone quiet stops burning CPU.
     poll_window: Duration,
-    /// Inside [`run_loop`](Self::run_loop): requests are submitted by the
-    /// loop's wait, not by a commit of their own.
-    in_loop: bool,
     /// The loop's path was logged for this connection.
     loop_logged: bool,
     /// The event loop failed once: this connection stays on the epoll path.
@@ -160,7 +156,6 @@ impl QueueWorker {
             pending_signal: false,
             poll,
             poll_window: poll,
-            in_loop: false,
             loop_logged: false,
             loop_failed: false,
         }
@@ -176,7 +171,9 @@ impl QueueWorker {
     fn run_loop(&mut self, dev: &Device, gm: &Gm, vring: &Vring, event_idx: bool, fds: LoopFds) {
         loop {
             let end = self.loop_once(dev, gm, vring, event_idx, fds);
-            self.in_loop = false;
+            if let Some(el) = self.engine.event_loop() {
+                el.defer_submission(false);
+            }
             self.finish_loop(dev, gm, vring);
             tracing::debug!(queue = self.index, end = ?end, "queue event loop returned");
             if end == LoopEnd::Failed {
@@ -244,7 +241,9 @@ impl QueueWorker {
                 "queue event loop"
             );
         }
-        self.in_loop = true;
+        if let Some(el) = self.engine.event_loop() {
+            el.defer_submission(true);
+        }
         // The kick that brought us here was read by the epoll loop (or,
         // after a new kick eventfd, requests may wait unannounced).
         let mut kicked = true;
@@ -444,11 +443,9 @@ impl QueueWorker {
                 Err(e) => self.reject(dev, st, mem, head, e),
             }
         }
-        // In the event loop the next wait submits the whole batch in the
-        // same `io_uring_enter` that sleeps.
-        if !self.in_loop
-            && let Err(e) = self.engine.commit()
-        {
+        // In the event loop the ring defers the submission to the next
+        // wait: one `io_uring_enter` submits the batch and sleeps.
+        if let Err(e) = self.engine.commit() {
             tracing::error!(queue = self.index, error = %e, "engine commit failed");
         }
         self.reap(dev, st);
@@ -496,8 +493,15 @@ impl QueueWorker {
                 let Some(used_len) = data.checked_add(1).and_then(|u| u32::try_from(u).ok()) else {
                     return ioerr(self.index, "request too long");
                 };
+                // Under a write-through cache each write is made durable
+                // before it completes: the engine links an fdatasync to it.
+                let op = match (is_write, dev.writeback()) {
+                    (false, _) => Op::Read,
+                    (true, true) => Op::Write,
+                    (true, false) => Op::WriteThrough,
+                };
                 Action::Submit {
-                    op: if is_write { Op::Write } else { Op::Read },
+                    op,
                     offset,
                     len,
                     used_len,
@@ -618,7 +622,7 @@ impl QueueWorker {
     ) {
         let mut iobufs = std::mem::take(&mut self.iobufs);
         iobufs.clear();
-        if matches!(op, Op::Read | Op::Write) && !map_segments(mem, &self.segs, &mut iobufs) {
+        if op.moves_data() && !map_segments(mem, &self.segs, &mut iobufs) {
             self.iobufs = iobufs;
             tracing::debug!(
                 queue = self.index,
@@ -635,7 +639,6 @@ impl QueueWorker {
             head: req.head_index,
             status: req.status_addr,
             used_len,
-            is_write: op == Op::Write,
             kind: Kind::from(req.ty),
             bytes: len,
             started: Instant::now(),
@@ -722,13 +725,6 @@ impl QueueWorker {
         };
         self.free.push(slot);
         let status = match c.result {
-            Ok(_) if entry.is_write && !dev.writeback() => match dev.backing().flush() {
-                Ok(()) => Status::Ok,
-                Err(e) => {
-                    tracing::warn!(queue = self.index, error = %e, "writethrough flush failed");
-                    Status::IoErr
-                }
-            },
             Ok(_) => Status::Ok,
             Err(errno) => {
                 tracing::debug!(queue = self.index, errno, "I/O failed");
