@@ -55,8 +55,34 @@ enum SlotOp {
     Read,
     Write,
     Flush,
-    Fallocate { mode: i32, len: u64 },
+    /// `fallocate(mode)`; on `EOPNOTSUPP` once more with `retry` (if not 0).
+    Fallocate {
+        mode: i32,
+        len: u64,
+        retry: i32,
+    },
+    /// A block device's discard as an io_uring command (Linux 6.12+).
+    DiscardCmd {
+        len: u64,
+    },
 }
+
+/// `BLOCK_URING_CMD_DISCARD` (`_IO(0x12, 0)`): discard on a block device
+/// through `IORING_OP_URING_CMD`, start in `addr`, length in `addr3`.
+const BLOCK_URING_CMD_DISCARD: u32 = 0x12 << 8;
+
+/// Write-zeroes on a block device of at least this many bytes run on
+/// io_uring's workers; smaller ones on the calling thread.
+const ASYNC_ZEROES_BYTES: u64 = 1 << 20;
+
+/// `FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE`: on a file, deallocate;
+/// on a block device, zero out and allow unmapping (no fallback to
+/// writing zeroes: `EOPNOTSUPP` if the device cannot).
+const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+
+/// `FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE`: zero a range; on a block
+/// device without unmapping (writing zeroes if need be).
+const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
 
 /// One in-flight request, found again by its index (the entry's `user_data`).
 #[derive(Debug)]
@@ -139,6 +165,12 @@ pub struct UringEngine {
     capacity: usize,
     /// The filesystem refused `FALLOC_FL_ZERO_RANGE` once: punch holes instead.
     no_zero_range: bool,
+    /// The block device refused an unmapping zero-out once: zero it
+    /// without unmapping from now on.
+    no_unmap_zeroes: bool,
+    /// Discards on this block device go through the io_uring discard
+    /// command (probed at creation); else the blocking ioctl.
+    discard_cmd: bool,
     /// Bounce buffers for requests whose memory breaks direct-I/O alignment.
     pool: BouncePool,
     /// The ring was set up with cooperative task running.
@@ -160,6 +192,13 @@ pub struct UringEngine {
     flushing: bool,
     /// `commit` leaves entries queued for the next `wait` (event loop).
     defer: bool,
+    /// Fallocates (discard and write-zeroes but the discard command) run
+    /// one at a time: on io_uring's workers many at once only contend for
+    /// the file's invalidate lock (measured: half the throughput, five
+    /// times the CPU of one at a time). Slots waiting their turn:
+    space_waiting: VecDeque<usize>,
+    /// A fallocate is in flight.
+    space_busy: bool,
 }
 
 impl std::fmt::Debug for UringEngine {
@@ -222,7 +261,7 @@ impl UringEngine {
         // with an IPI while it runs; they are run when it next enters the
         // kernel (and flagged for a spinning caller). Kernels before 5.19
         // refuse the flags: plain ring there.
-        let (ring, coop) = match IoUring::builder()
+        let (mut ring, coop) = match IoUring::builder()
             .setup_coop_taskrun()
             .setup_taskrun_flag()
             .build(entries)
@@ -233,6 +272,11 @@ impl UringEngine {
             }
             Err(e) => return Err(err(e)),
         };
+        // Probed before the eventfd is registered, so the probe's
+        // completion does not raise it.
+        let discard_cmd = backing.kind() == BackingKind::BlockDevice
+            && !backing.is_read_only()
+            && probe_discard_cmd(&mut ring, backing.fd());
         let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(err)?;
         ring.submitter()
             .register_eventfd(eventfd.as_raw_fd())
@@ -245,6 +289,8 @@ impl UringEngine {
             ready: VecDeque::with_capacity(capacity),
             capacity,
             no_zero_range: false,
+            no_unmap_zeroes: false,
+            discard_cmd,
             pool: BouncePool::new(backing.mem_alignment()),
             coop,
             backing,
@@ -256,6 +302,8 @@ impl UringEngine {
             wt_flushing: Vec::with_capacity(capacity),
             flushing: false,
             defer: false,
+            space_waiting: VecDeque::new(),
+            space_busy: false,
         })
     }
 
@@ -383,6 +431,24 @@ impl UringEngine {
         self.start_group_flush();
     }
 
+    /// The fallocate in flight finished: starts the next one waiting.
+    fn space_done(&mut self) {
+        self.space_busy = false;
+        while let Some(idx) = self.space_waiting.pop_front() {
+            let sent = self.push(idx).is_ok() && (self.defer || submit_all(&self.ring).is_ok());
+            if sent {
+                self.space_busy = true;
+                return;
+            }
+            let user_data = self.slots[idx].user_data;
+            self.release(idx);
+            self.ready.push_back(Completion {
+                user_data,
+                result: Err(libc::EIO),
+            });
+        }
+    }
+
     /// Queues an entry that points at no memory (a watch, a cancellation,
     /// a flush), making room in the submission queue if needed.
     fn push_watch(&mut self, entry: &squeue::Entry) -> std::io::Result<()> {
@@ -457,10 +523,18 @@ impl UringEngine {
             SlotOp::Flush => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
-            SlotOp::Fallocate { mode, len } => opcode::Fallocate::new(fd, len)
+            SlotOp::Fallocate { mode, len, .. } => opcode::Fallocate::new(fd, len)
                 .offset(s.offset)
                 .mode(mode)
                 .build(),
+            SlotOp::DiscardCmd { len } => {
+                let mut cmd = [0u8; 16];
+                cmd[..8].copy_from_slice(&len.to_ne_bytes());
+                opcode::UringCmd16::new(fd, BLOCK_URING_CMD_DISCARD)
+                    .addr(Some(s.offset))
+                    .cmd(cmd)
+                    .build()
+            }
         };
         entry.user_data(idx as u64)
     }
@@ -493,15 +567,21 @@ impl UringEngine {
         let user_data = s.user_data;
         let result = if res < 0 {
             let errno = -res;
-            // tmpfs and others lack ZERO_RANGE: a punched hole reads back as zeroes too.
-            if let SlotOp::Fallocate { mode, len } = s.op
+            // tmpfs and others lack ZERO_RANGE (a punched hole reads back
+            // as zeroes too); block devices may lack unmapping zero-outs.
+            if let SlotOp::Fallocate { mode, len, retry } = s.op
                 && errno == libc::EOPNOTSUPP
-                && mode & libc::FALLOC_FL_ZERO_RANGE != 0
+                && retry != 0
             {
-                self.no_zero_range = true;
+                if mode == ZERO_RANGE {
+                    self.no_zero_range = true;
+                } else {
+                    self.no_unmap_zeroes = true;
+                }
                 s.op = SlotOp::Fallocate {
-                    mode: libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    mode: retry,
                     len,
+                    retry: 0,
                 };
                 return self.resubmit(idx);
             }
@@ -539,10 +619,14 @@ impl UringEngine {
                         u32::try_from(s.total).map_err(|_| libc::EINVAL)
                     }
                 }
-                SlotOp::Flush | SlotOp::Fallocate { .. } => Ok(0),
+                SlotOp::Flush | SlotOp::Fallocate { .. } | SlotOp::DiscardCmd { .. } => Ok(0),
             }
         };
+        let space = matches!(s.op, SlotOp::Fallocate { .. });
         self.release(idx);
+        if space {
+            self.space_done();
+        }
         Some(Completion { user_data, result })
     }
 
@@ -555,7 +639,11 @@ impl UringEngine {
         if sent {
             None
         } else {
+            let space = matches!(self.slots[idx].op, SlotOp::Fallocate { .. });
             self.release(idx);
+            if space {
+                self.space_done();
+            }
             Some(Completion {
                 user_data,
                 result: Err(libc::EIO),
@@ -603,34 +691,65 @@ impl Engine for UringEngine {
             Op::Flush => (SlotOp::Flush, self.backing.fd()),
             Op::Discard if file => (
                 SlotOp::Fallocate {
-                    mode: libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    mode: PUNCH,
                     len: req.len,
+                    retry: 0,
                 },
                 self.backing.fd(),
             ),
             Op::WriteZeroes { .. } if file => {
-                let mode = if self.no_zero_range {
-                    libc::FALLOC_FL_PUNCH_HOLE
+                let (mode, retry) = if self.no_zero_range {
+                    (PUNCH, 0)
                 } else {
-                    libc::FALLOC_FL_ZERO_RANGE
+                    (ZERO_RANGE, PUNCH)
                 };
                 (
                     SlotOp::Fallocate {
-                        mode: mode | libc::FALLOC_FL_KEEP_SIZE,
+                        mode,
                         len: req.len,
+                        retry,
                     },
                     self.backing.fd(),
                 )
             }
-            // Block devices: io_uring has no discard or zero-out opcode here.
-            Op::Discard | Op::WriteZeroes { .. } => {
-                let r = match req.op {
-                    Op::WriteZeroes { unmap } => {
-                        self.backing.write_zeroes(req.offset, req.len, unmap)
-                    }
-                    _ => self.backing.discard(req.offset, req.len),
+            // Block devices, small ranges: on this thread, which beats a
+            // round trip through io_uring's workers (measured: 64 KiB at
+            // QD32, 1.8x); the queue stalls only briefly.
+            Op::WriteZeroes { unmap } if req.len < ASYNC_ZEROES_BYTES => {
+                let result = self
+                    .backing
+                    .write_zeroes(req.offset, req.len, unmap)
+                    .map(|()| 0)
+                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+                self.complete_now(user_data, result);
+                return Ok(());
+            }
+            // Large ranges: fallocate on io_uring's workers, so the queue
+            // keeps serving while the device zeroes, unmapping where
+            // allowed and the device can.
+            Op::WriteZeroes { unmap } => {
+                let (mode, retry) = if unmap && !self.no_unmap_zeroes {
+                    (PUNCH, ZERO_RANGE)
+                } else {
+                    (ZERO_RANGE, 0)
                 };
-                let result = r
+                (
+                    SlotOp::Fallocate {
+                        mode,
+                        len: req.len,
+                        retry,
+                    },
+                    self.backing.fd(),
+                )
+            }
+            Op::Discard if self.discard_cmd => {
+                (SlotOp::DiscardCmd { len: req.len }, self.backing.fd())
+            }
+            // A kernel without the discard command: the blocking ioctl.
+            Op::Discard => {
+                let result = self
+                    .backing
+                    .discard(req.offset, req.len)
                     .map(|()| 0)
                     .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
                 self.complete_now(user_data, result);
@@ -668,7 +787,17 @@ impl Engine for UringEngine {
         s.bounce = bounce;
         s.sync = req.op == Op::WriteThrough;
         s.prepare_chunk();
+        if matches!(op, SlotOp::Fallocate { .. }) {
+            if self.space_busy {
+                self.space_waiting.push_back(idx);
+                return Ok(());
+            }
+            self.space_busy = true;
+        }
         if let Err(e) = self.push(idx) {
+            if matches!(op, SlotOp::Fallocate { .. }) {
+                self.space_busy = false;
+            }
             self.release(idx);
             return Err(e);
         }
@@ -710,8 +839,16 @@ impl Engine for UringEngine {
         EnginePaths {
             ring: if self.coop { "coop_taskrun" } else { "plain" },
             event_loop: Self::event_loop_supported(),
-            discard: if blockdev { "ioctl" } else { "uring_fallocate" },
-            write_zeroes: if blockdev { "ioctl" } else { "uring_fallocate" },
+            discard: match (blockdev, self.discard_cmd) {
+                (true, true) => "uring_cmd",
+                (true, false) => "ioctl",
+                (false, _) => "uring_fallocate",
+            },
+            write_zeroes: if blockdev {
+                "ioctl_below_1m_else_uring_fallocate"
+            } else {
+                "uring_fallocate"
+            },
             write_through: "uring_group_fdatasync",
         }
     }
@@ -837,8 +974,14 @@ impl Drop for UringEngine {
         if self.armed != 0 {
             let _ = self.unwatch_all();
         }
-        // Written write-through writes hold no kernel reference.
-        for idx in std::mem::take(&mut self.wt_waiting) {
+        // Written write-through writes and fallocates waiting their turn
+        // hold no kernel reference.
+        let idle: Vec<usize> = self
+            .wt_waiting
+            .drain(..)
+            .chain(self.space_waiting.drain(..))
+            .collect();
+        for idx in idle {
             self.release(idx);
         }
         // The kernel may still write into caller memory and read slot iovecs
@@ -907,6 +1050,33 @@ fn probe() -> std::io::Result<()> {
     let efd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
     ring.submitter().register_eventfd(efd.as_raw_fd())?;
     Ok(())
+}
+
+/// Whether the block device `fd` takes discards as an io_uring command
+/// (Linux 6.12+): a zero-length discard is refused with `EINVAL` by a
+/// kernel that has the command (after checking the device can discard
+/// and is open for writing), with `EOPNOTSUPP` by one that has not.
+fn probe_discard_cmd(ring: &mut IoUring, fd: RawFd) -> bool {
+    if probe_opcodes(&[("uring_cmd", opcode::UringCmd16::CODE)]).is_err() {
+        return false;
+    }
+    let entry = opcode::UringCmd16::new(types::Fd(fd), BLOCK_URING_CMD_DISCARD)
+        .addr(Some(0))
+        .build()
+        .user_data(CANCEL_TAG);
+    // SAFETY: the entry points at no memory.
+    if unsafe { ring.submission().push(&entry) }.is_err() {
+        return false;
+    }
+    loop {
+        match ring.submit_and_wait(1) {
+            Ok(_) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+    let res = ring.completion().next().map_or(-libc::EIO, |c| c.result());
+    res == -libc::EINVAL
 }
 
 /// Checks that this kernel's io_uring knows every opcode in `needed`.
@@ -1439,15 +1609,18 @@ mod tests {
         assert!(r.iter().all(|b| b.iter().all(|&x| x == 0)));
     }
 
-    /// Discard and write-zeroes on a real block device (a loop device) take
-    /// the synchronous path and still complete through the engine.
+    /// Discard and write-zeroes on a real block device (a loop device) go
+    /// through the ring (the discard command where the kernel has it, the
+    /// blocking ioctl where not; fallocate on io_uring's workers for
+    /// write-zeroes, unmapping or not) and zero exactly their range.
     #[test]
     fn block_device_discard_and_write_zeroes() {
         if !UringEngine::is_supported() {
             return;
         }
-        let (d, p) = file(1 << 20);
-        std::fs::write(&p, vec![0x5au8; 1 << 20]).unwrap();
+        const MIB: usize = 1 << 20;
+        let (d, p) = file(0);
+        std::fs::write(&p, vec![0x5au8; 8 * MIB]).unwrap();
         let out = std::process::Command::new("losetup")
             .args(["-f", "--show"])
             .arg(&p)
@@ -1466,27 +1639,109 @@ mod tests {
         };
         let result = std::panic::catch_unwind(|| {
             let mut e = UringEngine::new(backing(Path::new(&dev), true), 8).unwrap();
+            let paths = e.paths();
+            eprintln!("paths: {paths:?}");
+            assert!(["uring_cmd", "ioctl"].contains(&paths.discard));
+            // Blocks 0, 2, 4 (4 KiB each) and the 1 MiB ranges from 2 and
+            // 4 MiB (write-zeroes large enough for io_uring's workers) are
+            // zeroed; the rest keeps its data.
             assert_eq!(run(&mut e, Op::Discard, 0, 4096, &mut []).result, Ok(0));
-            let c = run(
-                &mut e,
-                Op::WriteZeroes { unmap: false },
-                8192,
-                4096,
-                &mut [],
+            for (at, len, unmap) in [
+                (8192, 4096, false),
+                (16384, 4096, true),
+                (2 * MIB, MIB, false),
+                (4 * MIB, MIB, true),
+            ] {
+                let c = run(
+                    &mut e,
+                    Op::WriteZeroes { unmap },
+                    at as u64,
+                    len as u64,
+                    &mut [],
+                );
+                assert_eq!(c.result, Ok(0), "at {at} unmap {unmap}");
+            }
+            let mut r = vec![vec![0xffu8; 6 * MIB]];
+            assert_eq!(
+                run(&mut e, Op::Read, 0, 0, &mut r).result,
+                Ok(6 * MIB as u32)
             );
-            assert_eq!(c.result, Ok(0));
-            let mut r = vec![vec![0xffu8; 16384]];
-            assert_eq!(run(&mut e, Op::Read, 0, 0, &mut r).result, Ok(16384));
-            assert!(r[0][..4096].iter().all(|&x| x == 0));
-            assert!(r[0][4096..8192].iter().all(|&x| x == 0x5a));
-            assert!(r[0][8192..12288].iter().all(|&x| x == 0));
-            assert!(r[0][12288..].iter().all(|&x| x == 0x5a));
+            for (i, chunk) in r[0][..24576].chunks(4096).enumerate() {
+                let want = if i % 2 == 0 { 0 } else { 0x5a };
+                assert!(chunk.iter().all(|&x| x == want), "block {i}");
+            }
+            let zero = |a: usize, b: usize| r[0][a..b].iter().all(|&x| x == 0);
+            let data = |a: usize, b: usize| r[0][a..b].iter().all(|&x| x == 0x5a);
+            assert!(data(24576, 2 * MIB) && zero(2 * MIB, 3 * MIB));
+            assert!(data(3 * MIB, 4 * MIB) && zero(4 * MIB, 5 * MIB));
+            assert!(data(5 * MIB, 6 * MIB));
+            // Out of range: refused by the kernel, reported as an errno.
+            let end = 8 * MIB as u64;
+            let c = run(&mut e, Op::Discard, end, 4096, &mut []);
+            assert!(c.result.is_err(), "{c:?}");
+            for len in [4096, 2 * MIB as u64] {
+                let c = run(&mut e, Op::WriteZeroes { unmap: true }, end, len, &mut []);
+                assert!(c.result.is_err(), "{c:?}");
+            }
+            assert_eq!(e.in_flight(), 0);
         });
         detach();
         drop(d);
         if let Err(p) = result {
             std::panic::resume_unwind(p);
         }
+    }
+
+    /// Fallocates wait their turn (one in flight at a time): a batch of
+    /// large write-zeroes and discards on a file, with a read among them,
+    /// all complete with the right result and bytes.
+    #[test]
+    fn queued_fallocates_all_complete() {
+        let Some((d, mut e)) = engine(8 << 20, false, 16) else {
+            return;
+        };
+        std::fs::write(d.path().join("img"), vec![0x77u8; 8 << 20]).unwrap();
+        for i in 0..6u64 {
+            let op = if i % 2 == 0 {
+                Op::Discard
+            } else {
+                Op::WriteZeroes { unmap: i % 3 == 0 }
+            };
+            let req = Request {
+                op,
+                offset: i << 20,
+                len: 1 << 20,
+                bufs: &[],
+            };
+            // SAFETY: no memory is involved.
+            unsafe { e.submit(&req, i) }.unwrap();
+        }
+        let mut r = vec![vec![0u8; 4096]];
+        let io = iobufs(&mut r);
+        let req = Request {
+            op: Op::Read,
+            offset: 7 << 20,
+            len: 0,
+            bufs: &io,
+        };
+        // SAFETY: `r` outlives the completion, collected below.
+        unsafe { e.submit(&req, 99) }.unwrap();
+        e.commit().unwrap();
+        let mut done = wait(&mut e, 7);
+        done.sort_by_key(|c| c.user_data);
+        assert!(done.iter().all(|c| c.result.is_ok()), "{done:?}");
+        assert_eq!(
+            done[6],
+            Completion {
+                user_data: 99,
+                result: Ok(4096)
+            }
+        );
+        assert!(r[0].iter().all(|&b| b == 0x77));
+        let back = std::fs::read(d.path().join("img")).unwrap();
+        assert!(back[..6 << 20].iter().all(|&b| b == 0));
+        assert!(back[6 << 20..].iter().all(|&b| b == 0x77));
+        assert_eq!(e.in_flight(), 0);
     }
 
     #[derive(Debug, Clone)]
