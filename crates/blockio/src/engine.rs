@@ -187,7 +187,9 @@ pub trait EventLoop {
     fn watch_writes(&mut self, fd: RawFd, watch: u32) -> std::io::Result<()>;
 
     /// Submits everything queued (requests and watches) and, unless a
-    /// completion or a fired watch is already waiting, sleeps until one is.
+    /// completion or a fired watch is already waiting, sleeps until one is
+    /// (io_uring: until a quarter of the reads and writes in flight, at
+    /// least one, completed, counting watches that fire).
     fn wait(&mut self) -> std::io::Result<()>;
 
     /// While on, [`commit`](Engine::commit) leaves requests queued for the

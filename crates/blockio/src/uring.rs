@@ -32,6 +32,15 @@ const IOV_MAX: usize = 1024;
 /// Largest queue depth accepted; the kernel caps rings at 32768 entries anyway.
 const MAX_DEPTH: usize = 4096;
 
+/// The event loop's wait sleeps until this fraction of the reads and
+/// writes in flight completed (measured on a loop device at QD32: a
+/// quarter or a half both 1.13x the IOPS of waking for each, an eighth no
+/// gain).
+const WAIT_FRACTION: usize = 4;
+
+/// The most completions one wait waits for.
+const MAX_WAIT_BATCH: usize = 16;
+
 /// Event-loop watches an engine can hold (bits of a [`Watches`] mask).
 const MAX_WATCHES: usize = 32;
 
@@ -199,6 +208,10 @@ pub struct UringEngine {
     space_waiting: VecDeque<usize>,
     /// A fallocate is in flight.
     space_busy: bool,
+    /// Reads and writes whose completion is due from the ring (one per
+    /// slot while its data moves; not write-through writes waiting for a
+    /// group flush, nor anything but reads and writes).
+    data_in_ring: usize,
 }
 
 impl std::fmt::Debug for UringEngine {
@@ -304,6 +317,7 @@ impl UringEngine {
             defer: false,
             space_waiting: VecDeque::new(),
             space_busy: false,
+            data_in_ring: 0,
         })
     }
 
@@ -353,6 +367,9 @@ impl UringEngine {
             if idx >= self.slots.len() {
                 tracing::warn!(user_data = ud, "unknown io_uring completion");
                 continue;
+            }
+            if matches!(self.slots[idx].op, SlotOp::Read | SlotOp::Write) {
+                self.data_in_ring = self.data_in_ring.saturating_sub(1);
             }
             if let Some(c) = self.reap(idx, cqe.result()) {
                 return Some(c);
@@ -548,7 +565,11 @@ impl UringEngine {
         // buffer, which this engine neither moves nor frees until the slot's
         // completion is reaped (slots are only reused from `free`, and `Drop`
         // waits for in-flight slots).
-        unsafe { self.ring.submission().push(&entry) }.map_err(|_| SubmitError::Full)
+        unsafe { self.ring.submission().push(&entry) }.map_err(|_| SubmitError::Full)?;
+        if matches!(self.slots[idx].op, SlotOp::Read | SlotOp::Write) {
+            self.data_in_ring += 1;
+        }
+        Ok(())
     }
 
     fn release(&mut self, idx: usize) {
@@ -895,7 +916,17 @@ impl EventLoop for UringEngine {
         {
             return submit_all(&self.ring);
         }
-        match self.ring.submit_and_wait(1) {
+        // Woken for every single completion, a worker at depth signals the
+        // guest per completion or two: small batches on both sides, more
+        // wakeups and system calls per request. So it sleeps until a
+        // quarter of the reads and writes in flight have completed (or a
+        // watch fired): they all complete in bounded time, so the wait
+        // does, and requests of one kind have similar latencies (flushes
+        // and fallocates, which may take long, never count). At depth 1-7
+        // it wakes for the first completion.
+        debug_assert!(self.data_in_ring <= self.busy(), "data_in_ring drifted");
+        let want = (self.data_in_ring / WAIT_FRACTION).clamp(1, MAX_WAIT_BATCH);
+        match self.ring.submit_and_wait(want) {
             Ok(_) => Ok(()),
             // A signal: the caller looks at what arrived and waits again.
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
