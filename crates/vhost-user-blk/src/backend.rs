@@ -2,9 +2,8 @@
 //! owning its engine and in-flight table.
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::num::Wrapping;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -211,9 +210,7 @@ impl QueueWorker {
                 .as_ref()
                 .map(|k| (k.try_clone(), k.as_raw_fd()))
             {
-                // SAFETY: `into_raw_fd` hands over sole ownership of the
-                // freshly cloned descriptor, which the File then owns.
-                Some((Ok(k), raw)) => (unsafe { File::from_raw_fd(k.into_raw_fd()) }, raw),
+                Some((Ok(k), raw)) => (k, raw),
                 Some((Err(e), _)) => {
                     tracing::warn!(queue = self.index, error = %e, "cannot clone the kick eventfd; using the epoll path");
                     return LoopEnd::Failed;
