@@ -321,8 +321,9 @@ impl UringEngine {
         })
     }
 
-    /// Whether this kernel's io_uring has what the event loop needs (poll,
-    /// read and cancellation). Probed once per process.
+    /// Whether this kernel's io_uring has what the event loop needs: polls,
+    /// multishot polls (Linux 5.13) and cancellation. Probed once per
+    /// process, the multishot poll by arming one on an eventfd.
     pub fn event_loop_supported() -> bool {
         static SUPPORTED: OnceLock<bool> = OnceLock::new();
         *SUPPORTED.get_or_init(|| {
@@ -330,8 +331,9 @@ impl UringEngine {
                 && match probe_opcodes(&[
                     ("poll_add", opcode::PollAdd::CODE),
                     ("async_cancel", opcode::AsyncCancel::CODE),
-                    ("read", opcode::Read::CODE),
-                ]) {
+                ])
+                .and_then(|()| probe_multishot_poll())
+                {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::info!(error = %e, "io_uring event loop unavailable");
@@ -1108,6 +1110,32 @@ fn probe_discard_cmd(ring: &mut IoUring, fd: RawFd) -> bool {
     }
     let res = ring.completion().next().map_or(-libc::EIO, |c| c.result());
     res == -libc::EINVAL
+}
+
+/// Arms a multishot poll on an eventfd and writes it twice: the kernel
+/// must report both writes, the first as "more to come".
+fn probe_multishot_poll() -> std::io::Result<()> {
+    let mut ring = IoUring::new(4)?;
+    let efd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+    let entry = opcode::PollAdd::new(types::Fd(efd.as_raw_fd()), libc::POLLIN as u32)
+        .multi(true)
+        .build()
+        .user_data(1);
+    // SAFETY: a poll entry points at no memory.
+    unsafe { ring.submission().push(&entry) }
+        .map_err(|_| std::io::Error::other("probe ring full"))?;
+    ring.submit()?;
+    efd.write(1)?;
+    ring.submit_and_wait(1)?;
+    let first = ring.completion().next();
+    match first {
+        Some(c) if c.result() >= 0 && cqueue::more(c.flags()) => Ok(()),
+        Some(c) if c.result() < 0 => Err(std::io::Error::from_raw_os_error(-c.result())),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "the kernel's io_uring has no multishot poll",
+        )),
+    }
 }
 
 /// Checks that this kernel's io_uring knows every opcode in `needed`.
