@@ -1136,6 +1136,17 @@ mod tests {
 
         /// A rig over a `size`-byte file, opened `O_DIRECT` if `direct`.
         fn build(read_only: bool, engine: crate::Engine, direct: bool, size: u64) -> Rig {
+            Rig::build_polling(read_only, engine, direct, size, 0)
+        }
+
+        /// Like `build`, with `--poll-us poll_us`.
+        fn build_polling(
+            read_only: bool,
+            engine: crate::Engine,
+            direct: bool,
+            size: u64,
+            poll_us: u32,
+        ) -> Rig {
             let dir = tempfile::tempdir().unwrap();
             let file = dir.path().join("img");
             std::fs::File::create(&file).unwrap().set_len(size).unwrap();
@@ -1145,6 +1156,7 @@ mod tests {
             cfg.device.queue_size = QSIZE;
             cfg.device.engine = engine;
             cfg.device.serial = "serial-0123".into();
+            cfg.device.poll_us = poll_us;
             let dev = Device::open(cfg).unwrap();
             let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
                 .unwrap();
