@@ -282,6 +282,19 @@ impl Backing {
                 }
             }
             BackingKind::BlockDevice => {
+                // Unmapping allowed: a zero-out the device may do by
+                // unmapping (fallocate PUNCH_HOLE: no fallback to writing
+                // zeroes, EOPNOTSUPP if the device cannot).
+                if unmap {
+                    match self.fallocate(
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        offset,
+                        len,
+                    ) {
+                        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+                        other => return other,
+                    }
+                }
                 let range = [offset, len];
                 // SAFETY: the fd is an open block device owned by `self`;
                 // `range` is a valid [u64; 2] the kernel only reads.

@@ -26,7 +26,9 @@ mod testutil;
 mod uring;
 
 pub use backing::{Backing, BackingKind, OpenOptions};
-pub use engine::{Completion, Engine, IoBuf, Op, Request, SubmitError};
+pub use engine::{
+    Completion, Engine, EnginePaths, EventLoop, IoBuf, Op, Request, SubmitError, Watches,
+};
 pub use error::Error;
 pub use kind::{EngineKind, ParseEngineKindError, open_engine};
 pub use split::{DEFAULT_SPLIT_BYTES, SplitEngine};

@@ -10,7 +10,8 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use crate::{
-    Backing, Completion, Engine, Error, Op, Request, SubmitError, SyncEngine, UringEngine,
+    Backing, Completion, Engine, EnginePaths, Error, EventLoop, Request, SubmitError, SyncEngine,
+    UringEngine,
 };
 
 /// Requests moving at least this many bytes go to io_uring.
@@ -36,8 +37,7 @@ impl SplitEngine {
     }
 
     fn is_large(&self, req: &Request<'_>) -> bool {
-        matches!(req.op, Op::Read | Op::Write)
-            && req.bufs.iter().map(|b| b.len).sum::<usize>() >= self.threshold
+        req.op.moves_data() && req.bufs.iter().map(|b| b.len).sum::<usize>() >= self.threshold
     }
 }
 
@@ -74,12 +74,25 @@ impl Engine for SplitEngine {
     fn in_flight(&self) -> usize {
         self.sync.in_flight() + self.uring.in_flight()
     }
+
+    fn event_loop(&mut self) -> Option<&mut dyn EventLoop> {
+        self.uring.event_loop()
+    }
+
+    fn paths(&self) -> EnginePaths {
+        // Discards and write-zeroes carry no data: the sync engine's.
+        EnginePaths {
+            event_loop: UringEngine::event_loop_supported(),
+            ring: self.uring.paths().ring,
+            ..self.sync.paths()
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{IoBuf, OpenOptions};
+    use crate::{IoBuf, Op, OpenOptions};
 
     fn wait_all(e: &mut SplitEngine, n: usize) -> Vec<Completion> {
         let mut done = crate::testutil::wait(e, n);

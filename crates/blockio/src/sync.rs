@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::backing::Transfer;
 use crate::bounce::{self, BouncePool};
-use crate::{Backing, Completion, Engine, IoBuf, Op, Request, SubmitError};
+use crate::{Backing, Completion, Engine, EnginePaths, IoBuf, Op, Request, SubmitError};
 
 /// Runs requests with `preadv`/`pwritev`/`fdatasync`/`fallocate` on the
 /// calling thread.
@@ -25,6 +25,9 @@ pub struct SyncEngine {
     /// hot path does not allocate.
     iov: Vec<IoBuf>,
     pool: BouncePool,
+    /// Write-through writes written since the last commit, waiting for the
+    /// one `fdatasync` the commit makes for all of them.
+    wt_pending: Vec<(u64, u32)>,
 }
 
 impl SyncEngine {
@@ -37,13 +40,14 @@ impl SyncEngine {
             capacity: capacity.max(1),
             iov: Vec::new(),
             pool,
+            wt_pending: Vec::with_capacity(capacity),
         }
     }
 
     fn run(&mut self, req: &Request<'_>) -> Result<u32, i32> {
         let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
         match req.op {
-            Op::Read | Op::Write => {
+            Op::Read | Op::Write | Op::WriteThrough => {
                 let total: usize = req.bufs.iter().map(|b| b.len).sum();
                 let total32 = u32::try_from(total).map_err(|_| libc::EINVAL)?;
                 let fd = self.backing.fd();
@@ -87,7 +91,7 @@ impl SyncEngine {
                 len: n,
             }];
             let at = offset + done as u64;
-            if op == Op::Write {
+            if op.is_write() {
                 // SAFETY: the submitter keeps `iov`'s memory valid for the
                 // whole request (see `Engine::submit`).
                 unsafe { bounce::gather(&self.iov[first..], buf.slice_mut(n)) };
@@ -114,15 +118,31 @@ impl Engine for SyncEngine {
     }
 
     unsafe fn submit(&mut self, req: &Request<'_>, user_data: u64) -> Result<(), SubmitError> {
-        if self.done.len() >= self.capacity {
+        if self.done.len() + self.wt_pending.len() >= self.capacity {
             return Err(SubmitError::Full);
         }
         let result = self.run(req);
-        self.done.push_back(Completion { user_data, result });
+        match result {
+            // Durable with the commit's flush.
+            Ok(n) if req.op == Op::WriteThrough => self.wt_pending.push((user_data, n)),
+            _ => self.done.push_back(Completion { user_data, result }),
+        }
         Ok(())
     }
 
+    /// Makes the batch's write-through writes durable with one `fdatasync`.
     fn commit(&mut self) -> std::io::Result<()> {
+        if self.wt_pending.is_empty() {
+            return Ok(());
+        }
+        let flushed = self
+            .backing
+            .flush()
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+        for (user_data, n) in self.wt_pending.drain(..) {
+            let result = flushed.map(|()| n);
+            self.done.push_back(Completion { user_data, result });
+        }
         Ok(())
     }
 
@@ -135,7 +155,19 @@ impl Engine for SyncEngine {
     }
 
     fn in_flight(&self) -> usize {
-        self.done.len()
+        self.done.len() + self.wt_pending.len()
+    }
+
+    fn paths(&self) -> EnginePaths {
+        let blockdev = self.backing.kind() == crate::BackingKind::BlockDevice;
+        let space = if blockdev { "ioctl" } else { "fallocate" };
+        EnginePaths {
+            ring: "none",
+            event_loop: false,
+            discard: space,
+            write_zeroes: space,
+            write_through: "group_fdatasync",
+        }
     }
 }
 
@@ -182,6 +214,7 @@ fn rw_vectored(fd: RawFd, op: Op, offset: u64, iov: &mut [IoBuf], total: usize) 
 mod tests {
     use super::*;
     use crate::OpenOptions;
+    use std::os::fd::AsRawFd;
 
     fn engine(len: u64, direct: bool) -> (tempfile::TempDir, SyncEngine) {
         // O_DIRECT is exercised where the temp dir supports it (disk or tmpfs on 6.6+).
@@ -217,6 +250,65 @@ mod tests {
         unsafe { e.submit(&req, 7) }.unwrap();
         e.commit().unwrap();
         e.pop_completion().unwrap()
+    }
+
+    /// Write-through writes complete at the commit, all made durable by
+    /// one fdatasync there; a failed one completes at once with its errno.
+    #[test]
+    fn write_through_writes_complete_durable_at_the_commit() {
+        let (d, mut e) = engine(1 << 20, false);
+        let f = std::fs::File::open(d.path().join("img")).unwrap();
+        let mut bufs: Vec<Vec<u8>> = (0..4).map(|i| vec![i as u8 + 1; 4096]).collect();
+        let io: Vec<IoBuf> = bufs
+            .iter_mut()
+            .map(|b| IoBuf {
+                addr: b.as_mut_ptr(),
+                len: b.len(),
+            })
+            .collect();
+        for (i, b) in io.iter().enumerate() {
+            let req = Request {
+                op: Op::WriteThrough,
+                offset: 4096 * i as u64,
+                len: 0,
+                bufs: std::slice::from_ref(b),
+            };
+            // SAFETY: `bufs` outlives the completions, collected below.
+            unsafe { e.submit(&req, i as u64) }.unwrap();
+        }
+        assert_eq!(e.in_flight(), 4);
+        assert!(
+            e.pop_completion().is_none(),
+            "not durable before the commit"
+        );
+        if let Some(dirty) = crate::testutil::dirty_pages(f.as_raw_fd()) {
+            assert!(dirty > 0, "written, not yet flushed");
+        }
+        e.commit().unwrap();
+        let done: Vec<_> = std::iter::from_fn(|| e.pop_completion()).collect();
+        assert_eq!(done.len(), 4);
+        assert!(done.iter().all(|c| c.result == Ok(4096)), "{done:?}");
+        if let Some(dirty) = crate::testutil::dirty_pages(f.as_raw_fd()) {
+            assert_eq!(dirty, 0);
+        }
+        // Past the end of a read-only backing: fails at once.
+        let ro = Arc::new(
+            Backing::open(
+                &d.path().join("img"),
+                crate::OpenOptions {
+                    read_only: true,
+                    direct: false,
+                    ..crate::OpenOptions::default()
+                },
+            )
+            .unwrap(),
+        );
+        let mut e = SyncEngine::new(ro, 4);
+        let mut w = vec![vec![1u8; 512]];
+        assert_eq!(
+            run(&mut e, Op::WriteThrough, 0, &mut w).result,
+            Err(libc::EBADF)
+        );
     }
 
     #[test]

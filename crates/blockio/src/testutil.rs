@@ -48,6 +48,20 @@ pub(crate) fn wait(e: &mut dyn Engine, n: usize) -> Vec<Completion> {
     out
 }
 
+/// Dirty page-cache pages of `fd` (cachestat, Linux 6.5+), or None
+/// where the kernel lacks it.
+pub(crate) fn dirty_pages(fd: std::os::fd::RawFd) -> Option<u64> {
+    // The syscall number is the same on every architecture (451); the
+    // libc crate does not name it for x86_64 glibc yet.
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let range = [0u64, 0u64];
+    let mut stat = [0u64; 5];
+    // SAFETY: `range` (struct cachestat_range) and `stat` (struct
+    // cachestat: five u64) are valid for the kernel to read and write.
+    let rc = unsafe { libc::syscall(SYS_CACHESTAT, fd, range.as_ptr(), stat.as_mut_ptr(), 0) };
+    (rc == 0).then_some(stat[1] + stat[2])
+}
+
 /// Whether the kernel log mentions a page cache invalidation failure on a
 /// file under `dir` (None when the log cannot be read).
 pub(crate) fn kernel_flagged(dir: &std::path::Path) -> Option<bool> {

@@ -15,12 +15,15 @@ use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, OnceLock};
 
-use io_uring::{IoUring, Probe, opcode, squeue, types};
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::backing::Transfer;
 use crate::bounce::{self, AlignedBuf, BouncePool};
-use crate::{Backing, BackingKind, Completion, Engine, Error, IoBuf, Op, Request, SubmitError};
+use crate::{
+    Backing, BackingKind, Completion, Engine, EnginePaths, Error, EventLoop, IoBuf, Op, Request,
+    SubmitError, Watches,
+};
 
 /// Most iovecs one readv/writev accepts (`IOV_MAX`); longer requests are
 /// issued in pieces, like a short transfer.
@@ -29,14 +32,66 @@ const IOV_MAX: usize = 1024;
 /// Largest queue depth accepted; the kernel caps rings at 32768 entries anyway.
 const MAX_DEPTH: usize = 4096;
 
+/// The event loop's wait sleeps until this fraction of the reads and
+/// writes in flight completed (measured on a loop device at QD32: a
+/// quarter or a half both 1.13x the IOPS of waking for each, an eighth no
+/// gain).
+const WAIT_FRACTION: usize = 4;
+
+/// The most completions one wait waits for.
+const MAX_WAIT_BATCH: usize = 16;
+
+/// Event-loop watches an engine can hold (bits of a [`Watches`] mask).
+const MAX_WATCHES: usize = 32;
+
+/// Submission entries kept free for watches and their cancellations.
+const WATCH_ENTRIES: usize = 2 * MAX_WATCHES;
+
+/// `user_data` of a watch's entry: this bit plus the watch number. Request
+/// entries carry their slot index, always below [`MAX_DEPTH`].
+const WATCH_TAG: u64 = 1 << 63;
+
+/// `user_data` of a cancellation entry (its completion carries nothing).
+const CANCEL_TAG: u64 = 1 << 62;
+
+/// `user_data` of the `fdatasync` that makes a group of write-through
+/// writes durable.
+const GROUP_FLUSH_TAG: u64 = 1 << 61;
+
 /// What an in-flight slot is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotOp {
     Read,
     Write,
     Flush,
-    Fallocate { mode: i32, len: u64 },
+    /// `fallocate(mode)`; on `EOPNOTSUPP` once more with `retry` (if not 0).
+    Fallocate {
+        mode: i32,
+        len: u64,
+        retry: i32,
+    },
+    /// A block device's discard as an io_uring command (Linux 6.12+).
+    DiscardCmd {
+        len: u64,
+    },
 }
+
+/// `BLOCK_URING_CMD_DISCARD` (`_IO(0x12, 0)`): discard on a block device
+/// through `IORING_OP_URING_CMD`, start in `addr`, length in `addr3`.
+const BLOCK_URING_CMD_DISCARD: u32 = 0x12 << 8;
+
+/// Write-zeroes on a block device of at least this many bytes run on
+/// io_uring's workers; smaller ones on the calling thread.
+const ASYNC_ZEROES_BYTES: u64 = 1 << 20;
+
+/// `FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE`: on a file, deallocate;
+/// on a block device, zero out and allow unmapping (no fallback to
+/// writing zeroes: `EOPNOTSUPP` if the device cannot).
+const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+
+/// `FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE`: zero a range; on a block
+/// device without unmapping (writing zeroes if need be).
+const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
 
 /// One in-flight request, found again by its index (the entry's `user_data`).
 #[derive(Debug)]
@@ -59,6 +114,8 @@ struct Slot {
     /// until its completion is reaped; the kernel reads or writes it.
     bounce: Option<AlignedBuf>,
     chunk: usize,
+    /// A write-through write: once written it waits for a group flush.
+    sync: bool,
 }
 
 impl Slot {
@@ -74,6 +131,7 @@ impl Slot {
             total: 0,
             bounce: None,
             chunk: 0,
+            sync: false,
         }
     }
 
@@ -116,8 +174,44 @@ pub struct UringEngine {
     capacity: usize,
     /// The filesystem refused `FALLOC_FL_ZERO_RANGE` once: punch holes instead.
     no_zero_range: bool,
+    /// The block device refused an unmapping zero-out once: zero it
+    /// without unmapping from now on.
+    no_unmap_zeroes: bool,
+    /// Discards on this block device go through the io_uring discard
+    /// command (probed at creation); else the blocking ioctl.
+    discard_cmd: bool,
     /// Bounce buffers for requests whose memory breaks direct-I/O alignment.
     pool: BouncePool,
+    /// The ring was set up with cooperative task running.
+    coop: bool,
+    /// Watches submitted (or queued) and not yet completed.
+    armed: Watches,
+    /// Watches completed successfully and not yet taken.
+    fired: Watches,
+    /// Watches that completed with an error and not yet taken.
+    failed: Watches,
+    /// Armed watches that stay armed across firings (multishot polls).
+    multishot: Watches,
+    /// Write-through writes whose data is written, waiting for the next
+    /// group flush (slot indices; the slots stay taken).
+    wt_waiting: Vec<usize>,
+    /// Those the group flush in flight makes durable.
+    wt_flushing: Vec<usize>,
+    /// A group flush is in flight.
+    flushing: bool,
+    /// `commit` leaves entries queued for the next `wait` (event loop).
+    defer: bool,
+    /// Fallocates (discard and write-zeroes but the discard command) run
+    /// one at a time: on io_uring's workers many at once only contend for
+    /// the file's invalidate lock (measured: half the throughput, five
+    /// times the CPU of one at a time). Slots waiting their turn:
+    space_waiting: VecDeque<usize>,
+    /// A fallocate is in flight.
+    space_busy: bool,
+    /// Reads and writes whose completion is due from the ring (one per
+    /// slot while its data moves; not write-through writes waiting for a
+    /// group flush, nor anything but reads and writes).
+    data_in_ring: usize,
 }
 
 impl std::fmt::Debug for UringEngine {
@@ -175,8 +269,27 @@ impl UringEngine {
             source,
         };
         let capacity = depth.clamp(1, MAX_DEPTH);
-        let entries = u32::try_from(capacity.next_power_of_two()).unwrap_or(4096);
-        let ring = IoUring::new(entries).map_err(err)?;
+        let entries = u32::try_from((capacity + WATCH_ENTRIES).next_power_of_two()).unwrap_or(8192);
+        // Cooperative task running: completions never interrupt the worker
+        // with an IPI while it runs; they are run when it next enters the
+        // kernel (and flagged for a spinning caller). Kernels before 5.19
+        // refuse the flags: plain ring there.
+        let (mut ring, coop) = match IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(entries)
+        {
+            Ok(r) => (r, true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                (IoUring::new(entries).map_err(err)?, false)
+            }
+            Err(e) => return Err(err(e)),
+        };
+        // Probed before the eventfd is registered, so the probe's
+        // completion does not raise it.
+        let discard_cmd = backing.kind() == BackingKind::BlockDevice
+            && !backing.is_read_only()
+            && probe_discard_cmd(&mut ring, backing.fd());
         let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(err)?;
         ring.submitter()
             .register_eventfd(eventfd.as_raw_fd())
@@ -189,9 +302,184 @@ impl UringEngine {
             ready: VecDeque::with_capacity(capacity),
             capacity,
             no_zero_range: false,
+            no_unmap_zeroes: false,
+            discard_cmd,
             pool: BouncePool::new(backing.mem_alignment()),
+            coop,
             backing,
+            armed: 0,
+            fired: 0,
+            failed: 0,
+            multishot: 0,
+            wt_waiting: Vec::with_capacity(capacity),
+            wt_flushing: Vec::with_capacity(capacity),
+            flushing: false,
+            defer: false,
+            space_waiting: VecDeque::new(),
+            space_busy: false,
+            data_in_ring: 0,
         })
+    }
+
+    /// Whether this kernel's io_uring has what the event loop needs: polls,
+    /// multishot polls (Linux 5.13) and cancellation. Probed once per
+    /// process, the multishot poll by arming one on an eventfd.
+    pub fn event_loop_supported() -> bool {
+        static SUPPORTED: OnceLock<bool> = OnceLock::new();
+        *SUPPORTED.get_or_init(|| {
+            Self::is_supported()
+                && match probe_opcodes(&[
+                    ("poll_add", opcode::PollAdd::CODE),
+                    ("async_cancel", opcode::AsyncCancel::CODE),
+                ])
+                .and_then(|()| probe_multishot_poll())
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::info!(error = %e, "io_uring event loop unavailable");
+                        false
+                    }
+                }
+        })
+    }
+
+    /// The next finished request from the completion queue, sorting watch
+    /// completions out on the way (short transfers are resubmitted).
+    fn next_from_ring(&mut self) -> Option<Completion> {
+        loop {
+            let cqe = self.ring.completion().next()?;
+            let ud = cqe.user_data();
+            if ud & WATCH_TAG != 0 {
+                self.watch_done(ud, cqe.result(), cqueue::more(cqe.flags()));
+                continue;
+            }
+            if ud & CANCEL_TAG != 0 {
+                continue;
+            }
+            if ud == GROUP_FLUSH_TAG {
+                self.group_flush_done(cqe.result());
+                if let Some(c) = self.ready.pop_front() {
+                    return Some(c);
+                }
+                continue;
+            }
+            let Ok(idx) = usize::try_from(ud) else {
+                continue;
+            };
+            if idx >= self.slots.len() {
+                tracing::warn!(user_data = ud, "unknown io_uring completion");
+                continue;
+            }
+            if matches!(self.slots[idx].op, SlotOp::Read | SlotOp::Write) {
+                self.data_in_ring = self.data_in_ring.saturating_sub(1);
+            }
+            if let Some(c) = self.reap(idx, cqe.result()) {
+                return Some(c);
+            }
+        }
+    }
+
+    fn watch_done(&mut self, ud: u64, res: i32, more: bool) {
+        let Some(bit) = watch_bit(ud & !WATCH_TAG) else {
+            return;
+        };
+        if self.armed & bit == 0 {
+            return;
+        }
+        // A multishot poll stays armed while its completions say more follow.
+        if !(more && self.multishot & bit != 0) {
+            self.armed &= !bit;
+            self.multishot &= !bit;
+        }
+        if res >= 0 {
+            self.fired |= bit;
+        } else if res != -libc::ECANCELED {
+            tracing::debug!(
+                watch = ud & !WATCH_TAG,
+                errno = -res,
+                "event loop watch failed"
+            );
+            self.failed |= bit;
+        }
+    }
+
+    /// Write-through writes are made durable in groups: one `fdatasync`
+    /// in flight at a time covers every write whose data was written
+    /// before it was submitted. Starts the next one if writes wait.
+    fn start_group_flush(&mut self) {
+        if self.flushing || self.wt_waiting.is_empty() {
+            return;
+        }
+        let entry = opcode::Fsync::new(types::Fd(self.backing.fd()))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(GROUP_FLUSH_TAG);
+        std::mem::swap(&mut self.wt_waiting, &mut self.wt_flushing);
+        self.flushing = true;
+        let pushed = self.push_watch(&entry);
+        let sent = pushed.and_then(|()| {
+            if self.defer {
+                Ok(())
+            } else {
+                submit_all(&self.ring)
+            }
+        });
+        if let Err(e) = sent {
+            tracing::error!(error = %e, "cannot submit a write-through flush");
+            self.group_flush_done(-libc::EIO);
+        }
+    }
+
+    /// A group flush finished with `res`: its writes complete with it.
+    fn group_flush_done(&mut self, res: i32) {
+        self.flushing = false;
+        let mut group = std::mem::take(&mut self.wt_flushing);
+        for &idx in &group {
+            let s = &self.slots[idx];
+            let result = if res < 0 {
+                Err(-res)
+            } else {
+                u32::try_from(s.total).map_err(|_| libc::EINVAL)
+            };
+            let user_data = s.user_data;
+            self.release(idx);
+            self.ready.push_back(Completion { user_data, result });
+        }
+        group.clear();
+        self.wt_flushing = group;
+        self.start_group_flush();
+    }
+
+    /// The fallocate in flight finished: starts the next one waiting.
+    fn space_done(&mut self) {
+        self.space_busy = false;
+        while let Some(idx) = self.space_waiting.pop_front() {
+            let sent = self.push(idx).is_ok() && (self.defer || submit_all(&self.ring).is_ok());
+            if sent {
+                self.space_busy = true;
+                return;
+            }
+            let user_data = self.slots[idx].user_data;
+            self.release(idx);
+            self.ready.push_back(Completion {
+                user_data,
+                result: Err(libc::EIO),
+            });
+        }
+    }
+
+    /// Queues an entry that points at no memory (a watch, a cancellation,
+    /// a flush), making room in the submission queue if needed.
+    fn push_watch(&mut self, entry: &squeue::Entry) -> std::io::Result<()> {
+        // SAFETY: a watch entry (a poll or a cancellation) or a group flush
+        // points at no memory.
+        if unsafe { self.ring.submission().push(entry) }.is_ok() {
+            return Ok(());
+        }
+        submit_all(&self.ring)?;
+        // SAFETY: as above.
+        unsafe { self.ring.submission().push(entry) }
+            .map_err(|_| std::io::Error::other("io_uring submission queue full"))
     }
 
     fn busy(&self) -> usize {
@@ -254,10 +542,18 @@ impl UringEngine {
             SlotOp::Flush => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
-            SlotOp::Fallocate { mode, len } => opcode::Fallocate::new(fd, len)
+            SlotOp::Fallocate { mode, len, .. } => opcode::Fallocate::new(fd, len)
                 .offset(s.offset)
                 .mode(mode)
                 .build(),
+            SlotOp::DiscardCmd { len } => {
+                let mut cmd = [0u8; 16];
+                cmd[..8].copy_from_slice(&len.to_ne_bytes());
+                opcode::UringCmd16::new(fd, BLOCK_URING_CMD_DISCARD)
+                    .addr(Some(s.offset))
+                    .cmd(cmd)
+                    .build()
+            }
         };
         entry.user_data(idx as u64)
     }
@@ -271,7 +567,11 @@ impl UringEngine {
         // buffer, which this engine neither moves nor frees until the slot's
         // completion is reaped (slots are only reused from `free`, and `Drop`
         // waits for in-flight slots).
-        unsafe { self.ring.submission().push(&entry) }.map_err(|_| SubmitError::Full)
+        unsafe { self.ring.submission().push(&entry) }.map_err(|_| SubmitError::Full)?;
+        if matches!(self.slots[idx].op, SlotOp::Read | SlotOp::Write) {
+            self.data_in_ring += 1;
+        }
+        Ok(())
     }
 
     fn release(&mut self, idx: usize) {
@@ -290,15 +590,21 @@ impl UringEngine {
         let user_data = s.user_data;
         let result = if res < 0 {
             let errno = -res;
-            // tmpfs and others lack ZERO_RANGE: a punched hole reads back as zeroes too.
-            if let SlotOp::Fallocate { mode, len } = s.op
+            // tmpfs and others lack ZERO_RANGE (a punched hole reads back
+            // as zeroes too); block devices may lack unmapping zero-outs.
+            if let SlotOp::Fallocate { mode, len, retry } = s.op
                 && errno == libc::EOPNOTSUPP
-                && mode & libc::FALLOC_FL_ZERO_RANGE != 0
+                && retry != 0
             {
-                self.no_zero_range = true;
+                if mode == ZERO_RANGE {
+                    self.no_zero_range = true;
+                } else {
+                    self.no_unmap_zeroes = true;
+                }
                 s.op = SlotOp::Fallocate {
-                    mode: libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    mode: retry,
                     len,
+                    retry: 0,
                 };
                 return self.resubmit(idx);
             }
@@ -324,13 +630,26 @@ impl UringEngine {
                             s.prepare_chunk();
                             return self.resubmit(idx);
                         }
+                        if s.sync {
+                            // Written; durable with the next group flush.
+                            if let Some(b) = s.bounce.take() {
+                                self.pool.put(b);
+                            }
+                            self.wt_waiting.push(idx);
+                            self.start_group_flush();
+                            return None;
+                        }
                         u32::try_from(s.total).map_err(|_| libc::EINVAL)
                     }
                 }
-                SlotOp::Flush | SlotOp::Fallocate { .. } => Ok(0),
+                SlotOp::Flush | SlotOp::Fallocate { .. } | SlotOp::DiscardCmd { .. } => Ok(0),
             }
         };
+        let space = matches!(s.op, SlotOp::Fallocate { .. });
         self.release(idx);
+        if space {
+            self.space_done();
+        }
         Some(Completion { user_data, result })
     }
 
@@ -343,7 +662,11 @@ impl UringEngine {
         if sent {
             None
         } else {
+            let space = matches!(self.slots[idx].op, SlotOp::Fallocate { .. });
             self.release(idx);
+            if space {
+                self.space_done();
+            }
             Some(Completion {
                 user_data,
                 result: Err(libc::EIO),
@@ -364,7 +687,7 @@ impl Engine for UringEngine {
         let file = self.backing.kind() == BackingKind::File;
         let mut bounced = false;
         let (op, fd) = match req.op {
-            Op::Read | Op::Write => {
+            Op::Read | Op::Write | Op::WriteThrough => {
                 let total: usize = req.bufs.iter().map(|b| b.len).sum();
                 if u32::try_from(total).is_err() {
                     self.complete_now(user_data, Err(libc::EINVAL));
@@ -391,34 +714,65 @@ impl Engine for UringEngine {
             Op::Flush => (SlotOp::Flush, self.backing.fd()),
             Op::Discard if file => (
                 SlotOp::Fallocate {
-                    mode: libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    mode: PUNCH,
                     len: req.len,
+                    retry: 0,
                 },
                 self.backing.fd(),
             ),
             Op::WriteZeroes { .. } if file => {
-                let mode = if self.no_zero_range {
-                    libc::FALLOC_FL_PUNCH_HOLE
+                let (mode, retry) = if self.no_zero_range {
+                    (PUNCH, 0)
                 } else {
-                    libc::FALLOC_FL_ZERO_RANGE
+                    (ZERO_RANGE, PUNCH)
                 };
                 (
                     SlotOp::Fallocate {
-                        mode: mode | libc::FALLOC_FL_KEEP_SIZE,
+                        mode,
                         len: req.len,
+                        retry,
                     },
                     self.backing.fd(),
                 )
             }
-            // Block devices: io_uring has no discard or zero-out opcode here.
-            Op::Discard | Op::WriteZeroes { .. } => {
-                let r = match req.op {
-                    Op::WriteZeroes { unmap } => {
-                        self.backing.write_zeroes(req.offset, req.len, unmap)
-                    }
-                    _ => self.backing.discard(req.offset, req.len),
+            // Block devices, small ranges: on this thread, which beats a
+            // round trip through io_uring's workers (measured: 64 KiB at
+            // QD32, 1.8x); the queue stalls only briefly.
+            Op::WriteZeroes { unmap } if req.len < ASYNC_ZEROES_BYTES => {
+                let result = self
+                    .backing
+                    .write_zeroes(req.offset, req.len, unmap)
+                    .map(|()| 0)
+                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+                self.complete_now(user_data, result);
+                return Ok(());
+            }
+            // Large ranges: fallocate on io_uring's workers, so the queue
+            // keeps serving while the device zeroes, unmapping where
+            // allowed and the device can.
+            Op::WriteZeroes { unmap } => {
+                let (mode, retry) = if unmap && !self.no_unmap_zeroes {
+                    (PUNCH, ZERO_RANGE)
+                } else {
+                    (ZERO_RANGE, 0)
                 };
-                let result = r
+                (
+                    SlotOp::Fallocate {
+                        mode,
+                        len: req.len,
+                        retry,
+                    },
+                    self.backing.fd(),
+                )
+            }
+            Op::Discard if self.discard_cmd => {
+                (SlotOp::DiscardCmd { len: req.len }, self.backing.fd())
+            }
+            // A kernel without the discard command: the blocking ioctl.
+            Op::Discard => {
+                let result = self
+                    .backing
+                    .discard(req.offset, req.len)
                     .map(|()| 0)
                     .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
                 self.complete_now(user_data, result);
@@ -454,8 +808,19 @@ impl Engine for UringEngine {
         s.done = 0;
         s.total = req.bufs.iter().map(|b| b.len).sum();
         s.bounce = bounce;
+        s.sync = req.op == Op::WriteThrough;
         s.prepare_chunk();
+        if matches!(op, SlotOp::Fallocate { .. }) {
+            if self.space_busy {
+                self.space_waiting.push_back(idx);
+                return Ok(());
+            }
+            self.space_busy = true;
+        }
         if let Err(e) = self.push(idx) {
+            if matches!(op, SlotOp::Fallocate { .. }) {
+                self.space_busy = false;
+            }
             self.release(idx);
             return Err(e);
         }
@@ -463,7 +828,7 @@ impl Engine for UringEngine {
     }
 
     fn commit(&mut self) -> std::io::Result<()> {
-        if self.ring.submission().is_empty() {
+        if self.defer || self.ring.submission().is_empty() {
             return Ok(());
         }
         submit_all(&self.ring)
@@ -473,19 +838,7 @@ impl Engine for UringEngine {
         if let Some(c) = self.ready.pop_front() {
             return Some(c);
         }
-        loop {
-            let cqe = self.ring.completion().next()?;
-            let Ok(idx) = usize::try_from(cqe.user_data()) else {
-                continue;
-            };
-            if idx >= self.slots.len() {
-                tracing::warn!(user_data = cqe.user_data(), "unknown io_uring completion");
-                continue;
-            }
-            if let Some(c) = self.reap(idx, cqe.result()) {
-                return Some(c);
-            }
-        }
+        self.next_from_ring()
     }
 
     fn completion_fd(&self) -> Option<RawFd> {
@@ -495,10 +848,175 @@ impl Engine for UringEngine {
     fn in_flight(&self) -> usize {
         self.busy() + self.ready.len()
     }
+
+    fn event_loop(&mut self) -> Option<&mut dyn EventLoop> {
+        if Self::event_loop_supported() {
+            Some(self)
+        } else {
+            None
+        }
+    }
+
+    fn paths(&self) -> EnginePaths {
+        let blockdev = self.backing.kind() == BackingKind::BlockDevice;
+        EnginePaths {
+            ring: if self.coop { "coop_taskrun" } else { "plain" },
+            event_loop: Self::event_loop_supported(),
+            discard: match (blockdev, self.discard_cmd) {
+                (true, true) => "uring_cmd",
+                (true, false) => "ioctl",
+                (false, _) => "uring_fallocate",
+            },
+            write_zeroes: if blockdev {
+                "ioctl_below_1m_else_uring_fallocate"
+            } else {
+                "uring_fallocate"
+            },
+            write_through: "uring_group_fdatasync",
+        }
+    }
+}
+
+/// The bit of watch number `n`, if it is one.
+fn watch_bit(n: u64) -> Option<Watches> {
+    (n < MAX_WATCHES as u64).then(|| 1 << n)
+}
+
+impl EventLoop for UringEngine {
+    fn watch_readable(&mut self, fd: RawFd, watch: u32) -> std::io::Result<()> {
+        let bit = watch_bit(u64::from(watch)).ok_or_else(bad_watch)?;
+        if self.armed & bit != 0 {
+            return Ok(());
+        }
+        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .build()
+            .user_data(WATCH_TAG | u64::from(watch));
+        self.push_watch(&entry)?;
+        self.armed |= bit;
+        Ok(())
+    }
+
+    fn watch_writes(&mut self, fd: RawFd, watch: u32) -> std::io::Result<()> {
+        let bit = watch_bit(u64::from(watch)).ok_or_else(bad_watch)?;
+        if self.armed & bit != 0 {
+            return Ok(());
+        }
+        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(WATCH_TAG | u64::from(watch));
+        self.push_watch(&entry)?;
+        self.armed |= bit;
+        self.multishot |= bit;
+        Ok(())
+    }
+
+    fn wait(&mut self) -> std::io::Result<()> {
+        if !self.ready.is_empty()
+            || self.fired | self.failed != 0
+            || !self.ring.completion().is_empty()
+        {
+            return submit_all(&self.ring);
+        }
+        // Woken for every single completion, a worker at depth signals the
+        // guest per completion or two: small batches on both sides, more
+        // wakeups and system calls per request. So it sleeps until a
+        // quarter of the reads and writes in flight have completed (or a
+        // watch fired): they all complete in bounded time, so the wait
+        // does, and requests of one kind have similar latencies (flushes
+        // and fallocates, which may take long, never count). At depth 1-7
+        // it wakes for the first completion.
+        debug_assert!(self.data_in_ring <= self.busy(), "data_in_ring drifted");
+        let want = (self.data_in_ring / WAIT_FRACTION).clamp(1, MAX_WAIT_BATCH);
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => Ok(()),
+            // A signal: the caller looks at what arrived and waits again.
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn defer_submission(&mut self, on: bool) {
+        self.defer = on;
+    }
+
+    fn poll(&mut self) -> std::io::Result<()> {
+        let pending = {
+            let sq = self.ring.submission();
+            !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+        };
+        if pending {
+            submit_all(&self.ring)?;
+        }
+        Ok(())
+    }
+
+    fn fired(&self) -> Watches {
+        self.fired
+    }
+
+    fn take_fired(&mut self) -> Watches {
+        std::mem::take(&mut self.fired)
+    }
+
+    fn take_failed(&mut self) -> Watches {
+        std::mem::take(&mut self.failed)
+    }
+
+    fn armed(&self) -> Watches {
+        self.armed
+    }
+
+    fn unwatch_all(&mut self) -> std::io::Result<()> {
+        let mut left = self.armed;
+        while left != 0 {
+            let n = left.trailing_zeros();
+            left &= left - 1;
+            let entry = opcode::AsyncCancel::new(WATCH_TAG | u64::from(n))
+                .build()
+                .user_data(CANCEL_TAG);
+            self.push_watch(&entry)?;
+        }
+        submit_all(&self.ring)?;
+        while self.armed != 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+            // Requests that finish meanwhile wait in `ready` for the caller.
+            while let Some(c) = self.next_from_ring() {
+                self.ready.push_back(c);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bad_watch() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("an io_uring watch number must be below {MAX_WATCHES}"),
+    )
 }
 
 impl Drop for UringEngine {
     fn drop(&mut self) {
+        // Watches point at no memory; cancelled anyway so the kernel drops
+        // its references to their files now.
+        if self.armed != 0 {
+            let _ = self.unwatch_all();
+        }
+        // Written write-through writes and fallocates waiting their turn
+        // hold no kernel reference.
+        let idle: Vec<usize> = self
+            .wt_waiting
+            .drain(..)
+            .chain(self.space_waiting.drain(..))
+            .collect();
+        for idx in idle {
+            self.release(idx);
+        }
         // The kernel may still write into caller memory and read slot iovecs
         // until each entry completes: wait for them before freeing anything.
         let _ = submit_all(&self.ring);
@@ -521,6 +1039,15 @@ impl Drop for UringEngine {
                 let Some(cqe) = self.ring.completion().next() else {
                     break;
                 };
+                if cqe.user_data() & (WATCH_TAG | CANCEL_TAG) != 0 {
+                    continue;
+                }
+                if cqe.user_data() == GROUP_FLUSH_TAG {
+                    for idx in std::mem::take(&mut self.wt_flushing) {
+                        self.release(idx);
+                    }
+                    continue;
+                }
                 if let Ok(idx) = usize::try_from(cqe.user_data())
                     && idx < self.slots.len()
                 {
@@ -544,18 +1071,79 @@ fn submit_all(ring: &IoUring) -> std::io::Result<()> {
 
 /// Sets up a small ring and checks every opcode the engine uses.
 fn probe() -> std::io::Result<()> {
-    let ring = IoUring::new(4)?;
-    let mut probe = Probe::new();
-    ring.submitter().register_probe(&mut probe)?;
-    let needed = [
+    probe_opcodes(&[
         ("readv", opcode::Readv::CODE),
         ("writev", opcode::Writev::CODE),
         ("read", opcode::Read::CODE),
         ("write", opcode::Write::CODE),
         ("fsync", opcode::Fsync::CODE),
         ("fallocate", opcode::Fallocate::CODE),
-    ];
-    for (name, code) in needed {
+    ])?;
+    let ring = IoUring::new(4)?;
+    let efd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+    ring.submitter().register_eventfd(efd.as_raw_fd())?;
+    Ok(())
+}
+
+/// Whether the block device `fd` takes discards as an io_uring command
+/// (Linux 6.12+): a zero-length discard is refused with `EINVAL` by a
+/// kernel that has the command (after checking the device can discard
+/// and is open for writing), with `EOPNOTSUPP` by one that has not.
+fn probe_discard_cmd(ring: &mut IoUring, fd: RawFd) -> bool {
+    if probe_opcodes(&[("uring_cmd", opcode::UringCmd16::CODE)]).is_err() {
+        return false;
+    }
+    let entry = opcode::UringCmd16::new(types::Fd(fd), BLOCK_URING_CMD_DISCARD)
+        .addr(Some(0))
+        .build()
+        .user_data(CANCEL_TAG);
+    // SAFETY: the entry points at no memory.
+    if unsafe { ring.submission().push(&entry) }.is_err() {
+        return false;
+    }
+    loop {
+        match ring.submit_and_wait(1) {
+            Ok(_) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+    let res = ring.completion().next().map_or(-libc::EIO, |c| c.result());
+    res == -libc::EINVAL
+}
+
+/// Arms a multishot poll on an eventfd and writes it twice: the kernel
+/// must report both writes, the first as "more to come".
+fn probe_multishot_poll() -> std::io::Result<()> {
+    let mut ring = IoUring::new(4)?;
+    let efd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+    let entry = opcode::PollAdd::new(types::Fd(efd.as_raw_fd()), libc::POLLIN as u32)
+        .multi(true)
+        .build()
+        .user_data(1);
+    // SAFETY: a poll entry points at no memory.
+    unsafe { ring.submission().push(&entry) }
+        .map_err(|_| std::io::Error::other("probe ring full"))?;
+    ring.submit()?;
+    efd.write(1)?;
+    ring.submit_and_wait(1)?;
+    let first = ring.completion().next();
+    match first {
+        Some(c) if c.result() >= 0 && cqueue::more(c.flags()) => Ok(()),
+        Some(c) if c.result() < 0 => Err(std::io::Error::from_raw_os_error(-c.result())),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "the kernel's io_uring has no multishot poll",
+        )),
+    }
+}
+
+/// Checks that this kernel's io_uring knows every opcode in `needed`.
+fn probe_opcodes(needed: &[(&str, u8)]) -> std::io::Result<()> {
+    let ring = IoUring::new(4)?;
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    for &(name, code) in needed {
         if !probe.is_supported(code) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
@@ -563,8 +1151,6 @@ fn probe() -> std::io::Result<()> {
             ));
         }
     }
-    let efd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
-    ring.submitter().register_eventfd(efd.as_raw_fd())?;
     Ok(())
 }
 
@@ -807,6 +1393,159 @@ mod tests {
         assert!(e.pop_completion().is_none());
     }
 
+    /// A one-shot watch fires once, a multishot watch after every write;
+    /// neither reads its eventfd. Requests complete alongside them,
+    /// cancellation leaves nothing armed, and a watch on a bad fd is
+    /// reported as failed.
+    #[test]
+    fn event_loop_watches_fire_and_cancel_cleanly() {
+        let Some((_d, mut e)) = engine(1 << 16, false, 4) else {
+            return;
+        };
+        let a = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let b = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        assert!(e.event_loop().is_some(), "io_uring has an event loop");
+        e.watch_writes(a.as_raw_fd(), 0).unwrap();
+        e.watch_readable(b.as_raw_fd(), 1).unwrap();
+        // Arming twice is a no-op.
+        e.watch_writes(a.as_raw_fd(), 0).unwrap();
+        assert_eq!(e.armed(), 0b11);
+        let fire = |e: &mut UringEngine| {
+            while e.fired() == 0 {
+                e.wait().unwrap();
+                assert!(e.pop_completion().is_none());
+            }
+            e.take_fired()
+        };
+        for round in 1..=3 {
+            a.write(1).unwrap();
+            assert_eq!(fire(&mut e), 0b01, "round {round}");
+            assert_eq!(e.armed(), 0b11, "the multishot watch stays armed");
+        }
+        assert_eq!(a.read().unwrap(), 3, "never read by the watch");
+        b.write(1).unwrap();
+        assert_eq!(fire(&mut e), 0b10);
+        assert_eq!(e.armed(), 0b01, "the one-shot watch is spent");
+        assert_eq!(b.read().unwrap(), 1, "never read by the watch");
+        // A request completes while a watch waits.
+        let mut r = vec![vec![0u8; 4096]];
+        let io = iobufs(&mut r);
+        let req = Request {
+            op: Op::Read,
+            offset: 0,
+            len: 0,
+            bufs: &io,
+        };
+        // SAFETY: `r` outlives the completion, collected below.
+        unsafe { e.submit(&req, 9) }.unwrap();
+        let c = loop {
+            e.wait().unwrap();
+            if let Some(c) = e.pop_completion() {
+                break c;
+            }
+        };
+        assert_eq!((c.user_data, c.result), (9, Ok(4096)));
+        assert_eq!((e.fired(), e.armed()), (0, 0b01));
+        e.unwatch_all().unwrap();
+        assert_eq!((e.take_fired(), e.armed()), (0, 0));
+        // Once cancelled, writes fire nothing.
+        a.write(1).unwrap();
+        e.poll().unwrap();
+        assert!(e.pop_completion().is_none());
+        assert_eq!(e.take_fired(), 0);
+        // A watch that cannot work fails, and is not armed any more.
+        e.watch_readable(-1, 2).unwrap();
+        while e.armed() != 0 {
+            e.wait().unwrap();
+            assert!(e.pop_completion().is_none());
+        }
+        assert_eq!((e.take_failed(), e.take_fired()), (0b100, 0));
+        let err = e.watch_readable(a.as_raw_fd(), 32).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    }
+
+    /// A write-through write is durable when it completes: a group flush
+    /// has written back every dirty page of the file (a plain write leaves
+    /// its pages dirty, which shows the check can tell). Several in one
+    /// batch complete together, in order or not.
+    #[test]
+    fn write_through_completes_after_a_group_fdatasync() {
+        let Some((d, mut e)) = engine(1 << 20, false, 8) else {
+            return;
+        };
+        let f = std::fs::File::open(d.path().join("img")).unwrap();
+        let mut w = vec![vec![7u8; 8192]];
+        assert_eq!(run(&mut e, Op::Write, 0, 0, &mut w).result, Ok(8192));
+        let Some(dirty) = crate::testutil::dirty_pages(f.as_raw_fd()) else {
+            eprintln!("no cachestat here: skipping");
+            return;
+        };
+        assert!(dirty > 0, "a plain write leaves dirty pages");
+        let mut w = vec![vec![8u8; 4096], vec![9u8; 4096]];
+        assert_eq!(
+            run(&mut e, Op::WriteThrough, 65536, 0, &mut w).result,
+            Ok(8192)
+        );
+        assert_eq!(crate::testutil::dirty_pages(f.as_raw_fd()), Some(0));
+        // A batch of them, then a plain write that must not wait for them.
+        let mut bufs: Vec<Vec<u8>> = (0..6).map(|i| vec![i as u8; 4096]).collect();
+        let io = iobufs(&mut bufs);
+        for (i, b) in io.iter().enumerate() {
+            let req = Request {
+                op: Op::WriteThrough,
+                offset: 4096 * (20 + i as u64),
+                len: 0,
+                bufs: std::slice::from_ref(b),
+            };
+            // SAFETY: `bufs` outlives the completions, collected below.
+            unsafe { e.submit(&req, i as u64) }.unwrap();
+        }
+        e.commit().unwrap();
+        let done = wait(&mut e, 6);
+        assert!(done.iter().all(|c| c.result == Ok(4096)), "{done:?}");
+        assert_eq!(crate::testutil::dirty_pages(f.as_raw_fd()), Some(0));
+        assert_eq!(e.in_flight(), 0);
+        // Under O_DIRECT with memory that needs bouncing, in several
+        // pieces: same result.
+        let (d2, p2) = file(4 << 20);
+        let mut e2 = UringEngine::new(backing(&p2, true), 4).unwrap();
+        let mut w = vec![vec![3u8; 700 * 1024 + 1], vec![4u8; 1023]];
+        let c = run(&mut e2, Op::WriteThrough, 4096, 0, &mut w);
+        assert_eq!(c.result, Ok(701 * 1024));
+        let back = std::fs::read(&p2).unwrap();
+        assert!(back[4096..4096 + 700 * 1024 + 1].iter().all(|&b| b == 3));
+        drop(d2);
+    }
+
+    /// A write-through write that fails fails with the write's errno (no
+    /// flush waited for), and the slot is free again.
+    #[test]
+    fn failed_write_through_reports_the_write_error() {
+        let Some((d, _e)) = engine(4096, false, 1) else {
+            return;
+        };
+        let b = Arc::new(
+            Backing::open(
+                &d.path().join("img"),
+                OpenOptions {
+                    read_only: true,
+                    direct: false,
+                    ..OpenOptions::default()
+                },
+            )
+            .unwrap(),
+        );
+        let mut e = UringEngine::new(b, 1).unwrap();
+        for _ in 0..3 {
+            let mut w = vec![vec![1u8; 512]];
+            assert_eq!(
+                run(&mut e, Op::WriteThrough, 0, 0, &mut w).result,
+                Err(libc::EBADF)
+            );
+            assert_eq!(e.in_flight(), 0);
+        }
+    }
+
     #[test]
     fn full_engine_refuses_until_drained() {
         let Some((_d, mut e)) = engine(1 << 16, false, 4) else {
@@ -929,15 +1668,18 @@ mod tests {
         assert!(r.iter().all(|b| b.iter().all(|&x| x == 0)));
     }
 
-    /// Discard and write-zeroes on a real block device (a loop device) take
-    /// the synchronous path and still complete through the engine.
+    /// Discard and write-zeroes on a real block device (a loop device) go
+    /// through the ring (the discard command where the kernel has it, the
+    /// blocking ioctl where not; fallocate on io_uring's workers for
+    /// write-zeroes, unmapping or not) and zero exactly their range.
     #[test]
     fn block_device_discard_and_write_zeroes() {
         if !UringEngine::is_supported() {
             return;
         }
-        let (d, p) = file(1 << 20);
-        std::fs::write(&p, vec![0x5au8; 1 << 20]).unwrap();
+        const MIB: usize = 1 << 20;
+        let (d, p) = file(0);
+        std::fs::write(&p, vec![0x5au8; 8 * MIB]).unwrap();
         let out = std::process::Command::new("losetup")
             .args(["-f", "--show"])
             .arg(&p)
@@ -956,27 +1698,109 @@ mod tests {
         };
         let result = std::panic::catch_unwind(|| {
             let mut e = UringEngine::new(backing(Path::new(&dev), true), 8).unwrap();
+            let paths = e.paths();
+            eprintln!("paths: {paths:?}");
+            assert!(["uring_cmd", "ioctl"].contains(&paths.discard));
+            // Blocks 0, 2, 4 (4 KiB each) and the 1 MiB ranges from 2 and
+            // 4 MiB (write-zeroes large enough for io_uring's workers) are
+            // zeroed; the rest keeps its data.
             assert_eq!(run(&mut e, Op::Discard, 0, 4096, &mut []).result, Ok(0));
-            let c = run(
-                &mut e,
-                Op::WriteZeroes { unmap: false },
-                8192,
-                4096,
-                &mut [],
+            for (at, len, unmap) in [
+                (8192, 4096, false),
+                (16384, 4096, true),
+                (2 * MIB, MIB, false),
+                (4 * MIB, MIB, true),
+            ] {
+                let c = run(
+                    &mut e,
+                    Op::WriteZeroes { unmap },
+                    at as u64,
+                    len as u64,
+                    &mut [],
+                );
+                assert_eq!(c.result, Ok(0), "at {at} unmap {unmap}");
+            }
+            let mut r = vec![vec![0xffu8; 6 * MIB]];
+            assert_eq!(
+                run(&mut e, Op::Read, 0, 0, &mut r).result,
+                Ok(6 * MIB as u32)
             );
-            assert_eq!(c.result, Ok(0));
-            let mut r = vec![vec![0xffu8; 16384]];
-            assert_eq!(run(&mut e, Op::Read, 0, 0, &mut r).result, Ok(16384));
-            assert!(r[0][..4096].iter().all(|&x| x == 0));
-            assert!(r[0][4096..8192].iter().all(|&x| x == 0x5a));
-            assert!(r[0][8192..12288].iter().all(|&x| x == 0));
-            assert!(r[0][12288..].iter().all(|&x| x == 0x5a));
+            for (i, chunk) in r[0][..24576].chunks(4096).enumerate() {
+                let want = if i % 2 == 0 { 0 } else { 0x5a };
+                assert!(chunk.iter().all(|&x| x == want), "block {i}");
+            }
+            let zero = |a: usize, b: usize| r[0][a..b].iter().all(|&x| x == 0);
+            let data = |a: usize, b: usize| r[0][a..b].iter().all(|&x| x == 0x5a);
+            assert!(data(24576, 2 * MIB) && zero(2 * MIB, 3 * MIB));
+            assert!(data(3 * MIB, 4 * MIB) && zero(4 * MIB, 5 * MIB));
+            assert!(data(5 * MIB, 6 * MIB));
+            // Out of range: refused by the kernel, reported as an errno.
+            let end = 8 * MIB as u64;
+            let c = run(&mut e, Op::Discard, end, 4096, &mut []);
+            assert!(c.result.is_err(), "{c:?}");
+            for len in [4096, 2 * MIB as u64] {
+                let c = run(&mut e, Op::WriteZeroes { unmap: true }, end, len, &mut []);
+                assert!(c.result.is_err(), "{c:?}");
+            }
+            assert_eq!(e.in_flight(), 0);
         });
         detach();
         drop(d);
         if let Err(p) = result {
             std::panic::resume_unwind(p);
         }
+    }
+
+    /// Fallocates wait their turn (one in flight at a time): a batch of
+    /// large write-zeroes and discards on a file, with a read among them,
+    /// all complete with the right result and bytes.
+    #[test]
+    fn queued_fallocates_all_complete() {
+        let Some((d, mut e)) = engine(8 << 20, false, 16) else {
+            return;
+        };
+        std::fs::write(d.path().join("img"), vec![0x77u8; 8 << 20]).unwrap();
+        for i in 0..6u64 {
+            let op = if i % 2 == 0 {
+                Op::Discard
+            } else {
+                Op::WriteZeroes { unmap: i % 3 == 0 }
+            };
+            let req = Request {
+                op,
+                offset: i << 20,
+                len: 1 << 20,
+                bufs: &[],
+            };
+            // SAFETY: no memory is involved.
+            unsafe { e.submit(&req, i) }.unwrap();
+        }
+        let mut r = vec![vec![0u8; 4096]];
+        let io = iobufs(&mut r);
+        let req = Request {
+            op: Op::Read,
+            offset: 7 << 20,
+            len: 0,
+            bufs: &io,
+        };
+        // SAFETY: `r` outlives the completion, collected below.
+        unsafe { e.submit(&req, 99) }.unwrap();
+        e.commit().unwrap();
+        let mut done = wait(&mut e, 7);
+        done.sort_by_key(|c| c.user_data);
+        assert!(done.iter().all(|c| c.result.is_ok()), "{done:?}");
+        assert_eq!(
+            done[6],
+            Completion {
+                user_data: 99,
+                result: Ok(4096)
+            }
+        );
+        assert!(r[0].iter().all(|&b| b == 0x77));
+        let back = std::fs::read(d.path().join("img")).unwrap();
+        assert!(back[..6 << 20].iter().all(|&b| b == 0));
+        assert!(back[6 << 20..].iter().all(|&b| b == 0x77));
+        assert_eq!(e.in_flight(), 0);
     }
 
     #[derive(Debug, Clone)]
@@ -1000,7 +1824,8 @@ mod tests {
         let odd_range = rng.below(8) == 0;
         let op = match rng.below(10) {
             0..=3 => Op::Read,
-            4..=7 => Op::Write,
+            4..=6 => Op::Write,
+            7 => Op::WriteThrough,
             8 => Op::Flush,
             _ if rng.below(2) == 0 => Op::Discard,
             _ => Op::WriteZeroes {
@@ -1008,7 +1833,7 @@ mod tests {
             },
         };
         let mut lens: Vec<usize> = match op {
-            Op::Read | Op::Write => (0..=rng.below(4))
+            Op::Read | Op::Write | Op::WriteThrough => (0..=rng.below(4))
                 .map(|_| {
                     if aligned {
                         512 * (1 + rng.below(16) as usize)
@@ -1024,7 +1849,7 @@ mod tests {
             *last += pad;
         }
         let total: u64 = match op {
-            Op::Read | Op::Write => lens.iter().sum::<usize>() as u64,
+            Op::Read | Op::Write | Op::WriteThrough => lens.iter().sum::<usize>() as u64,
             Op::Flush => 0,
             _ => 1 + rng.below(32768),
         };
@@ -1057,7 +1882,7 @@ mod tests {
             for &len in &t.lens {
                 let mut arena = vec![0u8; len + 4096];
                 let start = arena.as_ptr().align_offset(512) + if t.aligned { 0 } else { 1 };
-                if t.op == Op::Write {
+                if t.op.is_write() {
                     arena[start..start + len].copy_from_slice(&t.data[consumed..consumed + len]);
                 }
                 consumed += len;

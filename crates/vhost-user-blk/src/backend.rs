@@ -24,6 +24,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::Device;
 use crate::channel;
@@ -39,7 +40,6 @@ struct InFlight {
     head: u16,
     status: GuestAddress,
     used_len: u32,
-    is_write: bool,
     /// What it is, for the counters.
     kind: Kind,
     /// Bytes moved on success, for the counters.
@@ -73,6 +73,40 @@ struct QueueWorker {
     /// 1/64 of `poll`), back to `poll` after one that found work, so a
     /// queue whose guest has gone quiet stops burning CPU.
     poll_window: Duration,
+    /// The loop's path was logged for this connection.
+    loop_logged: bool,
+    /// The event loop failed once: this connection stays on the epoll path.
+    loop_failed: bool,
+}
+
+/// Watch numbers of a queue's io_uring event loop.
+const WATCH_KICK: u32 = 0;
+const WATCH_EXIT: u32 = 1;
+const WATCH_STOP: u32 = 2;
+
+/// What a queue's event loop watches besides the kick and its requests.
+#[derive(Debug, Clone, Copy)]
+struct LoopFds {
+    /// The worker thread's exit event (polled, never read: the epoll loop
+    /// reads it once the event loop has returned). None outside a daemon.
+    exit: Option<RawFd>,
+    /// The queue's stop event, raised by `stop_vring`.
+    stop: RawFd,
+}
+
+/// Why a queue's event loop returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoopEnd {
+    /// `stop_vring`: the frontend stops the ring.
+    Stopped,
+    /// The worker thread is told to exit (disconnect, shutdown).
+    Exit,
+    /// The ring is not ready or not enabled any more, or has no kick.
+    Disabled,
+    /// The frontend replaced the kick eventfd: the loop starts again on the new one.
+    NewKick,
+    /// A watch or the wait failed: back to the epoll path.
+    Failed,
 }
 
 // SAFETY: the raw pointers in `iobufs` are scratch space, only meaningful
@@ -121,44 +155,226 @@ impl QueueWorker {
             pending_signal: false,
             poll,
             poll_window: poll,
+            loop_logged: false,
+            loop_failed: false,
+        }
+    }
+
+    /// Serves the queue from its engine's io_uring until the ring is
+    /// stopped or disabled or the worker must exit: the kick eventfd, the
+    /// stop and exit events and the requests' completions are all waited
+    /// for in one `io_uring_enter`, so a request costs no epoll round trip.
+    /// Runs on the worker thread, called for a kick the epoll loop already
+    /// consumed; returns with nothing in flight and no watch armed, so the
+    /// epoll loop takes over exactly as before.
+    fn run_loop(&mut self, dev: &Device, gm: &Gm, vring: &Vring, event_idx: bool, fds: LoopFds) {
+        loop {
+            let end = self.loop_once(dev, gm, vring, event_idx, fds);
+            if let Some(el) = self.engine.event_loop() {
+                el.defer_submission(false);
+            }
+            self.finish_loop(dev, gm, vring);
+            tracing::debug!(queue = self.index, end = ?end, "queue event loop returned");
+            if end == LoopEnd::Failed {
+                self.loop_failed = true;
+            }
+            if end != LoopEnd::NewKick {
+                return;
+            }
+        }
+    }
+
+    /// One run of the event loop on the vring's current kick eventfd.
+    ///
+    /// Kicks are watched by a multishot poll and never read: the kick
+    /// eventfd's count is left for the epoll loop, which reads it when the
+    /// loop has returned (with a blocking read, for a readiness event it may
+    /// have collected before the loop ran: the count must still be there).
+    fn loop_once(
+        &mut self,
+        dev: &Device,
+        gm: &Gm,
+        vring: &Vring,
+        event_idx: bool,
+        fds: LoopFds,
+    ) -> LoopEnd {
+        // A clone of the kick eventfd: the number handed to the kernel
+        // stays ours even if the frontend replaces the vring's.
+        let (kick, kick_raw) = {
+            let st = vring.get_ref();
+            if !st.get_queue().ready() || !st.is_enabled() {
+                return LoopEnd::Disabled;
+            }
+            match st
+                .get_kick()
+                .as_ref()
+                .map(|k| (k.try_clone(), k.as_raw_fd()))
+            {
+                Some((Ok(k), raw)) => (k, raw),
+                Some((Err(e), _)) => {
+                    tracing::warn!(queue = self.index, error = %e, "cannot clone the kick eventfd; using the epoll path");
+                    return LoopEnd::Failed;
+                }
+                None => return LoopEnd::Disabled,
+            }
+        };
+        let Some(el) = self.engine.event_loop() else {
+            return LoopEnd::Failed;
+        };
+        let mut armed = el.watch_readable(fds.stop, WATCH_STOP);
+        if let (Ok(()), Some(exit)) = (&armed, fds.exit) {
+            armed = el.watch_readable(exit, WATCH_EXIT);
+        }
+        if let Err(e) = armed {
+            tracing::warn!(queue = self.index, error = %e, "cannot arm the io_uring event loop; using the epoll path");
+            return LoopEnd::Failed;
+        }
+        if !self.loop_logged {
+            self.loop_logged = true;
+            tracing::info!(
+                queue = self.index,
+                engine = self.engine.name(),
+                event_loop = "io_uring",
+                "queue event loop"
+            );
+        }
+        if let Some(el) = self.engine.event_loop() {
+            el.defer_submission(true);
+        }
+        // The kick that brought us here was read by the epoll loop (or,
+        // after a new kick eventfd, requests may wait unannounced).
+        let mut kicked = true;
+        loop {
+            {
+                let mut st = vring.get_mut();
+                if !st.get_queue().ready() || !st.is_enabled() {
+                    return LoopEnd::Disabled;
+                }
+                if st.get_kick().as_ref().map(AsRawFd::as_raw_fd) != Some(kick_raw) {
+                    return LoopEnd::NewKick;
+                }
+                self.reap(dev, &mut st);
+                let Some(el) = self.engine.event_loop() else {
+                    return LoopEnd::Failed;
+                };
+                let (fired, failed) = (el.take_fired(), el.take_failed());
+                if failed != 0 {
+                    tracing::warn!(
+                        queue = self.index,
+                        watches = failed,
+                        "an io_uring event loop watch failed; using the epoll path"
+                    );
+                    return LoopEnd::Failed;
+                }
+                if fired & (1 << WATCH_STOP) != 0 {
+                    return LoopEnd::Stopped;
+                }
+                if fired & (1 << WATCH_EXIT) != 0 {
+                    return LoopEnd::Exit;
+                }
+                // The memory table is loaded only now, after the kick was
+                // seen: the requests it announces may use memory the
+                // frontend added just before kicking.
+                let mem = if kicked || fired & (1 << WATCH_KICK) != 0 {
+                    self.process_ring(dev, &mut st, gm, event_idx)
+                } else {
+                    gm.memory().into_inner()
+                };
+                self.signal(&mut st, &mem);
+            }
+            let Some(el) = self.engine.event_loop() else {
+                return LoopEnd::Failed;
+            };
+            // Armed once; again only if the kernel ended the multishot poll.
+            if let Err(e) = el.watch_writes(kick.as_raw_fd(), WATCH_KICK) {
+                tracing::warn!(queue = self.index, error = %e, "cannot arm the kick watch; using the epoll path");
+                return LoopEnd::Failed;
+            }
+            kicked = false;
+            // Sleeps unless a watch fired while requests were processed.
+            if el.fired() == 0
+                && let Err(e) = el.wait()
+            {
+                tracing::error!(queue = self.index, error = %e, "io_uring wait failed; using the epoll path");
+                return LoopEnd::Failed;
+            }
+        }
+    }
+
+    /// Ends a run of the event loop: completes everything in flight, then
+    /// cancels the watches, so nothing of the loop outlives it.
+    fn finish_loop(&mut self, dev: &Device, gm: &Gm, vring: &Vring) {
+        let mem: Arc<Mem> = gm.memory().into_inner();
+        loop {
+            let mut st = vring.get_mut();
+            self.reap(dev, &mut st);
+            self.signal(&mut st, &mem);
+            drop(st);
+            if self.engine.in_flight() == 0 {
+                break;
+            }
+            self.wait_for_completion();
+        }
+        if let Some(el) = self.engine.event_loop() {
+            if let Err(e) = el.unwatch_all() {
+                tracing::error!(queue = self.index, error = %e, "cannot cancel the io_uring event loop's watches");
+            }
+            // Kicks seen while leaving were not consumed: the epoll loop
+            // finds the kick eventfd readable and calls us again.
+            let _ = (el.take_failed(), el.take_fired());
         }
     }
 
     /// Handles a kick. The EVENT_IDX drain loop: with notifications off,
     /// process everything available; optionally spin for more (poll mode);
     /// turn notifications back on; go again if more arrived meanwhile.
-    /// The vring is locked once for all of it, the guest memory loaded once
-    /// per batch (after the batch's avail index is read: see
+    /// The vring is locked once for all of it, the guest memory loaded for
+    /// every pass (after the pass's avail index is read: see
     /// [`batch_memory`]), and the guest is signalled at most once per batch.
     fn process_queue(&mut self, dev: &Device, gm: &Gm, vring: &Vring, event_idx: bool) {
-        let mut mem: Arc<Mem> = gm.memory().into_inner();
         let mut st = vring.get_mut();
+        let mem = self.process_ring(dev, &mut st, gm, event_idx);
+        self.signal(&mut st, &mem);
+    }
+
+    /// The drain loop of [`process_queue`](Self::process_queue), on a
+    /// locked vring, without the final notification. The memory table is
+    /// loaded afresh for every pass: requests found after a spin, or after
+    /// a kick seen by the event loop, may use memory the frontend added
+    /// since the last pass. Returns the table of the last pass.
+    fn process_ring(
+        &mut self,
+        dev: &Device,
+        st: &mut VState,
+        gm: &Gm,
+        event_idx: bool,
+    ) -> Arc<Mem> {
         loop {
-            if event_idx && let Err(e) = st.get_queue_mut().disable_notification(&*mem) {
+            let loaded: Arc<Mem> = gm.memory().into_inner();
+            if event_idx && let Err(e) = st.get_queue_mut().disable_notification(&*loaded) {
                 tracing::warn!(queue = self.index, error = %e, "cannot disable notifications");
             }
-            mem = batch_memory(gm, &st, &mem);
-            self.process_available(dev, &mut st, &mem);
+            let mem = batch_memory(gm, st, &loaded);
+            self.process_available(dev, st, &mem);
             if !self.poll.is_zero() {
                 // Let the guest see this batch before spinning for the next.
-                self.signal(&mut st, &mem);
-                if self.poll_for_work(dev, &mut st, &mem) {
+                self.signal(st, &mem);
+                if self.poll_for_work(dev, st, &mem) {
                     continue;
                 }
             }
             if !event_idx {
-                break;
+                return mem;
             }
             match st.get_queue_mut().enable_notification(&*mem) {
                 Ok(true) => continue,
-                Ok(false) => break,
+                Ok(false) => return mem,
                 Err(e) => {
                     tracing::warn!(queue = self.index, error = %e, "cannot enable notifications");
-                    break;
+                    return mem;
                 }
             }
         }
-        self.signal(&mut st, &mem);
     }
 
     /// Handles the engine's completion eventfd.
@@ -187,8 +403,15 @@ impl QueueWorker {
                 Ok(_) => {}
                 Err(_) => return false,
             }
-            if self.engine.in_flight() > 0 && self.reap(dev, st) > 0 {
-                self.signal(st, mem);
+            if self.engine.in_flight() > 0 {
+                if let Some(el) = self.engine.event_loop()
+                    && let Err(e) = el.poll()
+                {
+                    tracing::warn!(queue = self.index, error = %e, "io_uring poll failed");
+                }
+                if self.reap(dev, st) > 0 {
+                    self.signal(st, mem);
+                }
             }
             if Instant::now() >= deadline {
                 self.poll_window = (self.poll_window / 2).max(self.poll / 64);
@@ -219,6 +442,8 @@ impl QueueWorker {
                 Err(e) => self.reject(dev, st, mem, head, e),
             }
         }
+        // In the event loop the ring defers the submission to the next
+        // wait: one `io_uring_enter` submits the batch and sleeps.
         if let Err(e) = self.engine.commit() {
             tracing::error!(queue = self.index, error = %e, "engine commit failed");
         }
@@ -267,8 +492,15 @@ impl QueueWorker {
                 let Some(used_len) = data.checked_add(1).and_then(|u| u32::try_from(u).ok()) else {
                     return ioerr(self.index, "request too long");
                 };
+                // Under a write-through cache each write is made durable
+                // before it completes: the engine links an fdatasync to it.
+                let op = match (is_write, dev.writeback()) {
+                    (false, _) => Op::Read,
+                    (true, true) => Op::Write,
+                    (true, false) => Op::WriteThrough,
+                };
                 Action::Submit {
-                    op: if is_write { Op::Write } else { Op::Read },
+                    op,
                     offset,
                     len,
                     used_len,
@@ -389,7 +621,7 @@ impl QueueWorker {
     ) {
         let mut iobufs = std::mem::take(&mut self.iobufs);
         iobufs.clear();
-        if matches!(op, Op::Read | Op::Write) && !map_segments(mem, &self.segs, &mut iobufs) {
+        if op.moves_data() && !map_segments(mem, &self.segs, &mut iobufs) {
             self.iobufs = iobufs;
             tracing::debug!(
                 queue = self.index,
@@ -406,7 +638,6 @@ impl QueueWorker {
             head: req.head_index,
             status: req.status_addr,
             used_len,
-            is_write: op == Op::Write,
             kind: Kind::from(req.ty),
             bytes: len,
             started: Instant::now(),
@@ -452,8 +683,16 @@ impl QueueWorker {
         }
     }
 
-    /// Blocks until the engine's completion fd is readable (async engines).
-    fn wait_for_completion(&self) {
+    /// Blocks until a completion is ready (async engines): in the
+    /// engine's own wait where it has one, else on its completion fd.
+    fn wait_for_completion(&mut self) {
+        if let Some(el) = self.engine.event_loop() {
+            if let Err(e) = el.wait() {
+                tracing::error!(queue = self.index, error = %e, "io_uring wait failed");
+            } else {
+                return;
+            }
+        }
         let Some(fd) = self.engine.completion_fd() else {
             return;
         };
@@ -485,13 +724,6 @@ impl QueueWorker {
         };
         self.free.push(slot);
         let status = match c.result {
-            Ok(_) if entry.is_write && !dev.writeback() => match dev.backing().flush() {
-                Ok(()) => Status::Ok,
-                Err(e) => {
-                    tracing::warn!(queue = self.index, error = %e, "writethrough flush failed");
-                    Status::IoErr
-                }
-            },
             Ok(_) => Status::Ok,
             Err(errno) => {
                 tracing::debug!(queue = self.index, errno, "I/O failed");
@@ -629,9 +861,13 @@ struct Inner {
     queues: Vec<Mutex<QueueWorker>>,
     sockets_before: BTreeSet<RawFd>,
     backend_req: Mutex<Option<Backend>>,
-    /// Exit-event consumers handed to the worker epolls, which take them as
-    /// raw fds and never close them; closed in `close_exit_events`.
-    exit_fds: Mutex<Vec<RawFd>>,
+    /// Exit-event consumers handed to the worker epolls (by thread index),
+    /// which take them as raw fds and never close them; closed in
+    /// `close_exit_events`. A queue's event loop polls its thread's.
+    exit_fds: Mutex<Vec<(usize, RawFd)>>,
+    /// Per queue: raised by `stop_vring` to end the queue's event loop,
+    /// which holds the worker's lock while it runs.
+    stops: Vec<EventFd>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -644,14 +880,21 @@ impl std::fmt::Debug for Inner {
 }
 
 impl BlkBackend {
-    pub(crate) fn new(dev: Arc<Device>, mem: Gm, sockets_before: BTreeSet<RawFd>) -> Self {
+    pub(crate) fn new(
+        dev: Arc<Device>,
+        mem: Gm,
+        sockets_before: BTreeSet<RawFd>,
+    ) -> std::io::Result<Self> {
         let n = usize::from(dev.config().device.num_queues);
         let qs = usize::from(dev.config().device.queue_size);
         let poll = Duration::from_micros(u64::from(dev.config().device.poll_us));
         let queues = (0..n)
             .map(|i| Mutex::new(QueueWorker::new(i, dev.new_engine(i), qs, poll)))
             .collect();
-        Self {
+        let stops = (0..n)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Self {
             inner: Arc::new(Inner {
                 dev,
                 mem,
@@ -660,8 +903,20 @@ impl BlkBackend {
                 sockets_before,
                 backend_req: Mutex::new(None),
                 exit_fds: Mutex::new(Vec::new()),
+                stops,
             }),
-        }
+        })
+    }
+
+    /// The exit-event fd of worker thread `thread`, once its epoll exists.
+    fn exit_fd(&self, thread: usize) -> Option<RawFd> {
+        self.inner
+            .exit_fds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(t, _)| *t == thread)
+            .map(|&(_, fd)| fd)
     }
 
     fn worker(&self, q: usize) -> Option<MutexGuard<'_, QueueWorker>> {
@@ -691,7 +946,7 @@ impl BlkBackend {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        for fd in fds {
+        for (_, fd) in fds {
             // SAFETY: `fd` came from an EventConsumer that vhost-user-backend
             // turned into a raw fd for its epoll and never closes; the epoll
             // and its worker are gone, so nothing else owns or uses it.
@@ -782,7 +1037,7 @@ impl VhostUserBackend for BlkBackend {
         (0..self.inner.queues.len()).map(|i| 1u64 << i).collect()
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+    fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         let (consumer, notifier) =
             new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
                 .inspect_err(|e| tracing::error!(error = %e, "cannot create a worker exit event"))
@@ -791,14 +1046,27 @@ impl VhostUserBackend for BlkBackend {
             .exit_fds
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(consumer.as_raw_fd());
+            .push((thread_index, consumer.as_raw_fd()));
         Some((consumer, notifier))
     }
 
     fn stop_vring(&self, queue_index: u32) -> std::io::Result<()> {
         let q = usize::try_from(queue_index).unwrap_or(usize::MAX);
+        // A running event loop holds the worker: make it return (it drains
+        // everything in flight first), then take the worker.
+        let stop = self.inner.stops.get(q);
+        if let Some(stop) = stop
+            && let Err(e) = stop.write(1)
+        {
+            tracing::error!(queue = q, error = %e, "cannot raise the queue's stop event");
+        }
         if let Some(mut w) = self.worker(q) {
             w.drain(&self.inner.dev, &self.inner.mem);
+        }
+        if let Some(stop) = stop {
+            // Lowered again for the next start of the ring (EAGAIN if the
+            // loop never ran to see it: nothing to lower then either).
+            let _ = stop.read();
         }
         Ok(())
     }
@@ -824,7 +1092,17 @@ impl VhostUserBackend for BlkBackend {
         let dev = &self.inner.dev;
         if device_event == 0 {
             let event_idx = self.inner.event_idx.load(Ordering::Acquire);
-            w.process_queue(dev, &self.inner.mem, vring, event_idx);
+            let kick = vring.get_ref().get_kick().is_some();
+            match self.inner.stops.get(thread_id) {
+                Some(stop) if kick && !w.loop_failed && w.engine.event_loop().is_some() => {
+                    let fds = LoopFds {
+                        exit: self.exit_fd(thread_id),
+                        stop: stop.as_raw_fd(),
+                    };
+                    w.run_loop(dev, &self.inner.mem, vring, event_idx, fds);
+                }
+                _ => w.process_queue(dev, &self.inner.mem, vring, event_idx),
+            }
         } else if u64::from(device_event) == self.completion_event() {
             w.process_completions(dev, &self.inner.mem, vring);
         }
@@ -869,23 +1147,37 @@ mod tests {
         }
 
         fn with_engine(read_only: bool, engine: crate::Engine) -> Rig {
+            Rig::build(read_only, engine, false, 1 << 20)
+        }
+
+        /// A rig over a `size`-byte file, opened `O_DIRECT` if `direct`.
+        fn build(read_only: bool, engine: crate::Engine, direct: bool, size: u64) -> Rig {
+            Rig::build_polling(read_only, engine, direct, size, 0)
+        }
+
+        /// Like `build`, with `--poll-us poll_us`.
+        fn build_polling(
+            read_only: bool,
+            engine: crate::Engine,
+            direct: bool,
+            size: u64,
+            poll_us: u32,
+        ) -> Rig {
             let dir = tempfile::tempdir().unwrap();
             let file = dir.path().join("img");
-            std::fs::File::create(&file)
-                .unwrap()
-                .set_len(1 << 20)
-                .unwrap();
+            std::fs::File::create(&file).unwrap().set_len(size).unwrap();
             let mut cfg = Config::new(&file);
             cfg.device.read_only = read_only;
-            cfg.device.direct_io = false;
+            cfg.device.direct_io = direct;
             cfg.device.queue_size = QSIZE;
             cfg.device.engine = engine;
             cfg.device.serial = "serial-0123".into();
+            cfg.device.poll_us = poll_us;
             let dev = Device::open(cfg).unwrap();
             let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
                 .unwrap();
             let gm = GuestMemoryAtomic::new(mem);
-            let backend = BlkBackend::new(dev, gm.clone(), BTreeSet::new());
+            let backend = BlkBackend::new(dev, gm.clone(), BTreeSet::new()).unwrap();
             let vring = Vring::new(gm.clone(), QSIZE).unwrap();
             let guard = gm.memory();
             let mq = MockSplitQueue::new(&*guard, QSIZE);
@@ -1132,5 +1424,6 @@ mod tests {
         assert_eq!(r.backend.get_config(0, 8), (2048u64).to_le_bytes().to_vec());
     }
 
+    mod event_loop;
     mod hostile;
 }

@@ -163,7 +163,19 @@ impl Device {
                 Box::new(SyncEngine::new(Arc::clone(&self.backing), depth))
             }
         };
-        tracing::info!(queue, requested = %kind, engine = engine.name(), depth, "queue engine");
+        let paths = engine.paths();
+        tracing::info!(
+            queue,
+            requested = %kind,
+            engine = engine.name(),
+            depth,
+            ring = paths.ring,
+            event_loop = paths.event_loop,
+            discard = paths.discard,
+            write_zeroes = paths.write_zeroes,
+            write_through = paths.write_through,
+            "queue engine"
+        );
         engine
     }
 

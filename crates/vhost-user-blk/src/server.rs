@@ -210,7 +210,12 @@ impl Server {
     fn serve_one(&mut self) -> Result<(), Error> {
         let sockets_before = channel::unnamed_unix_sockets();
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let backend = BlkBackend::new(Arc::clone(&self.dev), mem.clone(), sockets_before);
+        let backend = BlkBackend::new(Arc::clone(&self.dev), mem.clone(), sockets_before).map_err(
+            |source| Error::Io {
+                what: "creating the queues' stop events",
+                source,
+            },
+        )?;
         let mut daemon = VhostUserDaemon::new("vhost-user-blk".into(), backend.clone(), mem)
             .map_err(|e| Error::Daemon(e.to_string()))?;
         let mut setup = Ok(());

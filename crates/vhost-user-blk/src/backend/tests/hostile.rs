@@ -345,9 +345,115 @@ impl Batch<'_> {
     }
 }
 
+/// How the worker runs: called once per batch (the sync engine), or as
+/// the io_uring event loop on a thread of its own, kicked through a real
+/// kick eventfd and waited for on the call eventfd.
+enum Driver {
+    Direct,
+    Looped {
+        kick: std::fs::File,
+        call: std::fs::File,
+        worker: Option<std::thread::JoinHandle<()>>,
+        backend: BlkBackend,
+        vring: Vring,
+    },
+}
+
+impl Driver {
+    fn new(r: &Rig, looped: bool) -> Driver {
+        if !looped {
+            return Driver::Direct;
+        }
+        let eventfd = || {
+            let fd = nix::sys::eventfd::EventFd::from_value_and_flags(
+                0,
+                nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+            )
+            .unwrap();
+            std::fs::File::from(std::os::fd::OwnedFd::from(fd))
+        };
+        let (kick, call) = (eventfd(), eventfd());
+        r.vring.set_kick(Some(kick.try_clone().unwrap()));
+        r.vring.set_call(Some(call.try_clone().unwrap()));
+        let (backend, vring) = (r.backend.clone(), r.vring.clone());
+        let worker = std::thread::spawn(move || {
+            backend
+                .handle_event(0, EventSet::IN, std::slice::from_ref(&vring), 0)
+                .unwrap();
+        });
+        Driver::Looped {
+            kick,
+            call,
+            worker: Some(worker),
+            backend: r.backend.clone(),
+            vring: r.vring.clone(),
+        }
+    }
+
+    /// Has the worker serve what was published; `answers` used entries are
+    /// due.
+    fn run(&self, r: &Rig, used_before: u16, answers: usize) {
+        match self {
+            Driver::Direct => {
+                r.backend
+                    .handle_event(0, EventSet::IN, std::slice::from_ref(&r.vring), 0)
+                    .unwrap();
+            }
+            Driver::Looped { kick, call, .. } => {
+                use std::io::{Read, Write};
+                use std::os::fd::AsRawFd;
+                (&*kick).write_all(&1u64.to_ne_bytes()).unwrap();
+                let want = used_before.wrapping_add(u16::try_from(answers).unwrap());
+                loop {
+                    let idx: u16 =
+                        r.gm.memory()
+                            .read_obj(r.used_addr.unchecked_add(2))
+                            .unwrap();
+                    if idx == want {
+                        break;
+                    }
+                    let mut pfd = libc::pollfd {
+                        fd: call.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: `pfd` is a valid pollfd for the call.
+                    let rc = unsafe { libc::poll(&mut pfd, 1, 60_000) };
+                    assert_eq!(rc, 1, "used index stuck at {idx}, want {want}");
+                    let _ = (&*call).read(&mut [0u8; 8]);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Driver::Looped {
+            worker,
+            backend,
+            vring,
+            ..
+        } = self
+            && let Some(w) = worker.take()
+        {
+            // What GET_VRING_BASE does; the loop returns.
+            vring.set_queue_ready(false);
+            let _ = backend.stop_vring(0);
+            let _ = w.join();
+        }
+    }
+}
+
 /// Writes `table` from index 0, appends `heads` to the avail ring, runs the
-/// worker and returns the new used entries.
-fn publish(r: &Rig, table: &[RawDescriptor], heads: &[u16]) -> Vec<(u32, u32)> {
+/// worker and returns the new used entries (`answers` are due).
+fn publish(
+    r: &Rig,
+    d: &Driver,
+    table: &[RawDescriptor],
+    heads: &[u16],
+    answers: usize,
+) -> Vec<(u32, u32)> {
     // Written directly: a new MockSplitQueue would reset the ring indices.
     // The Rig's mock queue starts at 0: table, then the avail ring.
     let guard = r.gm.memory();
@@ -365,9 +471,7 @@ fn publish(r: &Rig, table: &[RawDescriptor], heads: &[u16]) -> Vec<(u32, u32)> {
     let used_before: u16 = guard.read_obj(r.used_addr.unchecked_add(2)).unwrap();
     let new_idx = idx.wrapping_add(u16::try_from(heads.len()).unwrap());
     guard.write_obj(new_idx, avail.unchecked_add(2)).unwrap();
-    r.backend
-        .handle_event(0, EventSet::IN, std::slice::from_ref(&r.vring), 0)
-        .unwrap();
+    d.run(r, used_before, answers);
     let used_after: u16 = guard.read_obj(r.used_addr.unchecked_add(2)).unwrap();
     (0..used_after.wrapping_sub(used_before))
         .map(|i| {
@@ -389,8 +493,12 @@ fn file_bytes(r: &Rig, offset: u64, len: u64) -> Vec<u8> {
     v
 }
 
-fn check(kinds: &[Kind], event_idx: bool) -> Result<(), TestCaseError> {
-    let r = Rig::new(false);
+fn check(kinds: &[Kind], event_idx: bool, looped: bool) -> Result<(), TestCaseError> {
+    let r = if looped {
+        Rig::with_engine(false, crate::Engine::Uring)
+    } else {
+        Rig::new(false)
+    };
     let init: Vec<u8> = (0..DISK_SECTORS * 512).map(pattern).collect();
     std::fs::File::options()
         .write(true)
@@ -399,6 +507,7 @@ fn check(kinds: &[Kind], event_idx: bool) -> Result<(), TestCaseError> {
         .write_all_at(&init, 0)
         .unwrap();
     r.backend.set_event_idx(event_idx);
+    let d = Driver::new(&r, looped);
     let mut batch = Batch {
         r: &r,
         table: Vec::new(),
@@ -410,13 +519,13 @@ fn check(kinds: &[Kind], event_idx: bool) -> Result<(), TestCaseError> {
         .collect();
     let table = std::mem::take(&mut batch.table);
     let heads: Vec<u16> = built.iter().map(|b| b.head).collect();
-    let used = publish(&r, &table, &heads);
+    let answered = built.iter().filter(|b| b.want != Want::NoUsedEntry).count();
+    let used = publish(&r, &d, &table, &heads, answered);
 
     let mut by_head: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for &(id, len) in &used {
         by_head.entry(id).or_default().push(len);
     }
-    let answered = built.iter().filter(|b| b.want != Want::NoUsedEntry).count();
     prop_assert_eq!(used.len(), answered, "used entries {:?}", used);
     let mem = r.gm.memory();
     for (b, kind) in built.iter().zip(kinds) {
@@ -480,7 +589,7 @@ fn check(kinds: &[Kind], event_idx: bool) -> Result<(), TestCaseError> {
     );
     mem.write_obj(0xffu8, GuestAddress(st(0))).unwrap();
     let table = std::mem::take(&mut b.table);
-    let used = publish(&r, &table, &[head]);
+    let used = publish(&r, &d, &table, &[head], 1);
     prop_assert_eq!(used, vec![(u32::from(head), 4097)]);
     prop_assert_eq!(mem.read_obj::<u8>(GuestAddress(st(0))).unwrap(), 0);
     let mut got = vec![0u8; 4096];
@@ -492,6 +601,21 @@ fn check(kinds: &[Kind], event_idx: bool) -> Result<(), TestCaseError> {
 
 #[test]
 fn random_batches_of_good_and_hostile_requests() {
+    run_hostile(false, 300);
+}
+
+/// The same through the io_uring event loop (kicks through a real eventfd,
+/// completions asynchronous, the worker on a thread of its own).
+#[test]
+fn random_batches_through_the_io_uring_event_loop() {
+    if !extstorage_blockio::UringEngine::event_loop_supported() {
+        eprintln!("io_uring event loop unavailable here: skipping");
+        return;
+    }
+    run_hostile(true, 150);
+}
+
+fn run_hostile(looped: bool, default_cases: u32) {
     let seed = std::env::var("PROPTEST_RNG_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -499,8 +623,8 @@ fn random_batches_of_good_and_hostile_requests() {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    eprintln!("hostile: PROPTEST_RNG_SEED={seed} PROPTEST_CASES={cases}");
+        .unwrap_or(default_cases);
+    eprintln!("hostile (event loop: {looped}): PROPTEST_RNG_SEED={seed} PROPTEST_CASES={cases}");
     let mut runner = TestRunner::new(Config {
         cases,
         rng_seed: RngSeed::Fixed(seed),
@@ -512,7 +636,9 @@ fn random_batches_of_good_and_hostile_requests() {
         proptest::collection::vec(kind(), 1..=MAX_REQS),
         any::<bool>(),
     );
-    if let Err(e) = runner.run(&strategy, |(kinds, event_idx)| check(&kinds, event_idx)) {
+    if let Err(e) = runner.run(&strategy, |(kinds, event_idx)| {
+        check(&kinds, event_idx, looped)
+    }) {
         panic!("{e}\nreplay with PROPTEST_RNG_SEED={seed}");
     }
 }
