@@ -122,7 +122,18 @@ fn url_passwords(text: &str, spans: &mut Vec<(usize, usize)>) {
             continue;
         };
         let userinfo = &text[auth_start..auth_start + at];
-        let iscsi = scheme.eq_ignore_ascii_case("iscsi") || scheme.eq_ignore_ascii_case("iser");
+        // The word the URL sits in (back to a blank or a quote): a legacy
+        // filename such as `iscsi:<anything>://user%pw@` is iSCSI to the
+        // uri parser whatever the bytes right before `://` are.
+        let word_start = b[..sep]
+            .iter()
+            .rposition(|&c| c.is_ascii_whitespace() || matches!(c, b'"' | b'\''))
+            .map_or(0, |i| i + 1);
+        let word = text[word_start..sep].to_ascii_lowercase();
+        let iscsi = scheme.eq_ignore_ascii_case("iscsi")
+            || scheme.eq_ignore_ascii_case("iser")
+            || word.contains("iscsi:")
+            || word.contains("iser:");
         let cut = if iscsi {
             userinfo.find(['%', ':'])
         } else {
@@ -425,6 +436,12 @@ mod tests {
         );
         // A plain user name with a percent escape stays.
         assert_eq!(redact("https://us%40er@h/"), "https://us%40er@h/");
+        // Found by the uri_roundtrip fuzz target: the uri parser reads this
+        // as iSCSI although the bytes before `://` are not `iscsi`.
+        assert_eq!(
+            redact("iscsi:\0\u{5}iscs\0\0i://us%U2VjcmV0@10.0.0.2:3261/iqn.7901-p3:/7"),
+            "iscsi:\0\u{5}iscs\0\0i://us%***@10.0.0.2:3261/iqn.7901-p3:/7"
+        );
     }
 
     #[test]
