@@ -764,15 +764,22 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>, Outcome)> {
             "iscsi://user%secretpw@10.0.0.2:3261/iqn.2001-04.com.example:t/7",
             ok,
         ),
-        // Regression (core redact::tests, found by this target): the uri
-        // parser reads an `iscsi:` filename as iSCSI whatever precedes
-        // `://`, so the core's redactor must treat its `user%pw@` as iSCSI.
+        // Regressions found by this target (parse::tests::uri_scheme_and_authority_are_strict):
+        // junk before `://`, and blanks in the authority, are refused rather
+        // than read as a URL whose password the core's redactor would miss.
         s(
             "iscsi-junk-before-scheme",
             0,
             RO_SECRETS,
             "iscsi:\0\u{5}iscs\0\0i://us%c2VjcmV0cHc=@10.0.0.2:3261/iqn.2001-04.com.example:t/7",
-            ok,
+            no,
+        ),
+        s(
+            "https-blank-in-userinfo",
+            0,
+            RO_SECRETS,
+            "https://DD\nDD\tu:c2VjcmV0cHc=@example.com/img",
+            no,
         ),
         s("iser", 0, 0, "iser://[fe80::1]/iqn.x:y/0", ok),
         s(

@@ -109,10 +109,21 @@ struct Uri<'a> {
 }
 
 fn split_uri<'a>(protocol: &'static str, input: &'a str) -> Result<Uri<'a>> {
-    let rest = input
+    let (scheme, rest) = input
         .split_once("://")
-        .map(|(_, r)| r)
         .ok_or_else(|| syntax(protocol, input, format!("expected {protocol}://...")))?;
+    // RFC 3986: a letter, then letters, digits, '+', '-', '.'.
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !scheme_ok {
+        return Err(syntax(
+            protocol,
+            input,
+            format!("{scheme:?} before '://' is not a URI scheme; expected {protocol}://..."),
+        ));
+    }
     if rest.contains('#') {
         return Err(syntax(
             protocol,
@@ -122,6 +133,17 @@ fn split_uri<'a>(protocol: &'static str, input: &'a str) -> Result<Uri<'a>> {
     }
     let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, after) = rest.split_at(auth_end);
+    if authority
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(syntax(
+            protocol,
+            input,
+            "the authority (user, host, port) holds a blank or control character; \
+             percent-encode it",
+        ));
+    }
     let (path, query) = match after.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (after, None),
@@ -1005,6 +1027,22 @@ mod tests {
     /// looked for the literal text `key=` and let the key through into
     /// error messages; and an escaped `\:` in a key ended the redaction
     /// early, letting the rest of the key through.
+    #[test]
+    fn uri_scheme_and_authority_are_strict() {
+        // Found by the uri_roundtrip fuzz target: both parsed, and a
+        // redactor reading URLs as RFC 3986 does missed the password.
+        for bad in [
+            "iscsi:\0\u{5}iscs\0\0i://us%pw@10.0.0.2:3261/iqn.x:t/7",
+            "https://DD\nDD\tu:pw@example.com/img",
+            "https://u:pw@exa mple.com/img",
+            "nbd://host\r:10809/x",
+        ] {
+            assert!(Source::parse_legacy(bad).is_err(), "{bad:?} accepted");
+        }
+        Source::parse_legacy("iscsi://us%pw@10.0.0.2:3261/iqn.x:t/7").unwrap();
+        Source::parse_legacy("https://u:p%20w@example.com/img").unwrap();
+    }
+
     #[test]
     fn redaction_reads_rbd_options_as_rbd_does() {
         let escaped_name = r"rbd:p/i:k\ey=c2VjcmV0a2V5";
