@@ -781,6 +781,13 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>, Outcome)> {
             "https://DD\nDD\tu:c2VjcmV0cHc=@example.com/img",
             no,
         ),
+        s(
+            "https-angle-in-userinfo",
+            0,
+            RO_SECRETS,
+            "https://u>pad:c2VjcmV0cHc=@le:8443/x/y.im'?1",
+            no,
+        ),
         s("iser", 0, 0, "iser://[fe80::1]/iqn.x:y/0", ok),
         s(
             "nfs",

@@ -133,15 +133,22 @@ fn split_uri<'a>(protocol: &'static str, input: &'a str) -> Result<Uri<'a>> {
     }
     let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, after) = rest.split_at(auth_end);
-    if authority
-        .chars()
-        .any(|c| c.is_control() || c.is_whitespace())
-    {
+    // RFC 3986's characters for user, host and port (unreserved,
+    // percent-encoded, sub-delimiters but the quote, ':', '@', brackets),
+    // and non-ASCII text; blanks, controls, quotes and `<>"`{}|\^` must be
+    // percent-encoded, as QEMU's URI parser wants them.
+    if let Some(bad) = authority.chars().find(|&c| {
+        c.is_control()
+            || c.is_whitespace()
+            || (c.is_ascii() && !c.is_ascii_alphanumeric() && !"-._~%!$&()*+,;=:@[]".contains(c))
+    }) {
         return Err(syntax(
             protocol,
             input,
-            "the authority (user, host, port) holds a blank or control character; \
-             percent-encode it",
+            format!(
+                "the authority (user, host, port) holds {bad:?}, which a URI must \
+                 percent-encode"
+            ),
         ));
     }
     let (path, query) = match after.split_once('?') {
@@ -1036,6 +1043,9 @@ mod tests {
             "https://DD\nDD\tu:pw@example.com/img",
             "https://u:pw@exa mple.com/img",
             "nbd://host\r:10809/x",
+            "https://u>pad:pw@le:8443/x/y.im'?1",
+            "https://u'x:pw@host/img",
+            "https://u\"x:pw@host/img",
         ] {
             assert!(Source::parse_legacy(bad).is_err(), "{bad:?} accepted");
         }
