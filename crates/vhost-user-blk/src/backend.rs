@@ -14,8 +14,10 @@ use extstorage_virtio_blk::{
 };
 use vhost::vhost_user::Backend;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
     GuestMemoryMmap, GuestMemoryRegion,
@@ -30,7 +32,10 @@ use crate::Device;
 use crate::channel;
 use crate::stats::Kind;
 
-pub(crate) type Mem = GuestMemoryMmap<()>;
+/// Guest memory with a dirty-page bitmap per region: the frontend's log
+/// (SET_LOG_BASE) during live migration, nothing before it. Writes through
+/// vm-memory (status bytes, the used ring, GET_ID) mark it themselves.
+pub(crate) type Mem = GuestMemoryMmap<BitmapMmapRegion>;
 pub(crate) type Gm = GuestMemoryAtomic<Mem>;
 type Vring = VringRwLock<Gm>;
 
@@ -63,6 +68,13 @@ struct QueueWorker {
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,
     segs: Vec<Segment>,
+    /// Per slot: the guest ranges a read in flight fills (written by the
+    /// engine outside vm-memory, so marked dirty here on completion while
+    /// the frontend logs). The vectors are reused: no allocation per request.
+    read_segs: Vec<Vec<Segment>>,
+    /// The frontend acked VHOST_F_LOG_ALL: live migration is logging dirty
+    /// pages. Shared by the connection's workers.
+    logging: Arc<AtomicBool>,
     iobufs: Vec<IoBuf>,
     vring: Option<Vring>,
     /// Used entries added since the last notification decision.
@@ -143,13 +155,21 @@ fn ioerr(queue: usize, reason: &'static str) -> Action {
 }
 
 impl QueueWorker {
-    fn new(index: usize, engine: Box<dyn Engine>, queue_size: usize, poll: Duration) -> Self {
+    fn new(
+        index: usize,
+        engine: Box<dyn Engine>,
+        queue_size: usize,
+        poll: Duration,
+        logging: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             index,
             engine,
             slots: Vec::with_capacity(queue_size),
             free: Vec::with_capacity(queue_size),
             segs: Vec::with_capacity(queue_size),
+            read_segs: Vec::with_capacity(queue_size),
+            logging,
             iobufs: Vec::with_capacity(queue_size),
             vring: None,
             pending_signal: false,
@@ -643,6 +663,16 @@ impl QueueWorker {
             started: Instant::now(),
             mem: Arc::clone(mem),
         });
+        if op == Op::Read {
+            // Kept whether or not the frontend logs now: logging may start
+            // before this read completes.
+            if self.read_segs.len() <= slot {
+                self.read_segs.resize_with(slot + 1, Vec::new);
+            }
+            let ranges = &mut self.read_segs[slot];
+            ranges.clear();
+            ranges.extend_from_slice(&self.segs);
+        }
         dev.stats().queue(self.index).submitted();
         let io = IoRequest {
             op,
@@ -723,6 +753,17 @@ impl QueueWorker {
             return;
         };
         self.free.push(slot);
+        // The engine wrote a read's data into guest memory behind
+        // vm-memory's back (io_uring, readv, bounce copies): log those pages
+        // before the used ring says the request is done.
+        if self.logging.load(Ordering::Acquire)
+            && let Some(ranges) = self.read_segs.get(slot)
+            && entry.kind == Kind::Read
+        {
+            for seg in ranges {
+                mark_dirty(&entry.mem, seg.addr, u64::from(seg.len));
+            }
+        }
         let status = match c.result {
             Ok(_) => Status::Ok,
             Err(errno) => {
@@ -799,6 +840,29 @@ fn batch_memory(gm: &Gm, st: &VState, current: &Arc<Mem>) -> Arc<Mem> {
     gm.memory().into_inner()
 }
 
+/// Marks `len` bytes of guest memory at `addr` dirty in the frontend's
+/// dirty-page log (each region's bitmap; nothing while no log is set).
+/// For memory written outside vm-memory; a range outside guest memory is
+/// ignored (such a request was never submitted).
+fn mark_dirty(mem: &Mem, mut addr: GuestAddress, mut len: u64) {
+    while len > 0 {
+        let Some(region) = mem.find_region(addr) else {
+            return;
+        };
+        let Some(start) = region.to_region_addr(addr) else {
+            return;
+        };
+        let n = len.min(region.len() - start.raw_value());
+        let (Ok(off), Ok(n_usize)) = (usize::try_from(start.raw_value()), usize::try_from(n))
+        else {
+            return;
+        };
+        region.bitmap().mark_dirty(off, n_usize);
+        addr = addr.unchecked_add(n);
+        len -= n;
+    }
+}
+
 fn map_segments(mem: &Mem, segs: &[Segment], out: &mut Vec<IoBuf>) -> bool {
     for seg in segs {
         let Ok(len) = usize::try_from(seg.len) else {
@@ -858,6 +922,8 @@ struct Inner {
     dev: Arc<Device>,
     mem: Gm,
     event_idx: AtomicBool,
+    /// VHOST_F_LOG_ALL is acked: the workers mark what the engines write.
+    logging: Arc<AtomicBool>,
     queues: Vec<Mutex<QueueWorker>>,
     sockets_before: BTreeSet<RawFd>,
     backend_req: Mutex<Option<Backend>>,
@@ -888,8 +954,17 @@ impl BlkBackend {
         let n = usize::from(dev.config().device.num_queues);
         let qs = usize::from(dev.config().device.queue_size);
         let poll = Duration::from_micros(u64::from(dev.config().device.poll_us));
+        let logging = Arc::new(AtomicBool::new(false));
         let queues = (0..n)
-            .map(|i| Mutex::new(QueueWorker::new(i, dev.new_engine(i), qs, poll)))
+            .map(|i| {
+                Mutex::new(QueueWorker::new(
+                    i,
+                    dev.new_engine(i),
+                    qs,
+                    poll,
+                    Arc::clone(&logging),
+                ))
+            })
             .collect();
         let stops = (0..n)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))
@@ -899,6 +974,7 @@ impl BlkBackend {
                 dev,
                 mem,
                 event_idx: AtomicBool::new(false),
+                logging,
                 queues,
                 sockets_before,
                 backend_req: Mutex::new(None),
@@ -965,7 +1041,7 @@ impl BlkBackend {
 }
 
 impl VhostUserBackend for BlkBackend {
-    type Bitmap = ();
+    type Bitmap = BitmapMmapRegion;
     type Vring = Vring;
 
     fn num_queues(&self) -> usize {
@@ -977,11 +1053,21 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn features(&self) -> u64 {
-        self.inner.dev.virtio_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        self.inner.dev.virtio_features()
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | VhostUserVirtioFeatures::LOG_ALL.bits()
     }
 
     fn acked_features(&self, features: u64) {
         tracing::debug!(features = format_args!("{features:#x}"), "features acked");
+        let log = features & VhostUserVirtioFeatures::LOG_ALL.bits() != 0;
+        if self.inner.logging.swap(log, Ordering::AcqRel) != log {
+            tracing::info!(
+                logging = log,
+                "dirty-page logging (live migration) {}",
+                if log { "started" } else { "stopped" }
+            );
+        }
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -990,6 +1076,7 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::LOG_SHMFD
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -1174,8 +1261,7 @@ mod tests {
             cfg.device.serial = "serial-0123".into();
             cfg.device.poll_us = poll_us;
             let dev = Device::open(cfg).unwrap();
-            let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-                .unwrap();
+            let mem = Mem::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
             let gm = GuestMemoryAtomic::new(mem);
             let backend = BlkBackend::new(dev, gm.clone(), BTreeSet::new()).unwrap();
             let vring = Vring::new(gm.clone(), QSIZE).unwrap();
