@@ -1455,6 +1455,7 @@ mod tests {
         assert_eq!(r.backend.get_config(0, 8), (2048u64).to_le_bytes().to_vec());
     }
 
+    mod crate_pins;
     mod event_loop;
     mod hostile;
 }
