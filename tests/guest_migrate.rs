@@ -514,6 +514,16 @@ fn run_migration(
         st.success(),
         "the source backend exited with {st} on SIGTERM"
     );
+    if kind == BackendKind::Ours {
+        // QEMU turned dirty logging on for the migration, and the source
+        // daemon saw it (that the data it then wrote into guest memory was
+        // marked is proven by crates/vhost-user-blk/tests/dirty_log.rs).
+        let log = backends[0].1.log_text();
+        ensure!(
+            log.contains("dirty-page logging (live migration) started"),
+            "the source daemon never saw VHOST_F_LOG_ALL"
+        );
+    }
 
     // Ganeti, after migrating: close on the source, open exclusive on the
     // target.

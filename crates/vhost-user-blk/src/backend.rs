@@ -14,10 +14,8 @@ use extstorage_virtio_blk::{
 };
 use vhost::vhost_user::Backend;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::bitmap::BitmapMmapRegion;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_queue::QueueT;
-use vm_memory::bitmap::Bitmap;
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
     GuestMemoryMmap, GuestMemoryRegion,
@@ -30,12 +28,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::Device;
 use crate::channel;
+use crate::dirty_log::{self, LogBitmap};
 use crate::stats::Kind;
 
 /// Guest memory with a dirty-page bitmap per region: the frontend's log
 /// (SET_LOG_BASE) during live migration, nothing before it. Writes through
 /// vm-memory (status bytes, the used ring, GET_ID) mark it themselves.
-pub(crate) type Mem = GuestMemoryMmap<BitmapMmapRegion>;
+pub(crate) type Mem = GuestMemoryMmap<LogBitmap>;
 pub(crate) type Gm = GuestMemoryAtomic<Mem>;
 type Vring = VringRwLock<Gm>;
 
@@ -768,7 +767,7 @@ impl QueueWorker {
             && entry.kind == Kind::Read
         {
             for seg in ranges {
-                mark_dirty(&entry.mem, seg.addr, u64::from(seg.len));
+                dirty_log::mark(&entry.mem, seg.addr, u64::from(seg.len));
             }
         }
         let status = match c.result {
@@ -843,29 +842,6 @@ fn batch_memory(gm: &Gm, st: &VState, current: &Arc<Mem>) -> Arc<Mem> {
     // vring runs.
     let _ = st.get_queue().avail_idx(&**current, Ordering::Acquire);
     gm.memory().into_inner()
-}
-
-/// Marks `len` bytes of guest memory at `addr` dirty in the frontend's
-/// dirty-page log (each region's bitmap; nothing while no log is set).
-/// For memory written outside vm-memory; a range outside guest memory is
-/// ignored (such a request was never submitted).
-fn mark_dirty(mem: &Mem, mut addr: GuestAddress, mut len: u64) {
-    while len > 0 {
-        let Some(region) = mem.find_region(addr) else {
-            return;
-        };
-        let Some(start) = region.to_region_addr(addr) else {
-            return;
-        };
-        let n = len.min(region.len() - start.raw_value());
-        let (Ok(off), Ok(n_usize)) = (usize::try_from(start.raw_value()), usize::try_from(n))
-        else {
-            return;
-        };
-        region.bitmap().mark_dirty(off, n_usize);
-        addr = addr.unchecked_add(n);
-        len -= n;
-    }
 }
 
 /// Host buffers for `segs`, split where a segment crosses memory regions.
@@ -1048,7 +1024,7 @@ impl BlkBackend {
 }
 
 impl VhostUserBackend for BlkBackend {
-    type Bitmap = BitmapMmapRegion;
+    type Bitmap = LogBitmap;
     type Vring = Vring;
 
     fn num_queues(&self) -> usize {
