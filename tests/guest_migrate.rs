@@ -97,7 +97,8 @@ fn expect_open_state(w: &World, want: &str, when: &str) -> Result<()> {
     Ok(())
 }
 
-/// Detaches and removes the volume when the test ends, however it ends.
+/// Closes and removes the volume (detaching its loop device) when the test
+/// ends, however it ends.
 struct VolumeCleanup<'a>(&'a World);
 
 impl Drop for VolumeCleanup<'_> {
@@ -270,6 +271,9 @@ fn migrate(kind: BackendKind) {
     }
     let w = World::new();
     w.install(PROVIDER);
+    // Declared before the backends, so dropped after them: the volume is
+    // removed (and its loop device detached) once no daemon holds it.
+    let _cleanup = VolumeCleanup(&w);
     let mut seen = Seen::default();
     let mut backends: Vec<(&str, Backend)> = Vec::new();
     let result = run_migration(&w, kind, &images, &mut seen, &mut backends);
@@ -341,7 +345,6 @@ fn run_migration(
         "extstorage create failed: {}",
         created.stderr
     );
-    let _cleanup = VolumeCleanup(w);
     let attached = cli(w, &["--json", "attach"], &[]);
     ensure!(
         attached.code == 0,
