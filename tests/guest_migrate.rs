@@ -13,7 +13,10 @@
 //! carries on on the target until its writers finish and it reads back
 //! every acknowledged block. Run against this project's daemon and, as the
 //! proof that the test is fair, against two qemu-storage-daemons
-//! (`locking=off`): both must pass.
+//! (`locking=off`): both must pass. The `cancelled` variants cancel the
+//! migration half way instead, revert the disks as Ganeti does after a
+//! failed migration (`close` on the target, `open` exclusive on the
+//! source), and let the guest finish on the source.
 
 mod common_cli;
 mod guest_support;
@@ -211,11 +214,14 @@ struct Seen {
     /// Console lines of the source, then of the target.
     console_a: String,
     console_b: String,
-    /// Guest writes reported when the migration started and completed.
+    /// Guest writes reported when the migration started and when it
+    /// completed (or was cancelled).
     writes_at_start: u64,
     writes_at_completion: u64,
     /// Whether the churn result was printed on the target's console.
     result_on_target: bool,
+    /// Whether the churn result was printed on the source's console.
+    result_on_source: bool,
     migration_secs: f64,
 }
 
@@ -257,7 +263,10 @@ fn follow(
 }
 
 /// The whole migration against `kind` backends; `None` when skipped here.
-fn migrate(kind: BackendKind) {
+/// With `cancel`, the migration is cancelled half way instead (QMP
+/// `migrate_cancel`, the bandwidth kept low so it cannot finish first) and
+/// the guest must finish on the source.
+fn migrate(kind: BackendKind, cancel: bool) {
     let _one = one_guest_at_a_time();
     let images = match guest_images() {
         Prepared::Ready(i) => i,
@@ -276,12 +285,33 @@ fn migrate(kind: BackendKind) {
     let _cleanup = VolumeCleanup(&w);
     let mut seen = Seen::default();
     let mut backends: Vec<(&str, Backend)> = Vec::new();
-    let result = run_migration(&w, kind, &images, &mut seen, &mut backends);
+    let result = run_migration(&w, kind, &images, &mut seen, &mut backends, cancel);
     let mut problems = Vec::new();
     if let Err(e) = result {
         problems.push(format!("{e:#}"));
     }
-    if problems.is_empty() {
+    if problems.is_empty() && cancel {
+        require_churn(&seen.report, &mut problems);
+        if !seen.result_on_source {
+            problems.push(
+                "the churn result was not printed by the source after the cancelled migration"
+                    .to_owned(),
+            );
+        }
+        let final_writes = seen
+            .report
+            .results
+            .get("churn")
+            .and_then(|r| writes_of(&r.fields))
+            .unwrap_or(0);
+        if final_writes <= seen.writes_at_completion {
+            problems.push(format!(
+                "the guest wrote nothing after the cancel: {final_writes} writes in all, \
+                 {} when the migration was cancelled",
+                seen.writes_at_completion
+            ));
+        }
+    } else if problems.is_empty() {
         require_churn(&seen.report, &mut problems);
         if !seen.result_on_target {
             problems.push(
@@ -319,11 +349,11 @@ fn migrate(kind: BackendKind) {
     }
     assert!(
         problems.is_empty(),
-        "live migration with {kind:?} backends failed:\n  {}\n{diagnostics}",
+        "live migration (cancel={cancel}) with {kind:?} backends failed:\n  {}\n{diagnostics}",
         problems.join("\n  ")
     );
     eprintln!(
-        "migration with {kind:?}: {:.1} s, guest writes {} at its start, {} at its completion; churn: {:?}",
+        "migration (cancel={cancel}) with {kind:?}: {:.1} s, guest writes {} at its start, {} at its end; churn: {:?}",
         seen.migration_secs,
         seen.writes_at_start,
         seen.writes_at_completion,
@@ -337,6 +367,7 @@ fn run_migration(
     images: &GuestImages,
     seen: &mut Seen,
     backends: &mut Vec<(&'static str, Backend)>,
+    cancel: bool,
 ) -> Result<()> {
     // The volume: created (and attached) by the reference provider.
     let created = cli(w, &["create"], &["--size", "64M"]);
@@ -447,7 +478,8 @@ fn run_migration(
     // Migrate while the guest writes; follow the source's console meanwhile.
     qmp_a.execute(
         "migrate-set-parameters",
-        &serde_json::json!({"max-bandwidth": 1u64 << 30}),
+        // 4 MiB/s: 512 MiB of RAM cannot be sent before the cancel.
+        &serde_json::json!({"max-bandwidth": if cancel { 4u64 << 20 } else { 1u64 << 30 }}),
     )?;
     seen.writes_at_start = writes.get();
     let started = Instant::now();
@@ -458,6 +490,8 @@ fn run_migration(
     eprintln!("migration started at guest writes={}", writes.get());
     let mut last_poll = Instant::now();
     let mut outcome = String::new();
+    let secs_at_start = secs.get();
+    let mut cancel_sent = false;
     {
         let Seen {
             report, console_a, ..
@@ -475,15 +509,34 @@ fn run_migration(
                 last_poll = Instant::now();
                 let (status, error) = migration_status(&mut qmp_a)?;
                 match status.as_str() {
+                    "completed" if cancel => bail!("the migration completed before the cancel"),
+                    "cancelled" if cancel_sent => {
+                        outcome = status;
+                        Ok(true)
+                    }
                     "completed" => {
                         outcome = status;
                         Ok(true)
                     }
                     "failed" | "cancelled" => bail!("the migration {status}: {error}"),
-                    _ => Ok(false),
+                    _ => {
+                        // Two seconds of guest writes into the migration.
+                        if cancel && !cancel_sent && secs.get() >= secs_at_start + 2 {
+                            qmp_a.execute("migrate_cancel", &serde_json::json!({}))?;
+                            cancel_sent = true;
+                            eprintln!("migration cancelled at guest writes={}", writes.get());
+                        }
+                        Ok(false)
+                    }
                 }
             },
         )?;
+    }
+    if cancel {
+        ensure!(outcome == "cancelled", "the migration was not cancelled");
+        seen.migration_secs = started.elapsed().as_secs_f64();
+        seen.writes_at_completion = writes.get();
+        return finish_cancelled(w, kind, seen, backends, vm_a, qmp_a, vm_b, qmp_b, deadline);
     }
     ensure!(outcome == "completed", "the migration did not complete");
     seen.migration_secs = started.elapsed().as_secs_f64();
@@ -567,15 +620,100 @@ fn run_migration(
     Ok(())
 }
 
+/// After a cancelled migration: Ganeti aborts it (the target QEMU goes) and
+/// reverts the disks (`close` on the target, `open` exclusive on the
+/// source); the guest finishes on the source.
+#[allow(clippy::too_many_arguments)]
+fn finish_cancelled(
+    w: &World,
+    kind: BackendKind,
+    seen: &mut Seen,
+    backends: &mut [(&'static str, Backend)],
+    mut vm_a: Vm,
+    mut qmp_a: Qmp,
+    mut vm_b: Vm,
+    mut qmp_b: Qmp,
+    deadline: Instant,
+) -> Result<()> {
+    let st = vm_status(&mut qmp_a)?;
+    ensure!(
+        st == "running",
+        "after the cancelled migration the source is {st:?}"
+    );
+    // The target QEMU may have exited by itself when the stream broke.
+    let _ = qmp_b.execute("quit", &serde_json::json!({}));
+    let _ = vm_b.guard.wait_for(Duration::from_secs(60));
+    while let Ok(line) = vm_b.lines.try_recv() {
+        seen.console_b.push_str(&line);
+    }
+    let st = backends[1].1.stop()?;
+    ensure!(
+        st.success(),
+        "the target backend exited with {st} on SIGTERM"
+    );
+    step(w, "migration aborted (target)", &["close"], &[])?;
+    step(w, "migration aborted (source)", &["open"], &[])?;
+    expect_open_state(w, "exclusive=True", "after the aborted migration")?;
+    if kind == BackendKind::Ours {
+        let log = backends[0].1.log_text();
+        ensure!(
+            log.contains("dirty-page logging (live migration) stopped"),
+            "the source daemon never saw VHOST_F_LOG_ALL withdrawn"
+        );
+    }
+    {
+        let Seen {
+            report, console_a, ..
+        } = &mut *seen;
+        let mut on_event = |_: GuestEvent<'_>| Ok(());
+        let open = follow(
+            &vm_a,
+            report,
+            console_a,
+            deadline,
+            &mut on_event,
+            &mut |r| Ok(r.done.is_some()),
+        )?;
+        if open {
+            vm_a.wait_exit(Duration::from_secs(60))?;
+        }
+    }
+    seen.result_on_source = seen.console_a.contains("E2E-RESULT name=churn");
+    ensure!(
+        seen.report.done.as_deref() == Some("ok"),
+        "the guest finished with E2E-DONE {:?}",
+        seen.report.done
+    );
+    let st = backends[0].1.stop()?;
+    ensure!(
+        st.success(),
+        "the source backend exited with {st} on SIGTERM"
+    );
+    Ok(())
+}
+
 /// This project's daemon on both sides.
 #[test]
 fn live_migration_ours() {
-    migrate(BackendKind::Ours);
+    migrate(BackendKind::Ours, false);
 }
 
 /// qemu-storage-daemon on both sides (`locking=off`): the reference peer
 /// passes the same test.
 #[test]
 fn live_migration_qemu_storage_daemon() {
-    migrate(BackendKind::QemuStorageDaemon);
+    migrate(BackendKind::QemuStorageDaemon, false);
+}
+
+/// A migration cancelled half way: the source daemon stops logging and
+/// keeps serving, the guest finishes there with every block intact.
+#[test]
+fn live_migration_cancelled_ours() {
+    migrate(BackendKind::Ours, true);
+}
+
+/// The same against qemu-storage-daemon.
+#[test]
+fn live_migration_cancelled_qemu_storage_daemon() {
+    migrate(BackendKind::QemuStorageDaemon, true);
 }
