@@ -1098,6 +1098,9 @@ pub struct ChurnConfig {
     pub bytes: u64,
     /// I/O errors are expected (fault tests): only wrong data fails.
     pub errors_ok: bool,
+    /// Where the backing file lives (a small tmpfs for ENOSPC); the test's
+    /// temporary directory by default.
+    pub backing_dir: Option<PathBuf>,
 }
 
 impl ChurnConfig {
@@ -1158,7 +1161,11 @@ pub fn boot_churn(
         .prefix("guest-churn-")
         .tempdir()
         .expect("creating a temporary directory");
-    let image = dir.path().join("disk.img");
+    let image = churn
+        .backing_dir
+        .as_deref()
+        .unwrap_or(dir.path())
+        .join("disk.img");
     let socket = dir.path().join("vhost.sock");
     File::create(&image)
         .and_then(|f| f.set_len(INITIAL_SIZE))
