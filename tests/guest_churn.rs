@@ -17,6 +17,7 @@ fn churn() -> ChurnConfig {
         bytes: 32 << 20,
         errors_ok: false,
         backing_dir: None,
+        qemu_args: Vec::new(),
     }
 }
 

@@ -9,7 +9,9 @@ mod guest_support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use guest_support::{BackendKind, ChurnConfig, boot_churn, skip_or_fail};
+use std::ffi::OsString;
+
+use guest_support::{BackendKind, ChurnConfig, GuestEvent, Qmp, boot_churn, skip_or_fail};
 
 /// A tmpfs of a few MiB mounted for one test, unmounted when dropped.
 struct SmallTmpfs {
@@ -63,6 +65,7 @@ fn enospc(kind: BackendKind) {
         bytes: 32 << 20,
         errors_ok: true,
         backing_dir: Some(PathBuf::from(tmpfs.path())),
+        qemu_args: Vec::new(),
     };
     let Some(outcome) = boot_churn(kind, 2, &churn, &mut |_, _| Ok(())) else {
         return;
@@ -105,4 +108,96 @@ fn enospc_qemu_storage_daemon() {
 #[test]
 fn enospc_ours() {
     enospc(BackendKind::Ours);
+}
+
+/// Memory hot-added to the guest while the churn runs: QEMU sends the
+/// backend a new memory table (ADD_MEM_REG) under load, the guest onlines
+/// the memory and the jobs' fresh I/O buffers land in it. Nothing may fail.
+fn memory_hotplug(kind: BackendKind) {
+    let dir = tempfile::Builder::new()
+        .prefix("hotplug-")
+        .tempdir()
+        .expect("a temporary directory");
+    let qmp_path = dir.path().join("qemu-qmp.sock");
+    let churn = ChurnConfig {
+        secs: 20,
+        jobs: 16,
+        bytes: 32 << 20,
+        errors_ok: false,
+        backing_dir: None,
+        qemu_args: [
+            "-m".to_owned(),
+            "slots=4,maxmem=2G".to_owned(),
+            "-qmp".to_owned(),
+            format!("unix:{},server=on,wait=off", qmp_path.display()),
+        ]
+        .into_iter()
+        .map(OsString::from)
+        .collect(),
+    };
+    let mut plugged = 0u32;
+    let Some(outcome) = boot_churn(kind, 2, &churn, &mut |_, ev| {
+        let GuestEvent::ChurnProgress(fields) = ev else {
+            return Ok(());
+        };
+        let secs: u64 = fields.get("secs").and_then(|s| s.parse().ok()).unwrap_or(0);
+        // Two DIMMs, at about 3 s and 8 s into the churn.
+        if (plugged == 0 && secs >= 3) || (plugged == 1 && secs >= 8) {
+            let mut qmp = Qmp::connect(&qmp_path)?;
+            let id = format!("hp{plugged}");
+            qmp.execute(
+                "object-add",
+                &serde_json::json!({
+                    "qom-type": "memory-backend-memfd", "id": format!("{id}-mem"),
+                    "size": 256u64 << 20, "share": true
+                }),
+            )?;
+            qmp.execute(
+                "device_add",
+                &serde_json::json!({"driver": "pc-dimm", "id": id, "memdev": format!("{id}-mem")}),
+            )?;
+            eprintln!("hot-added 256 MiB ({id}) at {secs} s");
+            plugged += 1;
+        }
+        Ok(())
+    }) else {
+        return;
+    };
+    let mut problems = outcome.problems;
+    if plugged != 2 {
+        problems.push(format!(
+            "only {plugged} of 2 DIMMs were added during the churn"
+        ));
+    }
+    if let Some(r) = outcome.report.results.get("churn") {
+        let kib = |k: &str| -> u64 { r.fields.get(k).and_then(|v| v.parse().ok()).unwrap_or(0) };
+        if kib("mem_kib_end") < kib("mem_kib_start") + (400 << 10) {
+            problems.push(format!(
+                "the guest did not online the hot-added memory: {:?}",
+                r.fields
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "memory hotplug under churn on {kind:?} failed:\n  {}\n{}",
+        problems.join("\n  "),
+        outcome.diagnostics
+    );
+    eprintln!(
+        "hotplug on {kind:?}: {:?}",
+        outcome.report.results["churn"].fields
+    );
+}
+
+/// The peer: qemu-storage-daemon takes new memory regions under load.
+#[test]
+fn memory_hotplug_under_load_qemu_storage_daemon() {
+    memory_hotplug(BackendKind::QemuStorageDaemon);
+}
+
+/// Ours: the new table is used from the next batch on, with no I/O error.
+#[test]
+fn memory_hotplug_under_load_ours() {
+    memory_hotplug(BackendKind::Ours);
 }
