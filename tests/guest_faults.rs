@@ -11,7 +11,9 @@ use std::process::Command;
 
 use std::ffi::OsString;
 
-use guest_support::{BackendKind, ChurnConfig, GuestEvent, Qmp, boot_churn, skip_or_fail};
+use guest_support::{
+    BackendKind, ChurnConfig, GuestEvent, Qmp, boot_churn, churn_count, skip_or_fail,
+};
 
 /// A tmpfs of a few MiB mounted for one test, unmounted when dropped.
 struct SmallTmpfs {
@@ -71,14 +73,7 @@ fn enospc(kind: BackendKind) {
         return;
     };
     let mut problems = outcome.problems;
-    let errors: u64 = outcome
-        .report
-        .results
-        .get("churn")
-        .and_then(|r| r.fields.get("io_errors"))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    if errors == 0 {
+    if churn_count(&outcome.report, "io_errors") == 0 {
         problems.push(
             "the guest saw no I/O error although the backing tmpfs filled up: \
              the test did not exercise ENOSPC"
@@ -169,14 +164,13 @@ fn memory_hotplug(kind: BackendKind) {
             "only {plugged} of 2 DIMMs were added during the churn"
         ));
     }
-    if let Some(r) = outcome.report.results.get("churn") {
-        let kib = |k: &str| -> u64 { r.fields.get(k).and_then(|v| v.parse().ok()).unwrap_or(0) };
-        if kib("mem_kib_end") < kib("mem_kib_start") + (400 << 10) {
-            problems.push(format!(
-                "the guest did not online the hot-added memory: {:?}",
-                r.fields
-            ));
-        }
+    let kib = |k: &str| churn_count(&outcome.report, k);
+    if kib("mem_kib_end") < kib("mem_kib_start") + (400 << 10) {
+        problems.push(format!(
+            "the guest did not online the hot-added memory: MemTotal {} -> {} KiB",
+            kib("mem_kib_start"),
+            kib("mem_kib_end")
+        ));
     }
     assert!(
         problems.is_empty(),

@@ -920,13 +920,9 @@ pub fn qemu_log_text(path: &Path) -> String {
     text
 }
 
-/// Boots the guest against a fresh backend, then checks the guest's report
-/// and the backing file. With `cfg.reconnect`, a second guest then connects
-/// to the same backend process and checks the first one's data is there.
-/// `None` when the test must be skipped here.
-pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
-    let _one = one_guest_at_a_time();
-
+/// The guest images and the QEMU programs a boot against `kind` needs;
+/// `None` (after [`skip_or_fail`]) when this machine lacks them.
+fn prerequisites(kind: BackendKind) -> Option<GuestImages> {
     let images = match guest_images() {
         Prepared::Ready(i) => i,
         Prepared::Skip(why) => {
@@ -935,11 +931,21 @@ pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
         }
     };
     for prog in ["qemu-system-x86_64", "qemu-storage-daemon"] {
-        if (prog == "qemu-system-x86_64" || cfg.kind.is_qsd()) && which(prog).is_none() {
+        if (prog == "qemu-system-x86_64" || kind.is_qsd()) && which(prog).is_none() {
             skip_or_fail(&format!("{prog} not found; run scripts/install-deps.sh"));
             return None;
         }
     }
+    Some(images)
+}
+
+/// Boots the guest against a fresh backend, then checks the guest's report
+/// and the backing file. With `cfg.reconnect`, a second guest then connects
+/// to the same backend process and checks the first one's data is there.
+/// `None` when the test must be skipped here.
+pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
+    let _one = one_guest_at_a_time();
+    let images = prerequisites(cfg.kind)?;
 
     let dir = tempfile::Builder::new()
         .prefix("guest-e2e-")
@@ -1121,6 +1127,17 @@ impl ChurnConfig {
     }
 }
 
+/// A number the churn check reported (`writes`, `io_errors`, ...); 0 when
+/// absent.
+pub fn churn_count(report: &GuestReport, key: &str) -> u64 {
+    report
+        .results
+        .get("churn")
+        .and_then(|r| r.fields.get(key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Adds a problem unless the guest's churn check passed having written and
 /// verified something.
 pub fn require_churn(report: &GuestReport, problems: &mut Vec<String>) {
@@ -1129,8 +1146,7 @@ pub fn require_churn(report: &GuestReport, problems: &mut Vec<String>) {
         return;
     };
     for key in ["writes", "verified_blocks"] {
-        let n: u64 = r.fields.get(key).and_then(|v| v.parse().ok()).unwrap_or(0);
-        if n == 0 {
+        if churn_count(report, key) == 0 {
             problems.push(format!("churn reported {key}=0: {:?}", r.fields));
         }
     }
@@ -1148,19 +1164,7 @@ pub fn boot_churn(
     on_event: &mut dyn FnMut(&mut Backend, GuestEvent<'_>) -> Result<()>,
 ) -> Option<BootOutcome> {
     let _one = one_guest_at_a_time();
-    let images = match guest_images() {
-        Prepared::Ready(i) => i,
-        Prepared::Skip(why) => {
-            skip_or_fail(&why);
-            return None;
-        }
-    };
-    for prog in ["qemu-system-x86_64", "qemu-storage-daemon"] {
-        if (prog == "qemu-system-x86_64" || kind.is_qsd()) && which(prog).is_none() {
-            skip_or_fail(&format!("{prog} not found; run scripts/install-deps.sh"));
-            return None;
-        }
-    }
+    let images = prerequisites(kind)?;
     let dir = tempfile::Builder::new()
         .prefix("guest-churn-")
         .tempdir()
