@@ -24,8 +24,8 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex, RwLock};
 
 use vhost::vhost_user::message::{
-    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
-    VhostUserShMemConfig, VhostUserSharedMsg,
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserInflight,
+    VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserSharedMsg,
 };
 use vhost::vhost_user::Backend;
 use vm_memory::bitmap::Bitmap;
@@ -144,6 +144,42 @@ pub trait VhostUserBackend: Send + Sync {
     /// have completed. Wrapper implementations may hold their backend lock during this call.
     fn stop_vring(&self, _queue_index: u32) -> Result<()> {
         Ok(())
+    }
+
+    /// Start processing requests from the specified vring.
+    ///
+    /// [extstorage patch] Called when the vring is started (it has a kick fd and is about to be
+    /// marked ready: `SET_VRING_KICK`, or `SET_VRING_CALL` when the kick came first), before it
+    /// is marked ready and its kick registered with the worker's epoll, so nothing processes the
+    /// ring yet. A backend tracking in-flight requests (`VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD`)
+    /// reconciles the ring with its in-flight region here. An error leaves the ring stopped.
+    fn start_vring(&self, _queue_index: u32, _vring: &Self::Vring) -> Result<()> {
+        Ok(())
+    }
+
+    /// Allocate the shared buffer that tracks in-flight requests (`VHOST_USER_GET_INFLIGHT_FD`).
+    ///
+    /// [extstorage patch] Returns the buffer's description (size, offset, queues and queue size
+    /// as the back-end lays it out) and its file. Only called when
+    /// `VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD` has been negotiated; the default refuses.
+    fn get_inflight_fd(&self, _inflight: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "back end does not support in-flight I/O tracking",
+        ))
+    }
+
+    /// Map the shared buffer that tracks in-flight requests (`VHOST_USER_SET_INFLIGHT_FD`).
+    ///
+    /// [extstorage patch] The buffer a back-end gave out with `get_inflight_fd`, possibly in an
+    /// earlier process: what was in flight when that one died is to be resubmitted when the
+    /// vrings start. Only called when `VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD` has been
+    /// negotiated; the default refuses.
+    fn set_inflight_fd(&self, _inflight: &VhostUserInflight, _file: File) -> Result<()> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "back end does not support in-flight I/O tracking",
+        ))
     }
 
     /// Handle IO events for backend registered file descriptors.
@@ -422,6 +458,18 @@ impl<T: VhostUserBackend> VhostUserBackend for Arc<T> {
 
     fn stop_vring(&self, queue_index: u32) -> Result<()> {
         self.deref().stop_vring(queue_index)
+    }
+
+    fn start_vring(&self, queue_index: u32, vring: &Self::Vring) -> Result<()> {
+        self.deref().start_vring(queue_index, vring)
+    }
+
+    fn get_inflight_fd(&self, inflight: &VhostUserInflight) -> Result<(VhostUserInflight, File)> {
+        self.deref().get_inflight_fd(inflight)
+    }
+
+    fn set_inflight_fd(&self, inflight: &VhostUserInflight, file: File) -> Result<()> {
+        self.deref().set_inflight_fd(inflight, file)
     }
 
     fn handle_event(

@@ -250,6 +250,11 @@ where
     }
 
     fn initialize_vring(&self, vring: &T::Vring, index: u8) -> VhostUserResult<()> {
+        // [extstorage patch] Let the backend reconcile the ring (in-flight tracking) before
+        // anything processes it.
+        self.backend
+            .start_vring(u32::from(index), vring)
+            .map_err(VhostUserError::ReqHandlerError)?;
         vring.set_queue_ready(true);
         self.update_vring_registration(vring, index)
     }
@@ -561,7 +566,16 @@ where
             .get(index as usize)
             .ok_or(VhostUserError::InvalidParam)?;
 
+        let signal = file.is_some();
         vring.set_call(file);
+        // [extstorage patch] Signal the new call fd once, as libvhost-user does: a
+        // notification lost with the old one (a reconnect) must not leave the driver waiting.
+        // A spurious notification is harmless.
+        if signal {
+            if let Err(e) = vring.signal_used_queue() {
+                warn!("cannot signal the new call fd of vring {index}: {e}");
+            }
+        }
 
         if self.vring_needs_init(vring) {
             self.initialize_vring(vring, index)?;
@@ -663,22 +677,25 @@ where
         }
     }
 
+    // [extstorage patch] Forwarded to the backend (which refuses by default) instead of
+    // refusing here.
     fn get_inflight_fd(
         &mut self,
-        _inflight: &vhost::vhost_user::message::VhostUserInflight,
+        inflight: &vhost::vhost_user::message::VhostUserInflight,
     ) -> VhostUserResult<(vhost::vhost_user::message::VhostUserInflight, File)> {
-        // Assume the backend hasn't negotiated the inflight feature; it
-        // wouldn't be correct for the backend to do so, as we don't (yet)
-        // provide a way for it to handle such requests.
-        Err(VhostUserError::InvalidOperation("not supported"))
+        self.backend
+            .get_inflight_fd(inflight)
+            .map_err(VhostUserError::ReqHandlerError)
     }
 
     fn set_inflight_fd(
         &mut self,
-        _inflight: &vhost::vhost_user::message::VhostUserInflight,
-        _file: File,
+        inflight: &vhost::vhost_user::message::VhostUserInflight,
+        file: File,
     ) -> VhostUserResult<()> {
-        Err(VhostUserError::InvalidOperation("not supported"))
+        self.backend
+            .set_inflight_fd(inflight, file)
+            .map_err(VhostUserError::ReqHandlerError)
     }
 
     fn get_max_mem_slots(&mut self) -> VhostUserResult<u64> {
