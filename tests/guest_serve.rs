@@ -261,7 +261,7 @@ fn run_case(case: &Case) {
     // The online grow: the provider's grow script on the real loop device,
     // then (qemu-storage-daemon only) QMP block_resize; `extstorage grow`
     // tells a served volume's backend itself.
-    let mut grow = || -> Result<()> {
+    let grow = || -> Result<()> {
         let r = cli(&w, &["--json", "grow"], &["--amount", GROW_AMOUNT]);
         ensure!(r.code == 0, "extstorage grow failed: {r:#?}");
         let out = r.json();
@@ -290,7 +290,7 @@ fn run_case(case: &Case) {
             append,
             log: qemu_log.clone(),
         },
-        &mut grow,
+        &mut guest_support::on_resize(grow),
         Instant::now() + guest_support::timeout(),
     );
     problems.extend(p);

@@ -11,6 +11,7 @@
  *   e2e.discard_zeroes=0|1  1: a discarded range must read back as zeroes
  *   e2e.resize_to=SECT      wait for the disk to grow to SECT sectors
  *   e2e.resize_timeout=S    how long to wait for the resize (default 60)
+ *   e2e.mode=checks|churn   checks (default) or the churn workload below
  *   e2e.prior_seed=U64      with e2e.prior_ranges=OFF+LEN,...: those ranges
  *                           must hold the pattern of that seed (data written
  *                           by an earlier guest on the same backend)
@@ -32,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -671,6 +673,231 @@ static void check_prior(void)
            (unsigned long long)prior);
 }
 
+/* --- churn: many writers, every acknowledged block verified ---------------
+ * e2e.mode=churn runs this workload instead of the checks:
+ *   e2e.churn_secs=S       how long the jobs write (default 20)
+ *   e2e.churn_jobs=J       writer processes, each synchronous, so J is the
+ *                          queue depth the disk sees (default 16, 1..64)
+ *   e2e.churn_bytes=B      the area used, from offset 0 (default 32 MiB,
+ *                          capped at the disk size)
+ *   e2e.churn_errors_ok=1  I/O errors are expected (fault tests): only wrong
+ *                          data fails the check
+ * Each job owns a slice of 4 KiB blocks. A write gives a block a new
+ * generation; its content is a function of (seed, block, generation), with
+ * the block and generation in the first words so a mismatch says what was
+ * found instead. One write in 32 is followed by fdatasync and one in 4 by
+ * reading back a random block of the slice. When the time is up each job
+ * reads its whole slice: every block must hold the generation of its last
+ * acknowledged write (after a failed write, either that or the failed one).
+ * Prints E2E-CHURN-START, then E2E-CHURN-PROGRESS once a second (the host
+ * may act on those: kill the backend, migrate), then E2E-RESULT name=churn. */
+
+#define CHURN_BLOCK 4096ULL
+#define CHURN_MAX_JOBS 64
+#define CHURN_MAGIC 0x4e52554843453245ULL /* "E2ECHURN" little endian */
+
+struct churn_stats {
+    volatile uint64_t writes, reads, flushes, errors, mismatches, verified;
+    char first_bad[200];
+};
+
+static uint64_t churn_word(uint64_t block, uint64_t gen, uint64_t i)
+{
+    if (i == 0)
+        return CHURN_MAGIC;
+    if (i == 1)
+        return block;
+    if (i == 2)
+        return gen;
+    return splitmix64(splitmix64(seed ^ splitmix64(block ^ splitmix64(gen))) + i);
+}
+
+static void churn_fill(uint8_t *buf, uint64_t block, uint64_t gen)
+{
+    for (uint64_t i = 0; i < CHURN_BLOCK / 8; i++) {
+        uint64_t w = churn_word(block, gen, i);
+        memcpy(buf + 8 * i, &w, 8);
+    }
+}
+
+/* Whether buf holds (block, gen); a mismatch is described in why. */
+static int churn_matches(const uint8_t *buf, uint64_t block, uint64_t gen, char *why, size_t len)
+{
+    for (uint64_t i = 0; i < CHURN_BLOCK / 8; i++) {
+        uint64_t w;
+        memcpy(&w, buf + 8 * i, 8);
+        if (w != churn_word(block, gen, i)) {
+            uint64_t magic, fblock, fgen;
+            memcpy(&magic, buf, 8);
+            memcpy(&fblock, buf + 8, 8);
+            memcpy(&fgen, buf + 16, 8);
+            snprintf(why, len, "block=%llu,want_gen=%llu,word=%llu,found=%s:block=%llu:gen=%llu",
+                     (unsigned long long)block, (unsigned long long)gen, (unsigned long long)i,
+                     magic == CHURN_MAGIC ? "churn" : "foreign", (unsigned long long)fblock,
+                     (unsigned long long)fgen);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static void churn_bad(struct churn_stats *st, const char *why)
+{
+    st->mismatches++;
+    if (!st->first_bad[0])
+        snprintf(st->first_bad, sizeof(st->first_bad), "%s", why);
+}
+
+/* Checks one block against what was acknowledged: cur, or alt after a failed
+ * write (0 = nothing known). Returns -1 on a read error. */
+static int churn_check_block(int fd, uint8_t *buf, uint64_t block, uint32_t *cur, uint32_t *alt,
+                             struct churn_stats *st)
+{
+    if (*cur == 0)
+        return 0;
+    memset(buf, 0xa5, CHURN_BLOCK);
+    ssize_t n = pread(fd, buf, CHURN_BLOCK, (off_t)(block * CHURN_BLOCK));
+    st->reads++;
+    if (n != (ssize_t)CHURN_BLOCK) {
+        st->errors++;
+        return -1;
+    }
+    char why[160];
+    if (churn_matches(buf, block, *cur, why, sizeof(why))) {
+        *alt = 0;
+        return 0;
+    }
+    if (*alt && churn_matches(buf, block, *alt, why, sizeof(why))) {
+        *cur = *alt;
+        *alt = 0;
+        return 0;
+    }
+    churn_bad(st, why);
+    return 0;
+}
+
+static void churn_job(uint64_t first, uint64_t count, double until, struct churn_stats *st,
+                      uint64_t job)
+{
+    int fd = open_dev();
+    uint8_t *buf = alloc_buf(CHURN_BLOCK);
+    uint32_t *cur = calloc(count, sizeof(uint32_t)), *alt = calloc(count, sizeof(uint32_t));
+    if (fd < 0 || !buf || !cur || !alt)
+        _exit(2);
+    uint64_t rng = splitmix64(seed ^ (job << 48)), gen = 0;
+    while (now() < until) {
+        rng = splitmix64(rng);
+        uint64_t i = rng % count, block = first + i;
+        churn_fill(buf, block, ++gen);
+        ssize_t n = pwrite(fd, buf, CHURN_BLOCK, (off_t)(block * CHURN_BLOCK));
+        st->writes++;
+        if (n == (ssize_t)CHURN_BLOCK) {
+            cur[i] = (uint32_t)gen;
+            alt[i] = 0;
+        } else {
+            /* The block holds the old or the new generation; unknown if
+             * there was no old one. */
+            st->errors++;
+            alt[i] = cur[i] ? (uint32_t)gen : 0;
+            if (!alt[i])
+                cur[i] = 0;
+        }
+        if (gen % 32 == 0) {
+            st->flushes++;
+            if (fdatasync(fd) != 0)
+                st->errors++;
+        }
+        if (gen % 4 == 0) {
+            uint64_t j = splitmix64(rng) % count;
+            churn_check_block(fd, buf, first + j, &cur[j], &alt[j], st);
+        }
+    }
+    for (uint64_t i = 0; i < count; i++) {
+        if (cur[i] && churn_check_block(fd, buf, first + i, &cur[i], &alt[i], st) == 0)
+            st->verified++;
+    }
+    _exit(0);
+}
+
+static void run_churn(uint64_t sectors)
+{
+    uint64_t secs = 20, jobs = 16, bytes = 32 * MIB, errors_ok = 0;
+    param_u64("e2e.churn_secs", &secs);
+    param_u64("e2e.churn_jobs", &jobs);
+    param_u64("e2e.churn_bytes", &bytes);
+    param_u64("e2e.churn_errors_ok", &errors_ok);
+    if (jobs < 1)
+        jobs = 1;
+    if (jobs > CHURN_MAX_JOBS)
+        jobs = CHURN_MAX_JOBS;
+    if (bytes > sectors * SECTOR)
+        bytes = sectors * SECTOR;
+    uint64_t blocks = bytes / CHURN_BLOCK, per_job = blocks / jobs;
+    if (per_job == 0) {
+        result("churn", 0, "reason=area-too-small bytes=%llu jobs=%llu", (unsigned long long)bytes,
+               (unsigned long long)jobs);
+        return;
+    }
+    struct churn_stats *stats = mmap(NULL, sizeof(*stats) * jobs, PROT_READ | PROT_WRITE,
+                                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (stats == MAP_FAILED) {
+        result("churn", 0, "reason=mmap:%s", strerror(errno));
+        return;
+    }
+    memset(stats, 0, sizeof(*stats) * jobs);
+    double start = now(), until = start + (double)secs;
+    pid_t pids[CHURN_MAX_JOBS];
+    for (uint64_t j = 0; j < jobs; j++) {
+        pids[j] = fork();
+        if (pids[j] == 0)
+            churn_job(j * per_job, per_job, until, &stats[j], j);
+    }
+    out("E2E-CHURN-START jobs=%llu secs=%llu blocks=%llu", (unsigned long long)jobs,
+        (unsigned long long)secs, (unsigned long long)(per_job * jobs));
+    int exited[CHURN_MAX_JOBS] = {0}, left = (int)jobs, crashed = 0;
+    uint64_t w = 0, r = 0, f = 0, e = 0, m = 0, v = 0;
+    while (left > 0) {
+        struct timespec tick = {1, 0};
+        nanosleep(&tick, NULL);
+        for (uint64_t j = 0; j < jobs; j++) {
+            int status = 0;
+            if (exited[j])
+                continue;
+            if (pids[j] < 0 || waitpid(pids[j], &status, WNOHANG) != 0) {
+                exited[j] = 1;
+                left--;
+                if (pids[j] < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                    crashed++;
+            }
+        }
+        w = r = f = e = m = v = 0;
+        for (uint64_t j = 0; j < jobs; j++) {
+            w += stats[j].writes;
+            r += stats[j].reads;
+            f += stats[j].flushes;
+            e += stats[j].errors;
+            m += stats[j].mismatches;
+            v += stats[j].verified;
+        }
+        out("E2E-CHURN-PROGRESS secs=%.0f writes=%llu reads=%llu errors=%llu mismatches=%llu",
+            now() - start, (unsigned long long)w, (unsigned long long)r, (unsigned long long)e,
+            (unsigned long long)m);
+    }
+    const char *bad = "none";
+    for (uint64_t j = 0; j < jobs; j++)
+        if (stats[j].first_bad[0]) {
+            bad = stats[j].first_bad;
+            break;
+        }
+    int ok = m == 0 && crashed == 0 && v > 0 && (e == 0 || errors_ok);
+    result("churn", ok,
+           "jobs=%llu secs=%.0f writes=%llu reads=%llu flushes=%llu io_errors=%llu mismatches=%llu "
+           "verified_blocks=%llu crashed_jobs=%d first_mismatch=%s",
+           (unsigned long long)jobs, now() - start, (unsigned long long)w, (unsigned long long)r,
+           (unsigned long long)f, (unsigned long long)e, (unsigned long long)m,
+           (unsigned long long)v, crashed, bad);
+}
+
 int main(int argc, char **argv)
 {
     dev_path = argc > 1 ? argv[1] : "/dev/vda";
@@ -686,6 +913,13 @@ int main(int argc, char **argv)
     out("E2E-START dev=%s seed=%llu", dev_path, (unsigned long long)seed);
 
     uint64_t sectors = check_size();
+    char mode[32] = "checks";
+    param_str("e2e.mode", mode, sizeof(mode));
+    if (strcmp(mode, "churn") == 0) {
+        run_churn(sectors);
+        out("E2E-DONE %s failures=%d", failures ? "fail" : "ok", failures);
+        return failures ? 1 : 0;
+    }
     check_prior();
     check_queues();
     check_serial();

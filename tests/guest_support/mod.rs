@@ -56,6 +56,10 @@ pub enum BackendKind {
     /// leave the data in place. A negative control: the guest's discard
     /// check must catch it.
     QemuStorageDaemonIgnoringDiscard,
+    /// qemu-storage-daemon exporting a `null-co` node with `read-zeroes=on`
+    /// the size of the image: writes succeed and are lost, reads return
+    /// zeroes. A negative control: the churn verifier must catch it.
+    QemuStorageDaemonDroppingWrites,
     /// This project's `extstorage-vhost-user-blk serve`.
     Ours,
 }
@@ -64,7 +68,9 @@ impl BackendKind {
     fn is_qsd(self) -> bool {
         matches!(
             self,
-            Self::QemuStorageDaemon | Self::QemuStorageDaemonIgnoringDiscard
+            Self::QemuStorageDaemon
+                | Self::QemuStorageDaemonIgnoringDiscard
+                | Self::QemuStorageDaemonDroppingWrites
         )
     }
 }
@@ -279,7 +285,9 @@ impl Backend {
         let qmp = dir.join("qmp.sock");
         let control = dir.join("control.sock");
         let mut cmd = match kind {
-            BackendKind::QemuStorageDaemon | BackendKind::QemuStorageDaemonIgnoringDiscard => {
+            BackendKind::QemuStorageDaemon
+            | BackendKind::QemuStorageDaemonIgnoringDiscard
+            | BackendKind::QemuStorageDaemonDroppingWrites => {
                 let discard = if kind == BackendKind::QemuStorageDaemon {
                     "unmap"
                 } else {
@@ -291,12 +299,20 @@ impl Backend {
                     Ok(m) if m.file_type().is_block_device() => "host_device",
                     _ => "file",
                 };
-                let mut c = Command::new("qemu-storage-daemon");
-                c.arg("--blockdev")
-                    .arg(format!(
+                let node = if kind == BackendKind::QemuStorageDaemonDroppingWrites {
+                    let size = fs::metadata(image)
+                        .with_context(|| format!("sizing {}", image.display()))?
+                        .len();
+                    format!("driver=null-co,node-name=f0,read-zeroes=on,size={size}")
+                } else {
+                    format!(
                         "driver={driver},node-name=f0,filename={},discard={discard}",
                         image.display()
-                    ))
+                    )
+                };
+                let mut c = Command::new("qemu-storage-daemon");
+                c.arg("--blockdev")
+                    .arg(node)
                     .arg("--export")
                     .arg(format!(
                         "type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path={},writable=on,num-queues={num_queues}",
@@ -378,7 +394,9 @@ impl Backend {
     /// `block_resize` cannot grow a device, only make the export re-read it).
     pub fn resize(&self, new_size: u64) -> Result<()> {
         match self.kind {
-            BackendKind::QemuStorageDaemon | BackendKind::QemuStorageDaemonIgnoringDiscard => {
+            BackendKind::QemuStorageDaemon
+            | BackendKind::QemuStorageDaemonIgnoringDiscard
+            | BackendKind::QemuStorageDaemonDroppingWrites => {
                 let mut qmp = Qmp::connect(&self.qmp)?;
                 qmp.execute(
                     "block_resize",
@@ -711,15 +729,36 @@ pub fn one_guest_at_a_time() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What the guest tells the host while it runs, for the host to act on.
+#[derive(Debug)]
+pub enum GuestEvent<'a> {
+    /// `E2E-WAIT-RESIZE`: the guest waits (bounded) for the disk to grow.
+    WaitResize,
+    /// `E2E-CHURN-START`: the churn writers are running.
+    ChurnStart(&'a BTreeMap<String, String>),
+    /// `E2E-CHURN-PROGRESS`, once a second while churning: `secs`,
+    /// `writes`, `reads`, `errors`, `mismatches` so far.
+    ChurnProgress(&'a BTreeMap<String, String>),
+}
+
+/// An event handler that grows the disk with `grow` when the guest asks
+/// and ignores the rest.
+pub fn on_resize(mut grow: impl FnMut() -> Result<()>) -> impl FnMut(GuestEvent<'_>) -> Result<()> {
+    move |ev| match ev {
+        GuestEvent::WaitResize => grow(),
+        _ => Ok(()),
+    }
+}
+
 /// Boots QEMU with the VM-wide arguments (TCG, [`GUEST_MEMORY_MIB`] of RAM,
 /// `run.smp` vCPUs, kernel, initrd, serial console, no reboot) followed by
 /// `run.disk_args`, follows the console until the guest powers off (or the
-/// deadline passes: then QEMU is killed), and calls `grow` when the guest
-/// asks for the disk to grow (`E2E-WAIT-RESIZE`). Returns the report and
-/// what went wrong at the QEMU level.
+/// deadline passes: then QEMU is killed), and hands each [`GuestEvent`] to
+/// `on_event` (an error from it ends the run as a failure). Returns the
+/// report and what went wrong at the QEMU level.
 pub fn run_guest(
     run: &GuestRun,
-    grow: &mut dyn FnMut() -> Result<()>,
+    on_event: &mut dyn FnMut(GuestEvent<'_>) -> Result<()>,
     deadline: Instant,
 ) -> (GuestReport, Vec<String>) {
     let mut report = GuestReport::default();
@@ -817,8 +856,23 @@ pub fn run_guest(
             );
         } else if e2e.starts_with("E2E-WAIT-RESIZE") {
             eprintln!("guest waits for the resize: growing the disk");
-            if let Err(e) = grow() {
+            if let Err(e) = on_event(GuestEvent::WaitResize) {
                 failure = Some(format!("resize failed: {e:#}"));
+                break;
+            }
+        } else if let Some((start, rest)) = e2e
+            .strip_prefix("E2E-CHURN-START")
+            .map(|r| (true, r))
+            .or_else(|| e2e.strip_prefix("E2E-CHURN-PROGRESS").map(|r| (false, r)))
+        {
+            let fields = parse_fields(rest);
+            let ev = if start {
+                GuestEvent::ChurnStart(&fields)
+            } else {
+                GuestEvent::ChurnProgress(&fields)
+            };
+            if let Err(e) = on_event(ev) {
+                failure = Some(format!("the host's action during the churn failed: {e:#}"));
                 break;
             }
         } else if let Some(rest) = e2e.strip_prefix("E2E-DONE") {
@@ -935,7 +989,7 @@ pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
             ),
             log: first_log.clone(),
         },
-        &mut || backend.resize(GROWN_SIZE),
+        &mut on_resize(|| backend.resize(GROWN_SIZE)),
         deadline,
     );
     require_checks(&first, REQUIRED_CHECKS, &mut problems);
@@ -972,7 +1026,7 @@ pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
                 ),
                 log: second_log.clone(),
             },
-            &mut || backend.resize(GROWN_SIZE),
+            &mut on_resize(|| backend.resize(GROWN_SIZE)),
             deadline,
         );
         problems.extend(p.into_iter().map(|p| format!("second guest: {p}")));
@@ -1029,6 +1083,120 @@ pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
         problems,
         report: first,
         second,
+        diagnostics,
+    })
+}
+
+/// The churn workload's knobs (`e2e.mode=churn` in tests/guest/e2e-guest.c).
+#[derive(Debug, Clone)]
+pub struct ChurnConfig {
+    /// How long the guest's writers write.
+    pub secs: u64,
+    /// Writer processes: the queue depth the disk sees.
+    pub jobs: u32,
+    /// The area written, from offset 0.
+    pub bytes: u64,
+    /// I/O errors are expected (fault tests): only wrong data fails.
+    pub errors_ok: bool,
+}
+
+impl ChurnConfig {
+    /// The kernel command-line parameters that select the workload.
+    pub fn append(&self) -> String {
+        format!(
+            "e2e.mode=churn e2e.churn_secs={} e2e.churn_jobs={} e2e.churn_bytes={} \
+             e2e.churn_errors_ok={}",
+            self.secs,
+            self.jobs,
+            self.bytes,
+            u8::from(self.errors_ok)
+        )
+    }
+}
+
+/// Adds a problem unless the guest's churn check passed having written and
+/// verified something.
+pub fn require_churn(report: &GuestReport, problems: &mut Vec<String>) {
+    require_checks(report, &["churn"], problems);
+    let Some(r) = report.results.get("churn") else {
+        return;
+    };
+    for key in ["writes", "verified_blocks"] {
+        let n: u64 = r.fields.get(key).and_then(|v| v.parse().ok()).unwrap_or(0);
+        if n == 0 {
+            problems.push(format!("churn reported {key}=0: {:?}", r.fields));
+        }
+    }
+}
+
+/// Boots a guest running the churn workload on a fresh `kind` backend over
+/// a [`INITIAL_SIZE`] file, with `num_queues` queues and vCPUs, handing
+/// each [`GuestEvent`] and the backend to `on_event` (which may act on
+/// the backend: kill it, restart it, resize it). `None` when the test must
+/// be skipped here.
+pub fn boot_churn(
+    kind: BackendKind,
+    num_queues: u32,
+    churn: &ChurnConfig,
+    on_event: &mut dyn FnMut(&mut Backend, GuestEvent<'_>) -> Result<()>,
+) -> Option<BootOutcome> {
+    let _one = one_guest_at_a_time();
+    let images = match guest_images() {
+        Prepared::Ready(i) => i,
+        Prepared::Skip(why) => {
+            skip_or_fail(&why);
+            return None;
+        }
+    };
+    for prog in ["qemu-system-x86_64", "qemu-storage-daemon"] {
+        if (prog == "qemu-system-x86_64" || kind.is_qsd()) && which(prog).is_none() {
+            skip_or_fail(&format!("{prog} not found; run scripts/install-deps.sh"));
+            return None;
+        }
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("guest-churn-")
+        .tempdir()
+        .expect("creating a temporary directory");
+    let image = dir.path().join("disk.img");
+    let socket = dir.path().join("vhost.sock");
+    File::create(&image)
+        .and_then(|f| f.set_len(INITIAL_SIZE))
+        .expect("creating the backing file");
+    let seed = new_seed();
+    let mut backend = Backend::start(kind, dir.path(), &image, &socket, num_queues, "churn")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let log = dir.path().join("qemu.log");
+    let (report, mut problems) = run_guest(
+        &GuestRun {
+            images: &images,
+            smp: num_queues,
+            disk_args: harness_disk_args(&socket, num_queues),
+            append: format!(
+                "console=ttyS0 quiet panic=-1 e2e.seed={seed} {}",
+                churn.append()
+            ),
+            log: log.clone(),
+        },
+        &mut |ev| on_event(&mut backend, ev),
+        Instant::now() + timeout() + Duration::from_secs(churn.secs),
+    );
+    require_churn(&report, &mut problems);
+    match backend.stop() {
+        Ok(st) if st.success() => {}
+        Ok(st) => problems.push(format!("backend exited with {st} on SIGTERM, expected 0")),
+        Err(e) => problems.push(format!("stopping the backend: {e:#}")),
+    }
+    let diagnostics = format!(
+        "--- guest console ---\n{}\n--- backend log ---\n{}\n--- qemu stderr ---\n{}",
+        report.console,
+        backend.log_text(),
+        qemu_log_text(&log)
+    );
+    Some(BootOutcome {
+        problems,
+        report,
+        second: None,
         diagnostics,
     })
 }

@@ -518,7 +518,14 @@ impl QueueWorker {
                     return ioerr(self.index, "discard/write-zeroes on a read-only device");
                 }
                 if req.data_len > extstorage_virtio_blk::DISCARD_SEGMENT_SIZE as u64 {
-                    return ioerr(self.index, "more segments than max_*_seg");
+                    // As QEMU's virtio-blk and its vhost-user-blk export:
+                    // more segments than max_*_seg (1) is unsupported.
+                    tracing::debug!(
+                        queue = self.index,
+                        bytes = req.data_len,
+                        "discard/write-zeroes with more than one segment"
+                    );
+                    return Action::Reply(Status::Unsupp, 1);
                 }
                 let Some(seg) = DiscardSegment::read_first(mem, &self.segs) else {
                     return ioerr(self.index, "unreadable discard segment");
@@ -1413,6 +1420,30 @@ mod tests {
     }
 
     #[test]
+    fn discard_and_write_zeroes_with_two_segments_are_unsupported() {
+        let mut r = Rig::new(false);
+        // Two segments of 8 sectors at sector 0 and 64.
+        let mut segs = [0u8; 32];
+        segs[8..12].copy_from_slice(&8u32.to_le_bytes());
+        segs[16..24].copy_from_slice(&64u64.to_le_bytes());
+        segs[24..28].copy_from_slice(&8u32.to_le_bytes());
+        r.gm.memory()
+            .write_slice(&segs, GuestAddress(0x1900))
+            .unwrap();
+        r.header(0x1100, 11, 0);
+        let s0 = r.chain(&[(0x1100, 16, false), (0x1900, 32, false), (st(0), 1, true)]);
+        r.header(0x1200, 13, 0);
+        let s1 = r.chain(&[(0x1200, 16, false), (0x1900, 32, false), (st(1), 1, true)]);
+        // The first segment alone is fine.
+        r.header(0x1300, 13, 0);
+        let s2 = r.chain(&[(0x1300, 16, false), (0x1900, 16, false), (st(2), 1, true)]);
+        assert_eq!(r.run().len(), 3);
+        assert_eq!(r.status(s0), Status::Unsupp.as_u8());
+        assert_eq!(r.status(s1), Status::Unsupp.as_u8());
+        assert_eq!(r.status(s2), Status::Ok.as_u8());
+    }
+
+    #[test]
     fn config_write_switches_the_cache_mode() {
         let r = Rig::new(false);
         assert_eq!(r.backend.get_config(32, 1), vec![1]);
@@ -1424,6 +1455,7 @@ mod tests {
         assert_eq!(r.backend.get_config(0, 8), (2048u64).to_le_bytes().to_vec());
     }
 
+    mod crate_pins;
     mod event_loop;
     mod hostile;
 }
