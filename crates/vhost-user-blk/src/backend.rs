@@ -1602,5 +1602,6 @@ mod tests {
     mod crate_pins;
     mod event_loop;
     mod hostile;
+    mod protocol;
     mod restart;
 }
