@@ -776,16 +776,49 @@ static int churn_check_block(int fd, uint8_t *buf, uint64_t block, uint32_t *cur
     return 0;
 }
 
+/* Unmaps old (if any) and maps a fresh page-aligned I/O buffer. */
+static uint8_t *churn_fresh_buf(uint8_t *old)
+{
+    if (old)
+        munmap(old, CHURN_BLOCK);
+    void *p = mmap(NULL, CHURN_BLOCK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    memset(p, 0, CHURN_BLOCK);
+    return p;
+}
+
+/* MemTotal from /proc/meminfo in KiB (0 if unreadable). */
+static uint64_t mem_total_kib(void)
+{
+    char buf[256];
+    int fd = open("/proc/meminfo", O_RDONLY);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    unsigned long long kib = 0;
+    sscanf(buf, "MemTotal: %llu", &kib);
+    return kib;
+}
+
 static void churn_job(uint64_t first, uint64_t count, double until, struct churn_stats *st,
                       uint64_t job)
 {
     int fd = open_dev();
-    uint8_t *buf = alloc_buf(CHURN_BLOCK);
+    uint8_t *buf = churn_fresh_buf(NULL);
     uint32_t *cur = calloc(count, sizeof(uint32_t)), *alt = calloc(count, sizeof(uint32_t));
     if (fd < 0 || !buf || !cur || !alt)
         _exit(2);
     uint64_t rng = splitmix64(seed ^ (job << 48)), gen = 0;
     while (now() < until) {
+        /* A fresh page now and then: I/O keeps landing in new guest
+         * memory, including memory hot-added while the jobs run. */
+        if (gen % 64 == 63 && !(buf = churn_fresh_buf(buf)))
+            _exit(2);
         rng = splitmix64(rng);
         uint64_t i = rng % count, block = first + i;
         churn_fill(buf, block, ++gen);
@@ -846,6 +879,7 @@ static void run_churn(uint64_t sectors)
     }
     memset(stats, 0, sizeof(*stats) * jobs);
     double start = now(), until = start + (double)secs;
+    uint64_t mem_start = mem_total_kib();
     pid_t pids[CHURN_MAX_JOBS];
     for (uint64_t j = 0; j < jobs; j++) {
         pids[j] = fork();
@@ -892,10 +926,12 @@ static void run_churn(uint64_t sectors)
     int ok = m == 0 && crashed == 0 && v > 0 && (e == 0 || errors_ok);
     result("churn", ok,
            "jobs=%llu secs=%.0f writes=%llu reads=%llu flushes=%llu io_errors=%llu mismatches=%llu "
-           "verified_blocks=%llu crashed_jobs=%d first_mismatch=%s",
+           "verified_blocks=%llu crashed_jobs=%d mem_kib_start=%llu mem_kib_end=%llu "
+           "first_mismatch=%s",
            (unsigned long long)jobs, now() - start, (unsigned long long)w, (unsigned long long)r,
            (unsigned long long)f, (unsigned long long)e, (unsigned long long)m,
-           (unsigned long long)v, crashed, bad);
+           (unsigned long long)v, crashed, (unsigned long long)mem_start,
+           (unsigned long long)mem_total_kib(), bad);
 }
 
 int main(int argc, char **argv)

@@ -440,13 +440,14 @@ impl Backend {
 
 /// A minimal QMP client (one command at a time, events skipped).
 #[derive(Debug)]
-struct Qmp {
+pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
 }
 
 impl Qmp {
-    fn connect(path: &Path) -> Result<Self> {
+    /// Connects to the QMP socket at `path` and leaves negotiation mode.
+    pub fn connect(path: &Path) -> Result<Self> {
         let s = UnixStream::connect(path).with_context(|| format!("QMP {}", path.display()))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut q = Self {
@@ -466,7 +467,8 @@ impl Qmp {
         serde_json::from_str(&line).with_context(|| format!("bad QMP message {line:?}"))
     }
 
-    fn execute(&mut self, cmd: &str, args: &serde_json::Value) -> Result<serde_json::Value> {
+    /// Runs `cmd` with `args`; its `return` value, or its error.
+    pub fn execute(&mut self, cmd: &str, args: &serde_json::Value) -> Result<serde_json::Value> {
         let msg = serde_json::json!({"execute": cmd, "arguments": args});
         writeln!(self.writer, "{msg}").context("writing QMP")?;
         loop {
@@ -1098,6 +1100,11 @@ pub struct ChurnConfig {
     pub bytes: u64,
     /// I/O errors are expected (fault tests): only wrong data fails.
     pub errors_ok: bool,
+    /// Where the backing file lives (a small tmpfs for ENOSPC); the test's
+    /// temporary directory by default.
+    pub backing_dir: Option<PathBuf>,
+    /// More QEMU arguments (a QMP socket, memory slots for hotplug).
+    pub qemu_args: Vec<OsString>,
 }
 
 impl ChurnConfig {
@@ -1158,7 +1165,11 @@ pub fn boot_churn(
         .prefix("guest-churn-")
         .tempdir()
         .expect("creating a temporary directory");
-    let image = dir.path().join("disk.img");
+    let image = churn
+        .backing_dir
+        .as_deref()
+        .unwrap_or(dir.path())
+        .join("disk.img");
     let socket = dir.path().join("vhost.sock");
     File::create(&image)
         .and_then(|f| f.set_len(INITIAL_SIZE))
@@ -1171,9 +1182,13 @@ pub fn boot_churn(
         &GuestRun {
             images: &images,
             smp: num_queues,
-            disk_args: harness_disk_args(&socket, num_queues),
+            disk_args: harness_disk_args(&socket, num_queues)
+                .into_iter()
+                .chain(churn.qemu_args.iter().cloned())
+                .collect(),
+            // Hot-added memory comes online in the guest by itself.
             append: format!(
-                "console=ttyS0 quiet panic=-1 e2e.seed={seed} {}",
+                "console=ttyS0 quiet panic=-1 memhp_default_state=online e2e.seed={seed} {}",
                 churn.append()
             ),
             log: log.clone(),

@@ -838,8 +838,6 @@ impl QueueWorker {
     }
 }
 
-/// Host buffers for `segs`, split where a segment crosses memory regions.
-/// False if any part is outside guest memory.
 /// The guest memory to parse the next batch with. A frontend adds memory
 /// (ADD_MEM_REG, acknowledged) before it puts requests using it on the
 /// ring, so memory loaded after reading the avail index (an acquire) maps
@@ -854,6 +852,8 @@ fn batch_memory(gm: &Gm, st: &VState, current: &Arc<Mem>) -> Arc<Mem> {
     gm.memory().into_inner()
 }
 
+/// Host buffers for `segs`, split where a segment crosses memory regions.
+/// False if any part is outside guest memory.
 fn map_segments(mem: &Mem, segs: &[Segment], out: &mut Vec<IoBuf>) -> bool {
     for seg in segs {
         let Ok(len) = usize::try_from(seg.len) else {
