@@ -51,6 +51,9 @@ struct Outcome {
     report: GuestReport,
     /// How many daemons resubmitted requests a dead one left in flight.
     resubmitted: usize,
+    /// Their log lines saying what they resubmitted (queue, used index,
+    /// heads).
+    resubmit_lines: Vec<String>,
     diagnostics: String,
 }
 
@@ -273,6 +276,16 @@ fn run(sc: &Scenario) -> Option<Outcome> {
         .iter()
         .filter(|d| d.log_text().contains("resubmitting the requests"))
         .count();
+    let resubmit_lines = daemons
+        .iter()
+        .flat_map(|d| {
+            d.log_text()
+                .lines()
+                .filter(|l| l.contains("resubmitting the requests"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let mut diagnostics = format!(
         "--- guest console ---\n{}\n--- qemu stderr ---\n{}\n",
         report.console,
@@ -285,6 +298,7 @@ fn run(sc: &Scenario) -> Option<Outcome> {
         problems,
         report,
         resubmitted,
+        resubmit_lines,
         diagnostics,
     })
 }
@@ -296,6 +310,8 @@ fn held_scenario(no_inflight: bool) -> Scenario {
             jobs: 16,
             bytes: 32 << 20,
             errors_ok: false,
+            backing_dir: None,
+            qemu_args: Vec::new(),
         },
         kill_at: vec![3],
         hold: true,
@@ -323,6 +339,9 @@ fn kill_with_writes_completed_out_of_order_resubmits_the_held_ones() {
         o.diagnostics
     );
     eprintln!("churn: {:?}", o.report.results["churn"].fields);
+    for l in &o.resubmit_lines {
+        eprintln!("{l}");
+    }
 }
 
 /// The negative control: the same run with INFLIGHT_SHMFD masked (QEMU
@@ -342,6 +361,14 @@ fn without_inflight_tracking_the_same_kill_fails() {
         o.diagnostics
     );
     eprintln!("failed as expected:\n  {}", o.problems.join("\n  "));
+    let console: Vec<&str> = o.report.console.lines().collect();
+    eprintln!(
+        "guest console (last lines):\n{}",
+        console[console.len().saturating_sub(15)..].join("\n")
+    );
+    for l in o.diagnostics.lines().filter(|l| l.contains("resubmitting")) {
+        eprintln!("{l}");
+    }
 }
 
 /// Four `kill -9` and restarts at churn seconds 3, 6, 9 and 12 under 32
@@ -356,6 +383,8 @@ fn repeated_kill_and_restart_under_load_loses_no_acknowledged_write() {
             jobs: 32,
             bytes: 32 << 20,
             errors_ok: false,
+            backing_dir: None,
+            qemu_args: Vec::new(),
         },
         kill_at: vec![3, 6, 9, 12],
         hold: false,
@@ -373,4 +402,7 @@ fn repeated_kill_and_restart_under_load_loses_no_acknowledged_write() {
         "churn: {:?}; {} restarted daemon(s) resubmitted requests",
         o.report.results["churn"].fields, o.resubmitted
     );
+    for l in &o.resubmit_lines {
+        eprintln!("{l}");
+    }
 }

@@ -1,5 +1,5 @@
 //! The vhost-user messages the patched vhost-user-backend forwards
-//! (vendor/PATCHES.md), sent by a real frontend (the `vhost` crate's) over
+//! (vendor/README.md), sent by a real frontend (the `vhost` crate's) over
 //! the daemon's socket to a [`Server`](crate::Server): INFLIGHT_SHMFD
 //! offered, GET_INFLIGHT_FD answered with a region of the documented
 //! layout, SET_INFLIGHT_FD refusing what it cannot map safely, and the call
