@@ -361,11 +361,22 @@ fn without_inflight_tracking_the_same_kill_fails() {
         o.diagnostics
     );
     eprintln!("failed as expected:\n  {}", o.problems.join("\n  "));
+    // What the guest said besides the once-a-second progress, and the
+    // last progress line.
     let console: Vec<&str> = o.report.console.lines().collect();
-    eprintln!(
-        "guest console (last lines):\n{}",
-        console[console.len().saturating_sub(15)..].join("\n")
-    );
+    let said: Vec<&str> = console
+        .iter()
+        .copied()
+        .filter(|l| !l.contains("E2E-CHURN-PROGRESS"))
+        .chain(
+            console
+                .iter()
+                .rev()
+                .copied()
+                .find(|l| l.contains("PROGRESS")),
+        )
+        .collect();
+    eprintln!("guest console:\n{}", said.join("\n"));
     for l in o.diagnostics.lines().filter(|l| l.contains("resubmitting")) {
         eprintln!("{l}");
     }
