@@ -77,6 +77,10 @@ impl Daemon {
             .arg(QUEUES.to_string())
             .arg("--control-socket")
             .arg(dir.join("control.sock"))
+            // io_uring, whatever the temporary directory's filesystem:
+            // completions in the kernel's order, not the submission order.
+            .arg("--engine")
+            .arg("uring")
             .env("RUST_LOG", "info")
             .env_remove("EXTSTORAGE_TEST_ONLY_HOLD_WRITES")
             .env_remove("EXTSTORAGE_TEST_ONLY_NO_INFLIGHT")
