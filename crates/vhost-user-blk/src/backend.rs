@@ -13,9 +13,11 @@ use extstorage_virtio_blk::{
     DiscardSegment, Request, RequestType, SERIAL_LEN, Segment, Status, WCE_OFFSET,
 };
 use vhost::vhost_user::Backend;
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_queue::QueueT;
+use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
     GuestMemoryMmap, GuestMemoryRegion,
@@ -28,6 +30,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::Device;
 use crate::channel;
+use crate::inflight::{self, QueueInflight};
 use crate::stats::Kind;
 
 pub(crate) type Mem = GuestMemoryMmap<()>;
@@ -77,6 +80,11 @@ struct QueueWorker {
     loop_logged: bool,
     /// The event loop failed once: this connection stays on the epoll path.
     loop_failed: bool,
+    /// The queue's in-flight record (INFLIGHT_SHMFD), from the ring's start.
+    inflight: Option<QueueInflight>,
+    /// Heads in flight when a previous backend stopped, newest first: they
+    /// are served (from the end) before anything new is popped.
+    resubmit: Vec<u16>,
 }
 
 /// Watch numbers of a queue's io_uring event loop.
@@ -157,6 +165,8 @@ impl QueueWorker {
             poll_window: poll,
             loop_logged: false,
             loop_failed: false,
+            inflight: None,
+            resubmit: Vec::new(),
         }
     }
 
@@ -422,25 +432,23 @@ impl QueueWorker {
     }
 
     fn process_available(&mut self, dev: &Device, st: &mut VState, mem: &Arc<Mem>) {
+        // What a previous backend took and never returned comes first, in
+        // the order it was taken (see `inflight`).
+        while let Some(head) = self.resubmit.pop() {
+            let q = st.get_queue();
+            let chain = DescriptorChain::new(&**mem, GuestAddress(q.desc_table()), q.size(), head);
+            tracing::debug!(
+                queue = self.index,
+                head,
+                "resubmitting an in-flight request"
+            );
+            self.serve_chain(dev, st, mem, &chain);
+        }
         while let Some(chain) = st.get_queue_mut().pop_descriptor_chain(&**mem) {
-            let head = chain.head_index();
-            match Request::parse(&chain, &mut self.segs) {
-                Ok(req) => match self.decide(dev, mem, &req) {
-                    Action::Reply(status, used) => {
-                        dev.stats()
-                            .queue(self.index)
-                            .answered(Kind::from(req.ty), status, 0);
-                        self.reply(st, mem, head, req.status_addr, status, used)
-                    }
-                    Action::Submit {
-                        op,
-                        offset,
-                        len,
-                        used_len,
-                    } => self.submit(dev, st, mem, &req, op, offset, len, used_len),
-                },
-                Err(e) => self.reject(dev, st, mem, head, e),
+            if let Some(inflight) = self.inflight.as_mut() {
+                inflight.get(chain.head_index());
             }
+            self.serve_chain(dev, st, mem, &chain);
         }
         // In the event loop the ring defers the submission to the next
         // wait: one `io_uring_enter` submits the batch and sleeps.
@@ -448,6 +456,34 @@ impl QueueWorker {
             tracing::error!(queue = self.index, error = %e, "engine commit failed");
         }
         self.reap(dev, st);
+    }
+
+    /// Parses a chain taken off the ring and answers or submits it.
+    fn serve_chain(
+        &mut self,
+        dev: &Device,
+        st: &mut VState,
+        mem: &Arc<Mem>,
+        chain: &DescriptorChain<&Mem>,
+    ) {
+        let head = chain.head_index();
+        match Request::parse(chain, &mut self.segs) {
+            Ok(req) => match self.decide(dev, mem, &req) {
+                Action::Reply(status, used) => {
+                    dev.stats()
+                        .queue(self.index)
+                        .answered(Kind::from(req.ty), status, 0);
+                    self.reply(st, mem, head, req.status_addr, status, used)
+                }
+                Action::Submit {
+                    op,
+                    offset,
+                    len,
+                    used_len,
+                } => self.submit(dev, st, mem, &req, op, offset, len, used_len),
+            },
+            Err(e) => self.reject(dev, st, mem, head, e),
+        }
     }
 
     #[cold]
@@ -468,10 +504,7 @@ impl QueueWorker {
             None => {
                 // Nowhere to put a status: return the chain unanswered so
                 // the ring keeps moving.
-                if let Err(e) = st.get_queue_mut().add_used(mem, head, 0) {
-                    tracing::warn!(queue = self.index, error = %e, "add_used failed");
-                }
-                self.pending_signal = true;
+                self.put_used(st, mem, head, 0);
             }
         }
     }
@@ -607,8 +640,23 @@ impl QueueWorker {
         if let Err(e) = mem.write_obj(status.as_u8(), status_addr) {
             tracing::warn!(queue = self.index, error = %e, "cannot write the status byte");
         }
-        if let Err(e) = st.get_queue_mut().add_used(mem, head, used_len) {
-            tracing::warn!(queue = self.index, error = %e, "add_used failed");
+        self.put_used(st, mem, head, used_len);
+    }
+
+    /// Returns a chain to the guest (used entry and index), recording it in
+    /// the in-flight region around the publication (see `inflight`).
+    fn put_used(&mut self, st: &mut VState, mem: &Mem, head: u16, used_len: u32) {
+        if let Some(inflight) = &self.inflight {
+            inflight.pre_put(head);
+        }
+        let q = st.get_queue_mut();
+        match q.add_used(mem, head, used_len) {
+            Ok(()) => {
+                if let Some(inflight) = &self.inflight {
+                    inflight.post_put(head, q.next_used());
+                }
+            }
+            Err(e) => tracing::warn!(queue = self.index, error = %e, "add_used failed"),
         }
         self.pending_signal = true;
     }
@@ -875,6 +923,9 @@ struct Inner {
     /// Per queue: raised by `stop_vring` to end the queue's event loop,
     /// which holds the worker's lock while it runs.
     stops: Vec<EventFd>,
+    /// The in-flight region the frontend passed (SET_INFLIGHT_FD); each
+    /// queue takes its part when its ring starts.
+    inflight: Mutex<Option<Arc<inflight::Region>>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -911,6 +962,7 @@ impl BlkBackend {
                 backend_req: Mutex::new(None),
                 exit_fds: Mutex::new(Vec::new()),
                 stops,
+                inflight: Mutex::new(None),
             }),
         })
     }
@@ -992,11 +1044,103 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
+        let f = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::BACKEND_REQ;
+        if self.inner.dev.test_options().no_inflight {
+            f
+        } else {
+            f | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+        }
+    }
+
+    fn get_inflight_fd(
+        &self,
+        req: &VhostUserInflight,
+    ) -> std::io::Result<(VhostUserInflight, std::fs::File)> {
+        inflight::create(req, self.inner.queues.len()).map_err(|e| {
+            tracing::warn!(error = %e, "GET_INFLIGHT_FD refused");
+            e.into()
+        })
+    }
+
+    fn set_inflight_fd(&self, msg: &VhostUserInflight, file: std::fs::File) -> std::io::Result<()> {
+        let region = inflight::Region::map(msg, file, self.inner.queues.len()).map_err(|e| {
+            tracing::warn!(error = %e, "SET_INFLIGHT_FD refused");
+            std::io::Error::from(e)
+        })?;
+        *self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(region);
+        Ok(())
+    }
+
+    fn start_vring(&self, queue_index: u32, vring: &Vring) -> std::io::Result<()> {
+        let q = usize::try_from(queue_index).unwrap_or(usize::MAX);
+        let region = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(mut w) = self.worker(q) else {
+            return Ok(());
+        };
+        w.inflight = None;
+        w.resubmit.clear();
+        let Some(region) = region else {
+            return Ok(());
+        };
+        let start = || -> std::io::Result<(QueueInflight, Vec<u16>, u16)> {
+            let mut record = region.queue(q)?;
+            let mem = self.inner.mem.memory();
+            let (used, size) = {
+                let st = vring.get_ref();
+                let queue = st.get_queue();
+                let used = queue.used_idx(&*mem, Ordering::Acquire).map_err(|e| {
+                    std::io::Error::other(format!("cannot read the used index: {e}"))
+                })?;
+                (used.0, queue.size())
+            };
+            let heads = record.start(used, size)?;
+            Ok((record, heads, used))
+        };
+        let (record, heads, used) = start().inspect_err(|e| {
+            tracing::error!(queue = q, error = %e, "cannot start the ring from its in-flight record");
+        })?;
+        // Everything popped before is either returned (the used index) or
+        // still in flight: the next request to pop comes after both.
+        let in_flight = u16::try_from(heads.len()).unwrap_or(u16::MAX);
+        vring.set_queue_next_used(used);
+        vring.set_queue_next_avail(used.wrapping_add(in_flight));
+        if !heads.is_empty() {
+            tracing::info!(
+                queue = q,
+                used_idx = used,
+                in_flight,
+                heads = ?heads,
+                "resubmitting the requests a previous backend left in flight"
+            );
+            // Served at the first kick; the guest waits for these and may
+            // never kick again, so kick ourselves (as libvhost-user does).
+            let st = vring.get_ref();
+            if let Some(kick) = st.get_kick() {
+                // SAFETY: the fd is the vring's kick eventfd, owned by the
+                // EventConsumer that the read guard `st` keeps in place
+                // (not replaced or closed) while the borrow lives.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(kick.as_raw_fd()) };
+                if let Err(e) = nix::unistd::write(fd, &1u64.to_ne_bytes()) {
+                    tracing::warn!(queue = q, error = %e, "cannot kick the ring to resubmit");
+                }
+            }
+        }
+        w.inflight = Some(record);
+        w.resubmit = heads.into_iter().rev().collect();
+        Ok(())
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -1458,4 +1602,6 @@ mod tests {
     mod crate_pins;
     mod event_loop;
     mod hostile;
+    mod protocol;
+    mod restart;
 }

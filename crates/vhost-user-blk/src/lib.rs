@@ -26,11 +26,13 @@ mod channel;
 pub mod control;
 mod device;
 mod error;
+mod inflight;
 pub mod privileges;
 pub mod serve;
 mod server;
 mod socket;
 pub mod stats;
+mod testonly;
 pub mod threads;
 
 pub use device::Device;
