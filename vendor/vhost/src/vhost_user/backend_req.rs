@@ -146,6 +146,16 @@ impl Backend {
 }
 
 impl VhostUserFrontendReqHandler for Backend {
+    // [extstorage patch] Forward the config-change notification: a backend
+    // tells the frontend its config space changed (a block device's
+    // capacity after a resize). Without this the crate gives a backend no
+    // way to send VHOST_USER_BACKEND_CONFIG_CHANGE_MSG.
+    /// Forward a device configuration change notification to the frontend.
+    fn handle_config_change(&self) -> HandlerResult<u64> {
+        let mut guard = self.inner.lock().unwrap();
+        Ok(guard.send_message(BackendReq::CONFIG_CHANGE_MSG, &VhostUserEmpty, None)?)
+    }
+
     /// Forward vhost-user shared-object add request to the frontend.
     fn shared_object_add(&self, uuid: &VhostUserSharedMsg) -> HandlerResult<u64> {
         let mut guard = self.inner.lock().unwrap();
