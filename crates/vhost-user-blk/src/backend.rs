@@ -1,7 +1,6 @@
 //! The `VhostUserBackend` implementation: one worker thread per queue, each
 //! owning its engine and in-flight table.
 
-use std::collections::BTreeSet;
 use std::num::Wrapping;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -914,8 +913,6 @@ struct Inner {
     mem: Gm,
     event_idx: AtomicBool,
     queues: Vec<Mutex<QueueWorker>>,
-    sockets_before: BTreeSet<RawFd>,
-    backend_req: Mutex<Option<Backend>>,
     /// Exit-event consumers handed to the worker epolls (by thread index),
     /// which take them as raw fds and never close them; closed in
     /// `close_exit_events`. A queue's event loop polls its thread's.
@@ -938,11 +935,7 @@ impl std::fmt::Debug for Inner {
 }
 
 impl BlkBackend {
-    pub(crate) fn new(
-        dev: Arc<Device>,
-        mem: Gm,
-        sockets_before: BTreeSet<RawFd>,
-    ) -> std::io::Result<Self> {
+    pub(crate) fn new(dev: Arc<Device>, mem: Gm) -> std::io::Result<Self> {
         let n = usize::from(dev.config().device.num_queues);
         let qs = usize::from(dev.config().device.queue_size);
         let poll = Duration::from_micros(u64::from(dev.config().device.poll_us));
@@ -958,8 +951,6 @@ impl BlkBackend {
                 mem,
                 event_idx: AtomicBool::new(false),
                 queues,
-                sockets_before,
-                backend_req: Mutex::new(None),
                 exit_fds: Mutex::new(Vec::new()),
                 stops,
                 inflight: Mutex::new(None),
@@ -1170,18 +1161,10 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn set_backend_req_fd(&self, backend: Backend) {
-        let ch = channel::find_new_channel(&self.inner.sockets_before);
-        if ch.is_none() {
-            tracing::warn!(
-                "backend channel not found: resize notifications disabled for this connection"
-            );
-        }
-        *self
-            .inner
-            .backend_req
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(backend);
-        self.inner.dev.set_channel(ch);
+        tracing::debug!("backend channel received: resize notifications enabled");
+        self.inner
+            .dev
+            .set_channel(Some(channel::ConfigChannel::new(backend)));
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
@@ -1328,7 +1311,7 @@ mod tests {
             let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
                 .unwrap();
             let gm = GuestMemoryAtomic::new(mem);
-            let backend = BlkBackend::new(dev, gm.clone(), BTreeSet::new()).unwrap();
+            let backend = BlkBackend::new(dev, gm.clone()).unwrap();
             let vring = Vring::new(gm.clone(), QSIZE).unwrap();
             let guard = gm.memory();
             let mq = MockSplitQueue::new(&*guard, QSIZE);

@@ -94,12 +94,7 @@ fn first_life(l: &Looped) -> Vec<u16> {
 /// up as QEMU sets it up after a reconnect: the next available index is
 /// the used index.
 fn second_backend(l: &Looped) -> (BlkBackend, Vring) {
-    let backend = BlkBackend::new(
-        Arc::clone(&l.r.backend.inner.dev),
-        l.r.gm.clone(),
-        BTreeSet::new(),
-    )
-    .unwrap();
+    let backend = BlkBackend::new(Arc::clone(&l.r.backend.inner.dev), l.r.gm.clone()).unwrap();
     let vring = Vring::new(l.r.gm.clone(), QSIZE).unwrap();
     let old = l.r.vring.get_ref();
     let q = old.get_queue();
