@@ -778,6 +778,21 @@ impl QueueWorker {
         };
         self.free.push(slot);
         let status = match c.result {
+            // Engines finish a read or write in full or fail it; a short
+            // count would leave guest data unread or unwritten behind an
+            // OK status, so it is an error, never a success.
+            Ok(n)
+                if matches!(entry.kind, Kind::Read | Kind::Write)
+                    && u64::from(n) != entry.bytes =>
+            {
+                tracing::error!(
+                    queue = self.index,
+                    transferred = n,
+                    expected = entry.bytes,
+                    "the I/O engine reported a short transfer; failing the request"
+                );
+                Status::IoErr
+            }
             Ok(_) => Status::Ok,
             Err(errno) => {
                 tracing::debug!(queue = self.index, errno, "I/O failed");

@@ -11,7 +11,7 @@ use crate::channel::ConfigChannel;
 use extstorage_serve_api::control::{ResizeReply, StatusReport};
 
 use crate::stats::DeviceStats;
-use crate::testonly::{HoldEngine, TestOptions};
+use crate::testonly::{FaultEngine, HoldEngine, TestOptions};
 use crate::{Config, Error, WriteCache, engine_kind};
 
 /// Largest discard / write-zeroes segment offered, in sectors (2 GiB).
@@ -186,6 +186,9 @@ impl Device {
                     Box::new(SyncEngine::new(Arc::clone(&self.backing), depth))
                 }
             };
+        }
+        if let Some(fault) = self.test.fault {
+            engine = Box::new(FaultEngine::new(engine, fault, queue));
         }
         let paths = engine.paths();
         tracing::info!(

@@ -10,6 +10,11 @@
 //! - `EXTSTORAGE_TEST_ONLY_NO_INFLIGHT=1`: the backend does not offer
 //!   `VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD` (the negative control of the
 //!   restart tests).
+//! - `EXTSTORAGE_TEST_ONLY_FAULT=eio:EVERY` or `short:EVERY`: every
+//!   EVERY-th read or write of each queue completes with EIO once the
+//!   backing has done it, or moves only the first half of its bytes and
+//!   reports that ([`FaultEngine`]): a failing disk, and a transfer that
+//!   stops short, for the fault tests.
 //!
 //! Each one in force is logged as a warning when the device opens.
 
@@ -17,7 +22,7 @@ use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use extstorage_blockio::{Completion, Engine, EnginePaths, Request, SubmitError};
+use extstorage_blockio::{Completion, Engine, EnginePaths, IoBuf, Op, Request, SubmitError};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -27,6 +32,27 @@ use crate::Error;
 pub const HOLD_WRITES_ENV: &str = "EXTSTORAGE_TEST_ONLY_HOLD_WRITES";
 /// The variable that masks in-flight tracking.
 pub const NO_INFLIGHT_ENV: &str = "EXTSTORAGE_TEST_ONLY_NO_INFLIGHT";
+/// The variable that turns on [`FaultEngine`].
+pub const FAULT_ENV: &str = "EXTSTORAGE_TEST_ONLY_FAULT";
+
+/// What [`FaultEngine`] makes of a chosen request's completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FaultKind {
+    /// Fails it with EIO.
+    Eio,
+    /// Moves only the first half of its bytes (whole sectors), and says
+    /// so in its completion.
+    Short,
+}
+
+/// Which reads and writes [`FaultEngine`] spoils, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fault {
+    /// What happens to them.
+    pub kind: FaultKind,
+    /// Every `every`-th read or write of a queue.
+    pub every: u64,
+}
 
 /// Which writes [`HoldEngine`] holds back, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +70,8 @@ pub(crate) struct TestOptions {
     pub hold: Option<Hold>,
     /// Do not offer INFLIGHT_SHMFD.
     pub no_inflight: bool,
+    /// Spoil some reads and writes.
+    pub fault: Option<Fault>,
 }
 
 impl TestOptions {
@@ -53,10 +81,15 @@ impl TestOptions {
         Self::parse(
             std::env::var(HOLD_WRITES_ENV).ok().as_deref(),
             std::env::var(NO_INFLIGHT_ENV).ok().as_deref(),
+            std::env::var(FAULT_ENV).ok().as_deref(),
         )
     }
 
-    fn parse(hold: Option<&str>, no_inflight: Option<&str>) -> Result<Self, Error> {
+    fn parse(
+        hold: Option<&str>,
+        no_inflight: Option<&str>,
+        fault: Option<&str>,
+    ) -> Result<Self, Error> {
         let bad = |var: &'static str, value: &str, expected: &'static str| Error::TestOption {
             var,
             value: value.to_owned(),
@@ -90,7 +123,37 @@ impl TestOptions {
             Some("1") => true,
             Some(v) => return Err(bad(NO_INFLIGHT_ENV, v, "0 or 1")),
         };
-        let opts = Self { hold, no_inflight };
+        let fault = match fault {
+            None | Some("") => None,
+            Some(v) => {
+                const WANT: &str =
+                    "eio:EVERY or short:EVERY, EVERY a positive integer (e.g. eio:50)";
+                let (kind, every) = v.split_once(':').ok_or_else(|| bad(FAULT_ENV, v, WANT))?;
+                let kind = match kind {
+                    "eio" => FaultKind::Eio,
+                    "short" => FaultKind::Short,
+                    _ => return Err(bad(FAULT_ENV, v, WANT)),
+                };
+                let every: u64 = every
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| bad(FAULT_ENV, v, WANT))?;
+                Some(Fault { kind, every })
+            }
+        };
+        let opts = Self {
+            hold,
+            no_inflight,
+            fault,
+        };
+        if let Some(f) = opts.fault {
+            tracing::warn!(
+                kind = ?f.kind,
+                every = f.every,
+                "TEST-ONLY: {FAULT_ENV} set: some reads and writes are made to fail"
+            );
+        }
         if let Some(h) = opts.hold {
             tracing::warn!(
                 every = h.every,
@@ -260,6 +323,116 @@ impl Engine for HoldEngine {
     }
 }
 
+/// An engine wrapper that spoils every `every`-th read or write: EIO after
+/// the backing did it, or a transfer cut to its first half.
+/// Everything else passes through, the inner engine's event loop included,
+/// so the queue runs its normal path.
+pub(crate) struct FaultEngine {
+    inner: Box<dyn Engine>,
+    spec: Fault,
+    queue: usize,
+    data_ops: u64,
+    to_spoil: HashSet<u64>,
+}
+
+impl std::fmt::Debug for FaultEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultEngine")
+            .field("inner", &self.inner.name())
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FaultEngine {
+    /// Wraps `inner`, the engine of queue `queue`.
+    pub(crate) fn new(inner: Box<dyn Engine>, spec: Fault, queue: usize) -> Self {
+        Self {
+            inner,
+            spec,
+            queue,
+            data_ops: 0,
+            to_spoil: HashSet::new(),
+        }
+    }
+}
+
+impl Engine for FaultEngine {
+    fn name(&self) -> &'static str {
+        "test-only-fault"
+    }
+
+    unsafe fn submit(&mut self, req: &Request<'_>, user_data: u64) -> Result<(), SubmitError> {
+        // The caller's guarantee for `req`'s buffers holds until the
+        // completion carrying `user_data` is returned; this wrapper returns
+        // every completion of the inner engine (an EIO one altered).
+        let data = matches!(req.op, Op::Read) || req.op.is_write();
+        let spoil = data && (self.data_ops + 1).is_multiple_of(self.spec.every);
+        let total: usize = req.bufs.iter().map(|b| b.len).sum();
+        if spoil && self.spec.kind == FaultKind::Short && total >= 1024 {
+            // The first half, in whole sectors: the buffers cut there.
+            let mut left = total / 2 / 512 * 512;
+            let bufs: Vec<IoBuf> = req
+                .bufs
+                .iter()
+                .map_while(|b| {
+                    let len = b.len.min(left);
+                    left -= len;
+                    (len > 0).then_some(IoBuf { addr: b.addr, len })
+                })
+                .collect();
+            let half = Request {
+                bufs: &bufs,
+                ..*req
+            };
+            // SAFETY: `half` names a prefix of `req`'s buffers, which the
+            // caller keeps valid until the completion is returned.
+            unsafe { self.inner.submit(&half, user_data) }?;
+        } else {
+            // SAFETY: as above, for all of `req`'s buffers.
+            unsafe { self.inner.submit(req, user_data) }?;
+        }
+        if data {
+            self.data_ops += 1;
+            if spoil {
+                self.to_spoil.insert(user_data);
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> std::io::Result<()> {
+        self.inner.commit()
+    }
+
+    fn pop_completion(&mut self) -> Option<Completion> {
+        let mut c = self.inner.pop_completion()?;
+        if self.to_spoil.remove(&c.user_data) {
+            if self.spec.kind == FaultKind::Eio {
+                c.result = Err(libc::EIO);
+            }
+            tracing::info!(queue = self.queue, result = ?c.result, "test-only fault engine: spoiled a completion");
+        }
+        Some(c)
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        self.inner.completion_fd()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inner.in_flight()
+    }
+
+    fn event_loop(&mut self) -> Option<&mut dyn extstorage_blockio::EventLoop> {
+        self.inner.event_loop()
+    }
+
+    fn paths(&self) -> EnginePaths {
+        self.inner.paths()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,10 +442,10 @@ mod tests {
     #[test]
     fn options_parse_and_bad_values_say_what_is_expected() {
         assert_eq!(
-            TestOptions::parse(None, None).unwrap(),
+            TestOptions::parse(None, None, None).unwrap(),
             TestOptions::default()
         );
-        let o = TestOptions::parse(Some("4:250"), Some("1")).unwrap();
+        let o = TestOptions::parse(Some("4:250"), Some("1"), None).unwrap();
         assert_eq!(
             o.hold,
             Some(Hold {
@@ -282,16 +455,82 @@ mod tests {
         );
         assert!(o.no_inflight);
         for bad in ["4", "0:10", "4:0", "x:1", "4:-1"] {
-            let e = TestOptions::parse(Some(bad), None).unwrap_err().to_string();
+            let e = TestOptions::parse(Some(bad), None, None)
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.contains(HOLD_WRITES_ENV) && e.contains("EVERY:MILLIS"),
                 "{e}"
             );
         }
-        let e = TestOptions::parse(None, Some("yes"))
+        let o = TestOptions::parse(None, None, Some("short:7")).unwrap();
+        assert_eq!(
+            o.fault,
+            Some(Fault {
+                kind: FaultKind::Short,
+                every: 7
+            })
+        );
+        for bad in ["eio", "eio:0", "lost:3", "eio:x", "eio:-2"] {
+            let e = TestOptions::parse(None, None, Some(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(FAULT_ENV) && e.contains("eio:EVERY"), "{e}");
+        }
+        let e = TestOptions::parse(None, Some("yes"), None)
             .unwrap_err()
             .to_string();
         assert!(e.contains(NO_INFLIGHT_ENV) && e.contains("0 or 1"), "{e}");
+    }
+
+    #[test]
+    fn the_fault_engine_fails_or_halves_every_nth_data_request() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(1 << 20).unwrap();
+        let b = Arc::new(Backing::open(f.path(), OpenOptions::default()).unwrap());
+        for kind in [FaultKind::Eio, FaultKind::Short] {
+            let spec = Fault { kind, every: 2 };
+            let mut e = FaultEngine::new(Box::new(SyncEngine::new(Arc::clone(&b), 8)), spec, 0);
+            let mut data = vec![9u8; 4096];
+            let bufs = [
+                IoBuf {
+                    addr: data.as_mut_ptr(),
+                    len: 1536,
+                },
+                IoBuf {
+                    // SAFETY: 1536 is within `data`.
+                    addr: unsafe { data.as_mut_ptr().add(1536) },
+                    len: 2560,
+                },
+            ];
+            let mut results = Vec::new();
+            for ud in 0..4u64 {
+                let op = if ud == 2 { Op::Flush } else { Op::Write };
+                let req = Request {
+                    op,
+                    offset: ud * 4096,
+                    len: 4096,
+                    bufs: if op == Op::Flush { &[] } else { &bufs },
+                };
+                // SAFETY: `data` outlives every completion popped below.
+                unsafe { e.submit(&req, ud) }.unwrap();
+                e.commit().unwrap();
+                while let Some(c) = e.pop_completion() {
+                    results.push((c.user_data, c.result));
+                }
+            }
+            // Writes 0, 1 and 3: the second data request (1) is spoiled;
+            // the flush (2) does not count.
+            let want_1 = match kind {
+                FaultKind::Eio => Err(libc::EIO),
+                FaultKind::Short => Ok(2048),
+            };
+            assert_eq!(
+                results,
+                vec![(0, Ok(4096)), (1, want_1), (2, Ok(0)), (3, Ok(4096))],
+                "{kind:?}"
+            );
+        }
     }
 
     fn wait_readable(fd: RawFd) {
