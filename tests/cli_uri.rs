@@ -773,3 +773,29 @@ fn errors_say_what_to_do() {
     assert!(!open.join("disk0-secret").exists());
     cli(&w, true, "remove", &nbase, &[]).ok();
 }
+
+#[test]
+fn vhost_user_reconnects_by_default_and_0_turns_it_off() {
+    let w = World::new();
+    w.install("loopfile");
+    let base = vol_args(&w, "loopfile", "rc1");
+    create(&w, &base);
+    let chardev = |extra: &[&str]| {
+        let mut a = vec![
+            "--access",
+            "vhost-user",
+            "--socket",
+            "/run/x.sock",
+            "--qemu-version",
+            "10.0.2",
+        ];
+        a.extend_from_slice(extra);
+        let j = cli(&w, true, "kvm-args", &base, &a).ok().json();
+        strings(&j["argv"])[1].clone()
+    };
+    let c = chardev(&[]);
+    assert!(c.ends_with(",reconnect-ms=1000"), "{c}");
+    let c = chardev(&["--reconnect-ms", "0"]);
+    assert!(!c.contains("reconnect"), "{c}");
+    assert!(c.ends_with("path=/run/x.sock"), "{c}");
+}

@@ -16,6 +16,8 @@ fn churn() -> ChurnConfig {
         jobs: 16,
         bytes: 32 << 20,
         errors_ok: false,
+        backing_dir: None,
+        qemu_args: Vec::new(),
     }
 }
 

@@ -427,3 +427,108 @@ fn qemu_storage_daemon_on_the_loop_device_grows_online() {
         queues: 2,
     });
 }
+
+/// The user's restart path: a guest booted from the argv kvm-args prints
+/// (which asks QEMU to reconnect) writes checksummed blocks while its
+/// server is killed (`kill -9`, a crash) and later stopped with SIGTERM
+/// (`systemctl restart`: close and detach, then a new `serve` attaches the
+/// volume again); each time `extstorage serve` is started again with the
+/// same arguments. The guest must carry on with no I/O error and find every
+/// acknowledged block intact.
+#[test]
+fn serve_restarted_under_a_writing_guest_loses_nothing() {
+    let Some(images) = prerequisites(false) else {
+        return;
+    };
+    let _one = guest_support::one_guest_at_a_time();
+    let w = World::new();
+    w.install(PROVIDER);
+    cli(&w, &["create"], &["--size", "64M"]).ok();
+    let mut args = vol_args(&w);
+    args.extend(["--vcpus".into(), "2".into()]);
+    let start = |why: &str| {
+        w.serve(&strs(&args))
+            .unwrap_or_else(|r| panic!("extstorage serve did not start ({why}): {r:#?}"))
+    };
+    let mut served = vec![start("first")];
+    let (disk_args, mut problems) = kvm_args(&w, &[], 2);
+    if !disk_args
+        .iter()
+        .any(|a| a.to_string_lossy().contains(",reconnect-ms="))
+    {
+        problems.push(format!(
+            "kvm-args did not ask QEMU to reconnect: {disk_args:?}"
+        ));
+    }
+    let churn = guest_support::ChurnConfig {
+        secs: 16,
+        jobs: 16,
+        bytes: 32 << 20,
+        errors_ok: false,
+        backing_dir: None,
+        qemu_args: Vec::new(),
+    };
+    let qemu_log = w.path("qemu.log");
+    // (churn second, signal): a crash, then a clean restart.
+    let mut plan = vec![(4u64, Signal::SIGKILL), (10, Signal::SIGTERM)]
+        .into_iter()
+        .peekable();
+    let (report, p) = guest_support::run_guest(
+        &GuestRun {
+            images: &images,
+            smp: 2,
+            disk_args,
+            append: format!(
+                "console=ttyS0 quiet panic=-1 e2e.seed={} {}",
+                guest_support::new_seed(),
+                churn.append()
+            ),
+            log: qemu_log.clone(),
+        },
+        &mut |ev| {
+            let guest_support::GuestEvent::ChurnProgress(fields) = ev else {
+                return Ok(());
+            };
+            let secs: u64 = fields.get("secs").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let Some((_, sig)) = plan.next_if(|&(at, _)| at <= secs) else {
+                return Ok(());
+            };
+            let current = served.last_mut().context("no server")?;
+            let code = current.stop(sig);
+            eprintln!("churn second {secs}: {sig} to serve, exit {code:?}; starting it again");
+            if sig == Signal::SIGTERM {
+                ensure!(code == Some(0), "serve exited with {code:?} on SIGTERM");
+            }
+            served.push(start("again"));
+            Ok(())
+        },
+        Instant::now() + guest_support::timeout() + std::time::Duration::from_secs(churn.secs),
+    );
+    problems.extend(p);
+    guest_support::require_churn(&report, &mut problems);
+    if plan.next().is_some() {
+        problems.push("the guest finished before every restart was done".to_owned());
+    }
+    let last = served.last_mut().expect("a server");
+    match last.stop(Signal::SIGTERM) {
+        Some(0) => {}
+        other => problems.push(format!("the last serve exited with {other:?} on SIGTERM")),
+    }
+    let left = loop_devices_of(&volume_file(&w));
+    if !left.is_empty() {
+        problems.push(format!(
+            "loop device(s) still attached after stop: {left:?}"
+        ));
+    }
+    let logs: Vec<String> = served.iter().map(|s| s.log()).collect();
+    assert!(
+        problems.is_empty(),
+        "restarting serve under a writing guest failed:\n  {}\n--- serial console ---\n{}\n\
+         --- qemu stderr ---\n{}\n--- serve logs ---\n{}",
+        problems.join("\n  "),
+        report.console,
+        guest_support::qemu_log_text(&qemu_log),
+        logs.join("\n---\n"),
+    );
+    eprintln!("churn: {:?}", report.results["churn"].fields);
+}

@@ -14,6 +14,11 @@ use serde_json::json;
 
 use crate::exit;
 use crate::output::{Output, note};
+
+/// How long QEMU waits before reconnecting to a restarted vhost-user
+/// server, by default: a restart (an upgrade, `systemctl restart`) then
+/// costs the guest a pause, not its disk.
+const DEFAULT_RECONNECT_MS: u32 = 1000;
 use crate::uri::{DiskArgs, argv_strings, parse_provider_uri, secrets_json, write_secrets};
 use crate::volume::{VolumeId, check_hypervisor};
 
@@ -64,9 +69,12 @@ pub struct KvmArgsArgs {
     /// backend vhost-user needs to the argv.
     #[arg(long, value_name = "MIB")]
     memory_mib: Option<u64>,
-    /// vhost-user: reconnect to a restarted backend after this many ms.
-    #[arg(long, value_name = "MS")]
-    reconnect_ms: Option<u32>,
+    /// vhost-user: QEMU reconnects to a restarted server after this many
+    /// ms, and the guest carries on without an I/O error (the server
+    /// resubmits what was in flight); 0: no reconnection, a server restart
+    /// leaves the disk dead.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_RECONNECT_MS)]
+    reconnect_ms: u32,
     /// Output form: argv (one QEMU argument per line) or libvirt-xml (a
     /// `<disk type='vhostuser'>` element; vhost-user access only).
     #[arg(long, value_enum, default_value = "argv")]
@@ -262,7 +270,7 @@ pub fn run(
         // what the server offers.
         num_queues: args.device.num_queues,
         queue_size: None,
-        reconnect_ms: args.reconnect_ms,
+        reconnect_ms: (args.reconnect_ms > 0).then_some(args.reconnect_ms),
         memory_mib: args.memory_mib,
         qemu_version,
     };
@@ -280,7 +288,7 @@ pub fn run(
             &plan.socket,
             plan.device.num_queues,
             disk.queue_size,
-            args.reconnect_ms,
+            (args.reconnect_ms > 0).then_some(args.reconnect_ms),
             &args.target_dev,
         )?),
         _ => None,

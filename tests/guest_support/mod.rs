@@ -967,13 +967,9 @@ pub fn qemu_log_text(path: &Path) -> String {
     text
 }
 
-/// Boots the guest against a fresh backend, then checks the guest's report
-/// and the backing file. With `cfg.reconnect`, a second guest then connects
-/// to the same backend process and checks the first one's data is there.
-/// `None` when the test must be skipped here.
-pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
-    let _one = one_guest_at_a_time();
-
+/// The guest images and the QEMU programs a boot against `kind` needs;
+/// `None` (after [`skip_or_fail`]) when this machine lacks them.
+fn prerequisites(kind: BackendKind) -> Option<GuestImages> {
     let images = match guest_images() {
         Prepared::Ready(i) => i,
         Prepared::Skip(why) => {
@@ -982,11 +978,21 @@ pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
         }
     };
     for prog in ["qemu-system-x86_64", "qemu-storage-daemon"] {
-        if (prog == "qemu-system-x86_64" || cfg.kind.is_qsd()) && which(prog).is_none() {
+        if (prog == "qemu-system-x86_64" || kind.is_qsd()) && which(prog).is_none() {
             skip_or_fail(&format!("{prog} not found; run scripts/install-deps.sh"));
             return None;
         }
     }
+    Some(images)
+}
+
+/// Boots the guest against a fresh backend, then checks the guest's report
+/// and the backing file. With `cfg.reconnect`, a second guest then connects
+/// to the same backend process and checks the first one's data is there.
+/// `None` when the test must be skipped here.
+pub fn boot(cfg: &BootConfig) -> Option<BootOutcome> {
+    let _one = one_guest_at_a_time();
+    let images = prerequisites(cfg.kind)?;
 
     let dir = tempfile::Builder::new()
         .prefix("guest-e2e-")
@@ -1147,6 +1153,11 @@ pub struct ChurnConfig {
     pub bytes: u64,
     /// I/O errors are expected (fault tests): only wrong data fails.
     pub errors_ok: bool,
+    /// Where the backing file lives (a small tmpfs for ENOSPC); the test's
+    /// temporary directory by default.
+    pub backing_dir: Option<PathBuf>,
+    /// More QEMU arguments (a QMP socket, memory slots for hotplug).
+    pub qemu_args: Vec<OsString>,
 }
 
 impl ChurnConfig {
@@ -1163,6 +1174,17 @@ impl ChurnConfig {
     }
 }
 
+/// A number the churn check reported (`writes`, `io_errors`, ...); 0 when
+/// absent.
+pub fn churn_count(report: &GuestReport, key: &str) -> u64 {
+    report
+        .results
+        .get("churn")
+        .and_then(|r| r.fields.get(key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Adds a problem unless the guest's churn check passed having written and
 /// verified something.
 pub fn require_churn(report: &GuestReport, problems: &mut Vec<String>) {
@@ -1171,8 +1193,7 @@ pub fn require_churn(report: &GuestReport, problems: &mut Vec<String>) {
         return;
     };
     for key in ["writes", "verified_blocks"] {
-        let n: u64 = r.fields.get(key).and_then(|v| v.parse().ok()).unwrap_or(0);
-        if n == 0 {
+        if churn_count(report, key) == 0 {
             problems.push(format!("churn reported {key}=0: {:?}", r.fields));
         }
     }
@@ -1190,24 +1211,16 @@ pub fn boot_churn(
     on_event: &mut dyn FnMut(&mut Backend, GuestEvent<'_>) -> Result<()>,
 ) -> Option<BootOutcome> {
     let _one = one_guest_at_a_time();
-    let images = match guest_images() {
-        Prepared::Ready(i) => i,
-        Prepared::Skip(why) => {
-            skip_or_fail(&why);
-            return None;
-        }
-    };
-    for prog in ["qemu-system-x86_64", "qemu-storage-daemon"] {
-        if (prog == "qemu-system-x86_64" || kind.is_qsd()) && which(prog).is_none() {
-            skip_or_fail(&format!("{prog} not found; run scripts/install-deps.sh"));
-            return None;
-        }
-    }
+    let images = prerequisites(kind)?;
     let dir = tempfile::Builder::new()
         .prefix("guest-churn-")
         .tempdir()
         .expect("creating a temporary directory");
-    let image = dir.path().join("disk.img");
+    let image = churn
+        .backing_dir
+        .as_deref()
+        .unwrap_or(dir.path())
+        .join("disk.img");
     let socket = dir.path().join("vhost.sock");
     File::create(&image)
         .and_then(|f| f.set_len(INITIAL_SIZE))
@@ -1220,9 +1233,13 @@ pub fn boot_churn(
         &GuestRun {
             images: &images,
             smp: num_queues,
-            disk_args: harness_disk_args(&socket, num_queues),
+            disk_args: harness_disk_args(&socket, num_queues)
+                .into_iter()
+                .chain(churn.qemu_args.iter().cloned())
+                .collect(),
+            // Hot-added memory comes online in the guest by itself.
             append: format!(
-                "console=ttyS0 quiet panic=-1 e2e.seed={seed} {}",
+                "console=ttyS0 quiet panic=-1 memhp_default_state=online e2e.seed={seed} {}",
                 churn.append()
             ),
             log: log.clone(),

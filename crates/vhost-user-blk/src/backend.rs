@@ -1,7 +1,6 @@
 //! The `VhostUserBackend` implementation: one worker thread per queue, each
 //! owning its engine and in-flight table.
 
-use std::collections::BTreeSet;
 use std::num::Wrapping;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,9 +12,11 @@ use extstorage_virtio_blk::{
     DiscardSegment, Request, RequestType, SERIAL_LEN, Segment, Status, WCE_OFFSET,
 };
 use vhost::vhost_user::Backend;
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_queue::QueueT;
+use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
     GuestMemoryMmap, GuestMemoryRegion,
@@ -29,6 +30,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::Device;
 use crate::channel;
 use crate::dirty_log::{self, LogBitmap};
+use crate::inflight::{self, QueueInflight};
 use crate::stats::Kind;
 
 /// Guest memory with a dirty-page bitmap per region: the frontend's log
@@ -88,6 +90,11 @@ struct QueueWorker {
     loop_logged: bool,
     /// The event loop failed once: this connection stays on the epoll path.
     loop_failed: bool,
+    /// The queue's in-flight record (INFLIGHT_SHMFD), from the ring's start.
+    inflight: Option<QueueInflight>,
+    /// Heads in flight when a previous backend stopped, newest first: they
+    /// are served (from the end) before anything new is popped.
+    resubmit: Vec<u16>,
 }
 
 /// Watch numbers of a queue's io_uring event loop.
@@ -176,6 +183,8 @@ impl QueueWorker {
             poll_window: poll,
             loop_logged: false,
             loop_failed: false,
+            inflight: None,
+            resubmit: Vec::new(),
         }
     }
 
@@ -441,25 +450,23 @@ impl QueueWorker {
     }
 
     fn process_available(&mut self, dev: &Device, st: &mut VState, mem: &Arc<Mem>) {
+        // What a previous backend took and never returned comes first, in
+        // the order it was taken (see `inflight`).
+        while let Some(head) = self.resubmit.pop() {
+            let q = st.get_queue();
+            let chain = DescriptorChain::new(&**mem, GuestAddress(q.desc_table()), q.size(), head);
+            tracing::debug!(
+                queue = self.index,
+                head,
+                "resubmitting an in-flight request"
+            );
+            self.serve_chain(dev, st, mem, &chain);
+        }
         while let Some(chain) = st.get_queue_mut().pop_descriptor_chain(&**mem) {
-            let head = chain.head_index();
-            match Request::parse(&chain, &mut self.segs) {
-                Ok(req) => match self.decide(dev, mem, &req) {
-                    Action::Reply(status, used) => {
-                        dev.stats()
-                            .queue(self.index)
-                            .answered(Kind::from(req.ty), status, 0);
-                        self.reply(st, mem, head, req.status_addr, status, used)
-                    }
-                    Action::Submit {
-                        op,
-                        offset,
-                        len,
-                        used_len,
-                    } => self.submit(dev, st, mem, &req, op, offset, len, used_len),
-                },
-                Err(e) => self.reject(dev, st, mem, head, e),
+            if let Some(inflight) = self.inflight.as_mut() {
+                inflight.get(chain.head_index());
             }
+            self.serve_chain(dev, st, mem, &chain);
         }
         // In the event loop the ring defers the submission to the next
         // wait: one `io_uring_enter` submits the batch and sleeps.
@@ -467,6 +474,34 @@ impl QueueWorker {
             tracing::error!(queue = self.index, error = %e, "engine commit failed");
         }
         self.reap(dev, st);
+    }
+
+    /// Parses a chain taken off the ring and answers or submits it.
+    fn serve_chain(
+        &mut self,
+        dev: &Device,
+        st: &mut VState,
+        mem: &Arc<Mem>,
+        chain: &DescriptorChain<&Mem>,
+    ) {
+        let head = chain.head_index();
+        match Request::parse(chain, &mut self.segs) {
+            Ok(req) => match self.decide(dev, mem, &req) {
+                Action::Reply(status, used) => {
+                    dev.stats()
+                        .queue(self.index)
+                        .answered(Kind::from(req.ty), status, 0);
+                    self.reply(st, mem, head, req.status_addr, status, used)
+                }
+                Action::Submit {
+                    op,
+                    offset,
+                    len,
+                    used_len,
+                } => self.submit(dev, st, mem, &req, op, offset, len, used_len),
+            },
+            Err(e) => self.reject(dev, st, mem, head, e),
+        }
     }
 
     #[cold]
@@ -487,10 +522,7 @@ impl QueueWorker {
             None => {
                 // Nowhere to put a status: return the chain unanswered so
                 // the ring keeps moving.
-                if let Err(e) = st.get_queue_mut().add_used(mem, head, 0) {
-                    tracing::warn!(queue = self.index, error = %e, "add_used failed");
-                }
-                self.pending_signal = true;
+                self.put_used(st, mem, head, 0);
             }
         }
     }
@@ -626,8 +658,23 @@ impl QueueWorker {
         if let Err(e) = mem.write_obj(status.as_u8(), status_addr) {
             tracing::warn!(queue = self.index, error = %e, "cannot write the status byte");
         }
-        if let Err(e) = st.get_queue_mut().add_used(mem, head, used_len) {
-            tracing::warn!(queue = self.index, error = %e, "add_used failed");
+        self.put_used(st, mem, head, used_len);
+    }
+
+    /// Returns a chain to the guest (used entry and index), recording it in
+    /// the in-flight region around the publication (see `inflight`).
+    fn put_used(&mut self, st: &mut VState, mem: &Mem, head: u16, used_len: u32) {
+        if let Some(inflight) = &self.inflight {
+            inflight.pre_put(head);
+        }
+        let q = st.get_queue_mut();
+        match q.add_used(mem, head, used_len) {
+            Ok(()) => {
+                if let Some(inflight) = &self.inflight {
+                    inflight.post_put(head, q.next_used());
+                }
+            }
+            Err(e) => tracing::warn!(queue = self.index, error = %e, "add_used failed"),
         }
         self.pending_signal = true;
     }
@@ -771,6 +818,21 @@ impl QueueWorker {
             }
         }
         let status = match c.result {
+            // Engines finish a read or write in full or fail it; a short
+            // count would leave guest data unread or unwritten behind an
+            // OK status, so it is an error, never a success.
+            Ok(n)
+                if matches!(entry.kind, Kind::Read | Kind::Write)
+                    && u64::from(n) != entry.bytes =>
+            {
+                tracing::error!(
+                    queue = self.index,
+                    transferred = n,
+                    expected = entry.bytes,
+                    "the I/O engine reported a short transfer; failing the request"
+                );
+                Status::IoErr
+            }
             Ok(_) => Status::Ok,
             Err(errno) => {
                 tracing::debug!(queue = self.index, errno, "I/O failed");
@@ -908,8 +970,6 @@ struct Inner {
     /// VHOST_F_LOG_ALL is acked: the workers mark what the engines write.
     logging: Arc<AtomicBool>,
     queues: Vec<Mutex<QueueWorker>>,
-    sockets_before: BTreeSet<RawFd>,
-    backend_req: Mutex<Option<Backend>>,
     /// Exit-event consumers handed to the worker epolls (by thread index),
     /// which take them as raw fds and never close them; closed in
     /// `close_exit_events`. A queue's event loop polls its thread's.
@@ -917,6 +977,9 @@ struct Inner {
     /// Per queue: raised by `stop_vring` to end the queue's event loop,
     /// which holds the worker's lock while it runs.
     stops: Vec<EventFd>,
+    /// The in-flight region the frontend passed (SET_INFLIGHT_FD); each
+    /// queue takes its part when its ring starts.
+    inflight: Mutex<Option<Arc<inflight::Region>>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -929,11 +992,7 @@ impl std::fmt::Debug for Inner {
 }
 
 impl BlkBackend {
-    pub(crate) fn new(
-        dev: Arc<Device>,
-        mem: Gm,
-        sockets_before: BTreeSet<RawFd>,
-    ) -> std::io::Result<Self> {
+    pub(crate) fn new(dev: Arc<Device>, mem: Gm) -> std::io::Result<Self> {
         let n = usize::from(dev.config().device.num_queues);
         let qs = usize::from(dev.config().device.queue_size);
         let poll = Duration::from_micros(u64::from(dev.config().device.poll_us));
@@ -959,10 +1018,9 @@ impl BlkBackend {
                 event_idx: AtomicBool::new(false),
                 logging,
                 queues,
-                sockets_before,
-                backend_req: Mutex::new(None),
                 exit_fds: Mutex::new(Vec::new()),
                 stops,
+                inflight: Mutex::new(None),
             }),
         })
     }
@@ -1054,12 +1112,104 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
+        let f = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::BACKEND_REQ
-            | VhostUserProtocolFeatures::LOG_SHMFD
+            | VhostUserProtocolFeatures::LOG_SHMFD;
+        if self.inner.dev.test_options().no_inflight {
+            f
+        } else {
+            f | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+        }
+    }
+
+    fn get_inflight_fd(
+        &self,
+        req: &VhostUserInflight,
+    ) -> std::io::Result<(VhostUserInflight, std::fs::File)> {
+        inflight::create(req, self.inner.queues.len()).map_err(|e| {
+            tracing::warn!(error = %e, "GET_INFLIGHT_FD refused");
+            e.into()
+        })
+    }
+
+    fn set_inflight_fd(&self, msg: &VhostUserInflight, file: std::fs::File) -> std::io::Result<()> {
+        let region = inflight::Region::map(msg, file, self.inner.queues.len()).map_err(|e| {
+            tracing::warn!(error = %e, "SET_INFLIGHT_FD refused");
+            std::io::Error::from(e)
+        })?;
+        *self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(region);
+        Ok(())
+    }
+
+    fn start_vring(&self, queue_index: u32, vring: &Vring) -> std::io::Result<()> {
+        let q = usize::try_from(queue_index).unwrap_or(usize::MAX);
+        let region = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(mut w) = self.worker(q) else {
+            return Ok(());
+        };
+        w.inflight = None;
+        w.resubmit.clear();
+        let Some(region) = region else {
+            return Ok(());
+        };
+        let start = || -> std::io::Result<(QueueInflight, Vec<u16>, u16)> {
+            let mut record = region.queue(q)?;
+            let mem = self.inner.mem.memory();
+            let (used, size) = {
+                let st = vring.get_ref();
+                let queue = st.get_queue();
+                let used = queue.used_idx(&*mem, Ordering::Acquire).map_err(|e| {
+                    std::io::Error::other(format!("cannot read the used index: {e}"))
+                })?;
+                (used.0, queue.size())
+            };
+            let heads = record.start(used, size)?;
+            Ok((record, heads, used))
+        };
+        let (record, heads, used) = start().inspect_err(|e| {
+            tracing::error!(queue = q, error = %e, "cannot start the ring from its in-flight record");
+        })?;
+        // Everything popped before is either returned (the used index) or
+        // still in flight: the next request to pop comes after both.
+        let in_flight = u16::try_from(heads.len()).unwrap_or(u16::MAX);
+        vring.set_queue_next_used(used);
+        vring.set_queue_next_avail(used.wrapping_add(in_flight));
+        if !heads.is_empty() {
+            tracing::info!(
+                queue = q,
+                used_idx = used,
+                in_flight,
+                heads = ?heads,
+                "resubmitting the requests a previous backend left in flight"
+            );
+            // Served at the first kick; the guest waits for these and may
+            // never kick again, so kick ourselves (as libvhost-user does).
+            let st = vring.get_ref();
+            if let Some(kick) = st.get_kick() {
+                // SAFETY: the fd is the vring's kick eventfd, owned by the
+                // EventConsumer that the read guard `st` keeps in place
+                // (not replaced or closed) while the borrow lives.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(kick.as_raw_fd()) };
+                if let Err(e) = nix::unistd::write(fd, &1u64.to_ne_bytes()) {
+                    tracing::warn!(queue = q, error = %e, "cannot kick the ring to resubmit");
+                }
+            }
+        }
+        w.inflight = Some(record);
+        w.resubmit = heads.into_iter().rev().collect();
+        Ok(())
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -1089,18 +1239,10 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn set_backend_req_fd(&self, backend: Backend) {
-        let ch = channel::find_new_channel(&self.inner.sockets_before);
-        if ch.is_none() {
-            tracing::warn!(
-                "backend channel not found: resize notifications disabled for this connection"
-            );
-        }
-        *self
-            .inner
-            .backend_req
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(backend);
-        self.inner.dev.set_channel(ch);
+        tracing::debug!("backend channel received: resize notifications enabled");
+        self.inner
+            .dev
+            .set_channel(Some(channel::ConfigChannel::new(backend)));
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
@@ -1246,7 +1388,7 @@ mod tests {
             let dev = Device::open(cfg).unwrap();
             let mem = Mem::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
             let gm = GuestMemoryAtomic::new(mem);
-            let backend = BlkBackend::new(dev, gm.clone(), BTreeSet::new()).unwrap();
+            let backend = BlkBackend::new(dev, gm.clone()).unwrap();
             let vring = Vring::new(gm.clone(), QSIZE).unwrap();
             let guard = gm.memory();
             let mq = MockSplitQueue::new(&*guard, QSIZE);
@@ -1520,4 +1662,6 @@ mod tests {
     mod crate_pins;
     mod event_loop;
     mod hostile;
+    mod protocol;
+    mod restart;
 }

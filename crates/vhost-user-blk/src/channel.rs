@@ -1,107 +1,41 @@
 //! The backend-request channel, used only to send
-//! VHOST_USER_BACKEND_CONFIG_CHANGE_MSG.
+//! VHOST_USER_BACKEND_CONFIG_CHANGE_MSG (a resize reached the device).
 //!
-//! vhost 0.18 hands the backend a `Backend` proxy for this channel but has
-//! no config-change sender and does not expose the socket. The socket QEMU
-//! passes with SET_BACKEND_REQ_FD is one end of a `socketpair`: an unnamed
-//! AF_UNIX stream socket, while the vhost-user connection and the control
-//! socket are bound to paths. So we snapshot the unnamed unix stream
-//! sockets the process holds before accepting a frontend, and when the
-//! channel arrives we take the new one, `dup` it, and write the 12-byte
-//! message header to it ourselves. Nothing else writes to the channel.
+//! The frontend hands the channel over with SET_BACKEND_REQ_FD; vhost-user-backend
+//! gives us vhost's `Backend` proxy for it, which (patched, see
+//! vendor/vhost/PATCHES.md) sends the message. No reply is requested, even with
+//! REPLY_ACK negotiated: the frontend answers a config change by reading
+//! the config space (GET_CONFIG on the main channel) before it would reply,
+//! and a backend that waited here could never be told apart from a hung
+//! frontend.
 
-use std::collections::BTreeSet;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 
-use nix::sys::socket::{SockType, UnixAddr, getsockname, getsockopt, sockopt};
-
-/// VHOST_USER_BACKEND_CONFIG_CHANGE_MSG.
-const CONFIG_CHANGE_MSG: u32 = 2;
-/// Header flags: protocol version 1, no reply requested (a reply would
-/// make the frontend's GET_CONFIG race with us waiting for it).
-const VERSION_1: u32 = 0x1;
-
-/// Our own descriptor of the frontend's backend-request socket.
-#[derive(Debug)]
+/// The frontend's backend-request channel of the current connection.
+#[derive(Clone)]
 pub(crate) struct ConfigChannel {
-    fd: OwnedFd,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for ConfigChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigChannel").finish_non_exhaustive()
+    }
 }
 
 impl ConfigChannel {
-    /// Writes the config-change message header (request 2, flags 0x1, size 0).
+    /// Takes over the channel vhost-user-backend received.
+    pub(crate) fn new(backend: Backend) -> Self {
+        // Messages on it request no reply (see the module comment). The
+        // flag lives in the proxy all clones share, and nothing else sends
+        // on this channel.
+        backend.set_reply_ack_flag(false);
+        Self { backend }
+    }
+
+    /// Sends the config-change message (request 2, no payload).
     pub(crate) fn send_config_change(&self) -> std::io::Result<()> {
-        let mut msg = [0u8; 12];
-        msg[0..4].copy_from_slice(&CONFIG_CHANGE_MSG.to_le_bytes());
-        msg[4..8].copy_from_slice(&VERSION_1.to_le_bytes());
-        let mut sent = 0usize;
-        while sent < msg.len() {
-            let rest = &msg[sent..];
-            // SAFETY: `rest` is valid for reads of its length; the fd is
-            // owned by `self`. MSG_NOSIGNAL avoids SIGPIPE on a dead peer.
-            let n = unsafe {
-                libc::send(
-                    self.fd.as_raw_fd(),
-                    rest.as_ptr().cast(),
-                    rest.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            sent += usize::try_from(n).unwrap_or(0);
-        }
-        Ok(())
-    }
-}
-
-/// Whether `fd` is an AF_UNIX stream socket with no address.
-fn is_unnamed_unix_stream(fd: RawFd) -> bool {
-    // SAFETY: `fd` was just listed in /proc/self/fd; at worst it was closed
-    // meanwhile and the calls below fail with EBADF.
-    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-    let stream = matches!(getsockopt(&bfd, sockopt::SockType), Ok(SockType::Stream));
-    stream && matches!(getsockname::<UnixAddr>(fd), Ok(a) if a.is_unnamed())
-}
-
-/// The unnamed unix stream sockets open in this process.
-pub(crate) fn unnamed_unix_sockets() -> BTreeSet<RawFd> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return BTreeSet::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
-        .filter(|&fd| {
-            std::fs::read_link(format!("/proc/self/fd/{fd}"))
-                .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
-        })
-        .filter(|&fd| is_unnamed_unix_stream(fd))
-        .collect()
-}
-
-/// Finds the channel among the sockets that appeared since `before` and
-/// duplicates it.
-pub(crate) fn find_new_channel(before: &BTreeSet<RawFd>) -> Option<ConfigChannel> {
-    let now = unnamed_unix_sockets();
-    let mut new: Vec<RawFd> = now.difference(before).copied().collect();
-    if new.len() > 1 {
-        tracing::warn!(candidates = ?new, "several new unnamed sockets; using the newest for config changes");
-    }
-    tracing::debug!(before = ?before, now = ?now, "looking for the backend channel");
-    let fd = new.pop()?;
-    tracing::debug!(fd, "backend channel found");
-    // SAFETY: `fd` is open (just listed) and owned by the vhost `Backend`
-    // the caller keeps alive; we only borrow it to duplicate it.
-    let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
-    match bfd.try_clone_to_owned() {
-        Ok(fd) => Some(ConfigChannel { fd }),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot duplicate the backend channel");
-            None
-        }
+        self.backend.handle_config_change().map(|_| ())
     }
 }
 
@@ -112,16 +46,24 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     #[test]
-    fn finds_a_new_socketpair_and_sends_the_header() {
-        let mut before = unnamed_unix_sockets();
+    fn sends_the_config_change_header_and_asks_no_reply() {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
-        // Only `ours` plays the part of the channel received from the frontend.
-        before.insert(theirs.as_raw_fd());
-        let ch = find_new_channel(&before).expect("the new socketpair end");
+        let backend = Backend::from_stream(ours);
+        // vhost-user-backend sets this when REPLY_ACK was negotiated.
+        backend.set_reply_ack_flag(true);
+        let ch = ConfigChannel::new(backend);
         ch.send_config_change().unwrap();
         let mut buf = [0u8; 12];
         theirs.read_exact(&mut buf).unwrap();
+        // Request 2, flags: version 1 without NEED_REPLY (bit 3), size 0.
         assert_eq!(buf, [2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
-        drop(ours);
+    }
+
+    #[test]
+    fn a_closed_channel_is_an_error_not_a_hang() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        drop(theirs);
+        let ch = ConfigChannel::new(Backend::from_stream(ours));
+        assert!(ch.send_config_change().is_err());
     }
 }

@@ -11,6 +11,7 @@ use crate::channel::ConfigChannel;
 use extstorage_serve_api::control::{ResizeReply, StatusReport};
 
 use crate::stats::DeviceStats;
+use crate::testonly::{FaultEngine, HoldEngine, TestOptions};
 use crate::{Config, Error, WriteCache, engine_kind};
 
 /// Largest discard / write-zeroes segment offered, in sectors (2 GiB).
@@ -26,12 +27,15 @@ pub struct Device {
     writeback: AtomicBool,
     channel: Mutex<Option<ConfigChannel>>,
     stats: DeviceStats,
+    /// `EXTSTORAGE_TEST_ONLY_*` settings (all off outside tests).
+    test: TestOptions,
 }
 
 impl Device {
     /// Validates `cfg` and opens the backing store.
     pub fn open(cfg: Config) -> Result<Arc<Self>, Error> {
         cfg.validate()?;
+        let test = TestOptions::from_env()?;
         let backing = Backing::open(
             &cfg.path,
             OpenOptions {
@@ -51,6 +55,7 @@ impl Device {
             channel: Mutex::new(None),
             stats: DeviceStats::new(cfg.device.num_queues),
             cfg,
+            test,
         };
         tracing::info!(
             path = %dev.cfg.path.display(),
@@ -77,6 +82,11 @@ impl Device {
     /// The configuration it was opened with.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The test-only settings in force.
+    pub(crate) fn test_options(&self) -> TestOptions {
+        self.test
     }
 
     /// The per-queue counters.
@@ -156,13 +166,30 @@ impl Device {
     pub(crate) fn new_engine(&self, queue: usize) -> Box<dyn Engine> {
         let depth = usize::from(self.cfg.device.queue_size);
         let kind = engine_kind(self.cfg.device.engine);
-        let engine = match extstorage_blockio::open_engine(kind, Arc::clone(&self.backing), depth) {
+        let mut engine = match extstorage_blockio::open_engine(
+            kind,
+            Arc::clone(&self.backing),
+            depth,
+        ) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(queue, requested = %kind, error = %e, "cannot create the I/O engine; this queue uses the sync engine");
                 Box::new(SyncEngine::new(Arc::clone(&self.backing), depth))
             }
         };
+        if let Some(hold) = self.test.hold {
+            engine = match HoldEngine::new(engine, hold, queue) {
+                Ok(e) => Box::new(e),
+                Err(e) => {
+                    // The inner engine went with the failed wrapper.
+                    tracing::error!(queue, error = %e, "TEST-ONLY: cannot create the hold engine; this queue uses the sync engine");
+                    Box::new(SyncEngine::new(Arc::clone(&self.backing), depth))
+                }
+            };
+        }
+        if let Some(fault) = self.test.fault {
+            engine = Box::new(FaultEngine::new(engine, fault, queue));
+        }
         let paths = engine.paths();
         tracing::info!(
             queue,

@@ -55,6 +55,16 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
+    /// A test-only environment variable has a value it cannot take.
+    #[error("test-only variable {var}={value:?} is malformed: expected {expected} (or unset it)")]
+    TestOption {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What it takes.
+        expected: &'static str,
+    },
     /// The vhost-user daemon machinery failed.
     #[error("vhost-user daemon error: {0}")]
     Daemon(String),

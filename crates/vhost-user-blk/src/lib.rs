@@ -27,11 +27,13 @@ pub mod control;
 mod device;
 mod dirty_log;
 mod error;
+mod inflight;
 pub mod privileges;
 pub mod serve;
 mod server;
 mod socket;
 pub mod stats;
+mod testonly;
 pub mod threads;
 
 pub use device::Device;

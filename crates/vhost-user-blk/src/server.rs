@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::{EFD_CLOEXEC, EFD_NONBLOCK, EventFd};
 use extstorage_serve_api::SocketAccess;
 
 use crate::backend::BlkBackend;
-use crate::{Device, Error, channel};
+use crate::{Device, Error};
 
 /// Serves a [`Device`] to one frontend at a time, keeping the socket
 /// between connections.
@@ -208,14 +208,12 @@ impl Server {
     }
 
     fn serve_one(&mut self) -> Result<(), Error> {
-        let sockets_before = channel::unnamed_unix_sockets();
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let backend = BlkBackend::new(Arc::clone(&self.dev), mem.clone(), sockets_before).map_err(
-            |source| Error::Io {
+        let backend =
+            BlkBackend::new(Arc::clone(&self.dev), mem.clone()).map_err(|source| Error::Io {
                 what: "creating the queues' stop events",
                 source,
-            },
-        )?;
+            })?;
         let mut daemon = VhostUserDaemon::new("vhost-user-blk".into(), backend.clone(), mem)
             .map_err(|e| Error::Daemon(e.to_string()))?;
         let mut setup = Ok(());

@@ -27,10 +27,10 @@ const DATA_BASE: u64 = 0x10_0000;
 const DATA_STRIDE: u64 = 0x1_0000;
 
 /// A rig with a kick and a call eventfd, and a guest-side view of its ring.
-struct Looped {
-    r: Rig,
-    kick: File,
-    call: File,
+pub(super) struct Looped {
+    pub(super) r: Rig,
+    pub(super) kick: File,
+    pub(super) call: File,
     /// Avail entries published so far.
     published: Cell<u16>,
 }
@@ -51,7 +51,7 @@ impl Looped {
     }
 
     /// A rig with `engine` and `--poll-us poll_us`, kick and call eventfds.
-    fn with(engine: crate::Engine, direct: bool, poll_us: u32) -> Looped {
+    pub(super) fn with(engine: crate::Engine, direct: bool, poll_us: u32) -> Looped {
         let r = Rig::build_polling(false, engine, direct, 8 << 20, poll_us);
         let (kick, call) = (new_eventfd(), new_eventfd());
         r.vring.set_kick(Some(kick.try_clone().unwrap()));
@@ -78,7 +78,7 @@ impl Looped {
     /// Writes request `slot` (descriptors `3 * slot ..`): a read or write
     /// of `len` bytes at `sector` through the slot's data buffer at
     /// `data`; returns its head and status address.
-    fn request(
+    pub(super) fn request(
         &self,
         slot: u16,
         write: bool,
@@ -108,7 +108,7 @@ impl Looped {
     }
 
     /// Makes `heads` available and kicks.
-    fn publish(&self, heads: &[u16]) {
+    pub(super) fn publish(&self, heads: &[u16]) {
         let mem = self.r.gm.memory();
         let avail = GuestAddress(16 * u64::from(QSIZE));
         for &h in heads {
@@ -134,7 +134,7 @@ impl Looped {
         self.r.vring.queue_next_avail()
     }
 
-    fn used_idx(&self) -> u16 {
+    pub(super) fn used_idx(&self) -> u16 {
         self.r
             .gm
             .memory()
@@ -143,7 +143,7 @@ impl Looped {
     }
 
     /// Blocks on the call eventfd until `n` requests have been used.
-    fn wait_used(&self, n: u16) {
+    pub(super) fn wait_used(&self, n: u16) {
         while self.used_idx() != n {
             let mut pfd = libc::pollfd {
                 fd: self.call.as_raw_fd(),
@@ -158,7 +158,7 @@ impl Looped {
         }
     }
 
-    fn status(&self, at: GuestAddress) -> u8 {
+    pub(super) fn status(&self, at: GuestAddress) -> u8 {
         self.r.status(at)
     }
 
@@ -167,7 +167,7 @@ impl Looped {
     }
 }
 
-fn pattern(slot: u16, round: u8) -> Vec<u8> {
+pub(super) fn pattern(slot: u16, round: u8) -> Vec<u8> {
     (0..4096u32)
         .map(|i| (i as u8) ^ (slot as u8).wrapping_mul(31) ^ round)
         .collect()
