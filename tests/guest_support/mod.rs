@@ -169,7 +169,8 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
-    fn new(name: &str, child: Child) -> Self {
+    /// Guards `child`, named `name` in messages.
+    pub fn new(name: &str, child: Child) -> Self {
         Self {
             name: name.to_owned(),
             child: Some(child),
@@ -194,7 +195,7 @@ impl ChildGuard {
     }
 
     /// Waits up to `limit` for the process to exit on its own.
-    fn wait_for(&mut self, limit: Duration) -> Result<ExitStatus> {
+    pub fn wait_for(&mut self, limit: Duration) -> Result<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(st) = self.try_wait()? {
@@ -209,7 +210,7 @@ impl ChildGuard {
     }
 
     /// Sends SIGTERM and waits (bounded) for a clean exit.
-    fn terminate(&mut self, limit: Duration) -> Result<ExitStatus> {
+    pub fn terminate(&mut self, limit: Duration) -> Result<ExitStatus> {
         if let Some(pid) = self.pid() {
             kill(pid, Signal::SIGTERM).with_context(|| format!("SIGTERM to {}", self.name))?;
         }
@@ -281,6 +282,22 @@ impl Backend {
         num_queues: u32,
         serial: &str,
     ) -> Result<Self> {
+        Self::start_opts(kind, dir, image, socket, num_queues, serial, false)
+    }
+
+    /// Like [`start`](Self::start); with `shared`, another backend serves
+    /// the same image at the same time (live migration: the source's and
+    /// the target's), so qemu-storage-daemon takes no image lock
+    /// (`locking=off`). Our daemon takes none anyway.
+    pub fn start_opts(
+        kind: BackendKind,
+        dir: &Path,
+        image: &Path,
+        socket: &Path,
+        num_queues: u32,
+        serial: &str,
+        shared: bool,
+    ) -> Result<Self> {
         let log = dir.join("backend.log");
         let qmp = dir.join("qmp.sock");
         let control = dir.join("control.sock");
@@ -306,8 +323,9 @@ impl Backend {
                     format!("driver=null-co,node-name=f0,read-zeroes=on,size={size}")
                 } else {
                     format!(
-                        "driver={driver},node-name=f0,filename={},discard={discard}",
-                        image.display()
+                        "driver={driver},node-name=f0,filename={},discard={discard}{}",
+                        image.display(),
+                        if shared { ",locking=off" } else { "" }
                     )
                 };
                 let mut c = Command::new("qemu-storage-daemon");
@@ -765,6 +783,75 @@ pub fn run_guest(
 ) -> (GuestReport, Vec<String>) {
     let mut report = GuestReport::default();
     let mut problems = Vec::new();
+    let mut cmd = qemu_command(run);
+    match File::create(&run.log) {
+        Ok(f) => cmd.stderr(f),
+        Err(e) => {
+            problems.push(format!("creating {}: {e}", run.log.display()));
+            return (report, problems);
+        }
+    };
+    die_with_parent(&mut cmd);
+    eprintln!("booting: {cmd:?}");
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(format!("spawning qemu-system-x86_64: {e}"));
+            return (report, problems);
+        }
+    };
+    let Some(stdout) = child.stdout.take() else {
+        problems.push("qemu-system-x86_64 has no stdout pipe".to_owned());
+        return (report, problems);
+    };
+    let mut qemu = ChildGuard::new("qemu-system-x86_64", child);
+    let (rx, reader) = console_lines(stdout);
+
+    let mut failure: Option<String> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(l) => l,
+            Err(RecvTimeoutError::Timeout) => {
+                failure = Some(format!(
+                    "timed out (overall limit {:?}, {TIMEOUT_ENV})",
+                    timeout()
+                ));
+                break;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        if let Err(f) = follow_line(&mut report, &line, on_event) {
+            failure = Some(f);
+            break;
+        }
+    }
+
+    if let Some(f) = failure {
+        problems.push(f);
+    } else {
+        match qemu.wait_for(Duration::from_secs(30)) {
+            Ok(st) if st.success() => {}
+            Ok(st) => problems.push(format!("qemu-system-x86_64 exited with {st}")),
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
+    drop(qemu);
+    let _ = reader.join();
+    if report.done.as_deref() != Some("ok") {
+        problems.push(format!(
+            "guest finished with E2E-DONE {:?}",
+            report.done.as_deref().unwrap_or("(never printed)")
+        ));
+    }
+    (report, problems)
+}
+
+/// The QEMU command of `run` (stdout piped for the serial console, stdin
+/// null; stderr left to the caller): the VM-wide arguments (TCG,
+/// [`GUEST_MEMORY_MIB`] of RAM, `run.smp` vCPUs, kernel, initrd, serial
+/// console on stdout, no reboot), then `run.disk_args`.
+pub fn qemu_command(run: &GuestRun) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-m"])
         .arg(GUEST_MEMORY_MIB.to_string())
@@ -787,28 +874,14 @@ pub fn run_guest(
         .args(&run.disk_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
-    match File::create(&run.log) {
-        Ok(f) => cmd.stderr(f),
-        Err(e) => {
-            problems.push(format!("creating {}: {e}", run.log.display()));
-            return (report, problems);
-        }
-    };
-    die_with_parent(&mut cmd);
-    eprintln!("booting: {cmd:?}");
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            problems.push(format!("spawning qemu-system-x86_64: {e}"));
-            return (report, problems);
-        }
-    };
-    let Some(stdout) = child.stdout.take() else {
-        problems.push("qemu-system-x86_64 has no stdout pipe".to_owned());
-        return (report, problems);
-    };
-    let mut qemu = ChildGuard::new("qemu-system-x86_64", child);
+    cmd
+}
 
+/// A thread reading QEMU's serial console (`stdout`) line by line into a
+/// channel, so QEMU never blocks on a full pipe whatever the reader does.
+pub fn console_lines(
+    stdout: std::process::ChildStdout,
+) -> (mpsc::Receiver<String>, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         let mut r = BufReader::new(stdout);
@@ -825,81 +898,55 @@ pub fn run_guest(
             }
         }
     });
+    (rx, reader)
+}
 
-    let mut failure: Option<String> = None;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = match rx.recv_timeout(left) {
-            Ok(l) => l,
-            Err(RecvTimeoutError::Timeout) => {
-                failure = Some(format!(
-                    "timed out (overall limit {:?}, {TIMEOUT_ENV})",
-                    timeout()
-                ));
-                break;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        report.console.push_str(&line);
-        let Some(e2e) = e2e_part(&line) else {
-            continue;
-        };
-        if let Some(rest) = e2e.strip_prefix("E2E-RESULT ") {
-            let mut fields = parse_fields(rest);
-            let name = fields.remove("name").unwrap_or_default();
-            let status = fields.remove("status").unwrap_or_default();
-            report.results.insert(
-                name.clone(),
-                CheckResult {
-                    name,
-                    status,
-                    fields,
-                },
-            );
-        } else if e2e.starts_with("E2E-WAIT-RESIZE") {
-            eprintln!("guest waits for the resize: growing the disk");
-            if let Err(e) = on_event(GuestEvent::WaitResize) {
-                failure = Some(format!("resize failed: {e:#}"));
-                break;
-            }
-        } else if let Some((start, rest)) = e2e
-            .strip_prefix("E2E-CHURN-START")
-            .map(|r| (true, r))
-            .or_else(|| e2e.strip_prefix("E2E-CHURN-PROGRESS").map(|r| (false, r)))
-        {
-            let fields = parse_fields(rest);
-            let ev = if start {
-                GuestEvent::ChurnStart(&fields)
-            } else {
-                GuestEvent::ChurnProgress(&fields)
-            };
-            if let Err(e) = on_event(ev) {
-                failure = Some(format!("the host's action during the churn failed: {e:#}"));
-                break;
-            }
-        } else if let Some(rest) = e2e.strip_prefix("E2E-DONE") {
-            report.done = rest.split_whitespace().next().map(str::to_owned);
+/// Takes one console line into `report` (results, `E2E-DONE`) and hands
+/// the guest's events to `on_event`; `Err` says why the run must end.
+pub fn follow_line(
+    report: &mut GuestReport,
+    line: &str,
+    on_event: &mut dyn FnMut(GuestEvent<'_>) -> Result<()>,
+) -> std::result::Result<(), String> {
+    report.console.push_str(line);
+    let Some(e2e) = e2e_part(line) else {
+        return Ok(());
+    };
+    if let Some(rest) = e2e.strip_prefix("E2E-RESULT ") {
+        let mut fields = parse_fields(rest);
+        let name = fields.remove("name").unwrap_or_default();
+        let status = fields.remove("status").unwrap_or_default();
+        report.results.insert(
+            name.clone(),
+            CheckResult {
+                name,
+                status,
+                fields,
+            },
+        );
+    } else if e2e.starts_with("E2E-WAIT-RESIZE") {
+        eprintln!("guest waits for the resize: growing the disk");
+        if let Err(e) = on_event(GuestEvent::WaitResize) {
+            return Err(format!("resize failed: {e:#}"));
         }
-    }
-
-    if let Some(f) = failure {
-        problems.push(f);
-    } else {
-        match qemu.wait_for(Duration::from_secs(30)) {
-            Ok(st) if st.success() => {}
-            Ok(st) => problems.push(format!("qemu-system-x86_64 exited with {st}")),
-            Err(e) => problems.push(format!("{e:#}")),
+    } else if let Some((start, rest)) = e2e
+        .strip_prefix("E2E-CHURN-START")
+        .map(|r| (true, r))
+        .or_else(|| e2e.strip_prefix("E2E-CHURN-PROGRESS").map(|r| (false, r)))
+    {
+        let fields = parse_fields(rest);
+        let ev = if start {
+            GuestEvent::ChurnStart(&fields)
+        } else {
+            GuestEvent::ChurnProgress(&fields)
+        };
+        if let Err(e) = on_event(ev) {
+            return Err(format!("the host's action during the churn failed: {e:#}"));
         }
+    } else if let Some(rest) = e2e.strip_prefix("E2E-DONE") {
+        report.done = rest.split_whitespace().next().map(str::to_owned);
     }
-    drop(qemu);
-    let _ = reader.join();
-    if report.done.as_deref() != Some("ok") {
-        problems.push(format!(
-            "guest finished with E2E-DONE {:?}",
-            report.done.as_deref().unwrap_or("(never printed)")
-        ));
-    }
-    (report, problems)
+    Ok(())
 }
 
 /// Adds a problem for every check in `names` that is missing or not ok.

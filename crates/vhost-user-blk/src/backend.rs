@@ -29,10 +29,14 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::Device;
 use crate::channel;
+use crate::dirty_log::{self, LogBitmap};
 use crate::inflight::{self, QueueInflight};
 use crate::stats::Kind;
 
-pub(crate) type Mem = GuestMemoryMmap<()>;
+/// Guest memory with a dirty-page bitmap per region: the frontend's log
+/// (SET_LOG_BASE) during live migration, nothing before it. Writes through
+/// vm-memory (status bytes, the used ring, GET_ID) mark it themselves.
+pub(crate) type Mem = GuestMemoryMmap<LogBitmap>;
 pub(crate) type Gm = GuestMemoryAtomic<Mem>;
 type Vring = VringRwLock<Gm>;
 
@@ -65,6 +69,13 @@ struct QueueWorker {
     slots: Vec<Option<InFlight>>,
     free: Vec<usize>,
     segs: Vec<Segment>,
+    /// Per slot: the guest ranges a read in flight fills (written by the
+    /// engine outside vm-memory, so marked dirty here on completion while
+    /// the frontend logs). The vectors are reused: no allocation per request.
+    read_segs: Vec<Vec<Segment>>,
+    /// The frontend acked VHOST_F_LOG_ALL: live migration is logging dirty
+    /// pages. Shared by the connection's workers.
+    logging: Arc<AtomicBool>,
     iobufs: Vec<IoBuf>,
     vring: Option<Vring>,
     /// Used entries added since the last notification decision.
@@ -150,13 +161,21 @@ fn ioerr(queue: usize, reason: &'static str) -> Action {
 }
 
 impl QueueWorker {
-    fn new(index: usize, engine: Box<dyn Engine>, queue_size: usize, poll: Duration) -> Self {
+    fn new(
+        index: usize,
+        engine: Box<dyn Engine>,
+        queue_size: usize,
+        poll: Duration,
+        logging: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             index,
             engine,
             slots: Vec::with_capacity(queue_size),
             free: Vec::with_capacity(queue_size),
             segs: Vec::with_capacity(queue_size),
+            read_segs: Vec::with_capacity(queue_size),
+            logging,
             iobufs: Vec::with_capacity(queue_size),
             vring: None,
             pending_signal: false,
@@ -697,6 +716,16 @@ impl QueueWorker {
             started: Instant::now(),
             mem: Arc::clone(mem),
         });
+        if op == Op::Read {
+            // Kept whether or not the frontend logs now: logging may start
+            // before this read completes.
+            if self.read_segs.len() <= slot {
+                self.read_segs.resize_with(slot + 1, Vec::new);
+            }
+            let ranges = &mut self.read_segs[slot];
+            ranges.clear();
+            ranges.extend_from_slice(&self.segs);
+        }
         dev.stats().queue(self.index).submitted();
         let io = IoRequest {
             op,
@@ -777,6 +806,17 @@ impl QueueWorker {
             return;
         };
         self.free.push(slot);
+        // The engine wrote a read's data into guest memory behind
+        // vm-memory's back (io_uring, readv, bounce copies): log those pages
+        // before the used ring says the request is done.
+        if self.logging.load(Ordering::Acquire)
+            && let Some(ranges) = self.read_segs.get(slot)
+            && entry.kind == Kind::Read
+        {
+            for seg in ranges {
+                dirty_log::mark(&entry.mem, seg.addr, u64::from(seg.len));
+            }
+        }
         let status = match c.result {
             // Engines finish a read or write in full or fail it; a short
             // count would leave guest data unread or unwritten behind an
@@ -927,6 +967,8 @@ struct Inner {
     dev: Arc<Device>,
     mem: Gm,
     event_idx: AtomicBool,
+    /// VHOST_F_LOG_ALL is acked: the workers mark what the engines write.
+    logging: Arc<AtomicBool>,
     queues: Vec<Mutex<QueueWorker>>,
     /// Exit-event consumers handed to the worker epolls (by thread index),
     /// which take them as raw fds and never close them; closed in
@@ -954,8 +996,17 @@ impl BlkBackend {
         let n = usize::from(dev.config().device.num_queues);
         let qs = usize::from(dev.config().device.queue_size);
         let poll = Duration::from_micros(u64::from(dev.config().device.poll_us));
+        let logging = Arc::new(AtomicBool::new(false));
         let queues = (0..n)
-            .map(|i| Mutex::new(QueueWorker::new(i, dev.new_engine(i), qs, poll)))
+            .map(|i| {
+                Mutex::new(QueueWorker::new(
+                    i,
+                    dev.new_engine(i),
+                    qs,
+                    poll,
+                    Arc::clone(&logging),
+                ))
+            })
             .collect();
         let stops = (0..n)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))
@@ -965,6 +1016,7 @@ impl BlkBackend {
                 dev,
                 mem,
                 event_idx: AtomicBool::new(false),
+                logging,
                 queues,
                 exit_fds: Mutex::new(Vec::new()),
                 stops,
@@ -1030,7 +1082,7 @@ impl BlkBackend {
 }
 
 impl VhostUserBackend for BlkBackend {
-    type Bitmap = ();
+    type Bitmap = LogBitmap;
     type Vring = Vring;
 
     fn num_queues(&self) -> usize {
@@ -1042,11 +1094,21 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn features(&self) -> u64 {
-        self.inner.dev.virtio_features() | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        self.inner.dev.virtio_features()
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+            | VhostUserVirtioFeatures::LOG_ALL.bits()
     }
 
     fn acked_features(&self, features: u64) {
         tracing::debug!(features = format_args!("{features:#x}"), "features acked");
+        let log = features & VhostUserVirtioFeatures::LOG_ALL.bits() != 0;
+        if self.inner.logging.swap(log, Ordering::AcqRel) != log {
+            tracing::info!(
+                logging = log,
+                "dirty-page logging (live migration) {}",
+                if log { "started" } else { "stopped" }
+            );
+        }
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -1054,7 +1116,8 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::BACKEND_REQ;
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::LOG_SHMFD;
         if self.inner.dev.test_options().no_inflight {
             f
         } else {
@@ -1323,8 +1386,7 @@ mod tests {
             cfg.device.serial = "serial-0123".into();
             cfg.device.poll_us = poll_us;
             let dev = Device::open(cfg).unwrap();
-            let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)])
-                .unwrap();
+            let mem = Mem::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
             let gm = GuestMemoryAtomic::new(mem);
             let backend = BlkBackend::new(dev, gm.clone()).unwrap();
             let vring = Vring::new(gm.clone(), QSIZE).unwrap();

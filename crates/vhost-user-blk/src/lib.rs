@@ -25,6 +25,7 @@ mod backend;
 mod channel;
 pub mod control;
 mod device;
+mod dirty_log;
 mod error;
 mod inflight;
 pub mod privileges;
