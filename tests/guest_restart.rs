@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use guest_support::{
-    ChurnConfig, GUEST_MEMORY_MIB, GuestEvent, GuestReport, GuestRun, INITIAL_SIZE, Prepared,
-    die_with_parent, guest_images, new_seed, one_guest_at_a_time, qemu_log_text, require_churn,
-    run_guest, skip_or_fail, timeout, which,
+    ChurnConfig, GUEST_MEMORY_MIB, GuestEvent, GuestReport, GuestRun, INITIAL_SIZE,
+    die_with_parent, new_seed, one_guest_at_a_time, qemu_log_text, require_churn, run_guest,
+    timeout,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -222,17 +222,7 @@ fn disk_args(socket: &Path) -> Vec<OsString> {
 
 fn run(sc: &Scenario) -> Option<Outcome> {
     let _one = one_guest_at_a_time();
-    let images = match guest_images() {
-        Prepared::Ready(i) => i,
-        Prepared::Skip(why) => {
-            skip_or_fail(&why);
-            return None;
-        }
-    };
-    if which("qemu-system-x86_64").is_none() {
-        skip_or_fail("qemu-system-x86_64 not found; run scripts/install-deps.sh");
-        return None;
-    }
+    let images = guest_support::prerequisites(guest_support::BackendKind::Ours)?;
     let dir = tempfile::Builder::new()
         .prefix("guest-restart-")
         .tempdir()

@@ -16,8 +16,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 use common_cli::{Run, World, loop_devices_of};
 use guest_support::{
-    Backend, BackendKind, CheckResult, GROWN_SIZE, GUEST_MEMORY_MIB, GuestImages, GuestReport,
-    GuestRun, INITIAL_SIZE, Prepared, REQUIRED_CHECKS, SECTOR,
+    Backend, BackendKind, CheckResult, GROWN_SIZE, GUEST_MEMORY_MIB, GuestReport, GuestRun,
+    INITIAL_SIZE, REQUIRED_CHECKS, SECTOR,
 };
 use nix::sys::signal::Signal;
 
@@ -155,25 +155,6 @@ fn check_status(w: &World, queues: u32, problems: &mut Vec<String>) {
     }
 }
 
-/// The guest's images, or `None` (after saying why) when the test cannot
-/// run here.
-fn prerequisites(qsd: bool) -> Option<GuestImages> {
-    let images = match guest_support::guest_images() {
-        Prepared::Ready(i) => i,
-        Prepared::Skip(why) => {
-            guest_support::skip_or_fail(&why);
-            return None;
-        }
-    };
-    for prog in ["qemu-system-x86_64", "qemu-storage-daemon"] {
-        if (prog == "qemu-system-x86_64" || qsd) && guest_support::which(prog).is_none() {
-            guest_support::skip_or_fail(&format!("{prog} not found; run scripts/install-deps.sh"));
-            return None;
-        }
-    }
-    Some(images)
-}
-
 /// The running server of the loop device.
 enum Running {
     Serve(common_cli::Served),
@@ -187,7 +168,12 @@ enum Running {
 /// holds every range the guest wrote (the grown tail included).
 fn run_case(case: &Case) {
     let qsd = matches!(case.server, Server::QemuStorageDaemon { .. });
-    let Some(images) = prerequisites(qsd) else {
+    let kind = if qsd {
+        BackendKind::QemuStorageDaemon
+    } else {
+        BackendKind::Ours
+    };
+    let Some(images) = guest_support::prerequisites(kind) else {
         return;
     };
     let _one = guest_support::one_guest_at_a_time();
@@ -437,7 +423,7 @@ fn qemu_storage_daemon_on_the_loop_device_grows_online() {
 /// acknowledged block intact.
 #[test]
 fn serve_restarted_under_a_writing_guest_loses_nothing() {
-    let Some(images) = prerequisites(false) else {
+    let Some(images) = guest_support::prerequisites(BackendKind::Ours) else {
         return;
     };
     let _one = guest_support::one_guest_at_a_time();

@@ -969,7 +969,7 @@ pub fn qemu_log_text(path: &Path) -> String {
 
 /// The guest images and the QEMU programs a boot against `kind` needs;
 /// `None` (after [`skip_or_fail`]) when this machine lacks them.
-fn prerequisites(kind: BackendKind) -> Option<GuestImages> {
+pub fn prerequisites(kind: BackendKind) -> Option<GuestImages> {
     let images = match guest_images() {
         Prepared::Ready(i) => i,
         Prepared::Skip(why) => {
