@@ -204,6 +204,7 @@ impl<'a> VolumeServer<'a> {
             config: Config {
                 path: device_path.clone(),
                 device: req.device.clone(),
+                rbd: None,
             },
             listen,
             control_socket: Some(control_socket.clone()),
