@@ -6,10 +6,14 @@
 //! reconnects, read-only snapshots, and clear errors for a missing pool or
 //! image, an unreachable cluster and missing Ceph libraries.
 //!
+//! `extstorage serve` on a volume of the `rbd` provider serves it the same
+//! way, chosen by the provider's `kvm:rbd:...` attach line.
+//!
 //! One cluster is shared by the tests of this binary (each uses its own
 //! image); a reaper stops it when the process ends.
 
 mod ceph_support;
+mod common_cli;
 mod vhost_support;
 
 use std::ffi::OsString;
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use blkio::ReqFlags;
 use ceph_support::Cluster;
+use common_cli::World;
 use vhost_support::{Client, Daemon, flush, pattern, read, wait_one, write};
 
 const MIB: u64 = 1 << 20;
@@ -361,4 +366,95 @@ fn serving_a_file_never_loads_librbd() {
         !maps.contains("librbd") && !maps.contains("librados"),
         "{maps}"
     );
+}
+
+#[test]
+fn extstorage_serve_uses_the_rbd_engine_for_an_rbd_volume() {
+    let c = shared();
+    let w = World::new();
+    w.install("rbd");
+    let conf = format!("conf={}", c.conf.display());
+    let vol = [
+        "--provider",
+        "rbd",
+        "--volume",
+        "served",
+        "-p",
+        conf.as_str(),
+    ];
+    let with = |cmd: &[&str], extra: &[&str]| -> Vec<String> {
+        cmd.iter()
+            .chain(vol.iter())
+            .chain(extra.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let strs = |v: &[String]| -> Vec<String> { v.to_vec() };
+    let run = |args: Vec<String>| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        w.run(&a).ok()
+    };
+    run(strs(&with(&["create"], &["--size", "32M"])));
+    let serve_args = with(&[], &["--num-queues", "2"]);
+    let a: Vec<&str> = serve_args.iter().map(String::as_str).collect();
+    let mut served = w.serve(&a).unwrap_or_else(|r| panic!("{r:#?}"));
+    assert_eq!(
+        served.ready["serving"], "rbd:rbd/served",
+        "{:#}",
+        served.ready
+    );
+    assert!(
+        served.log().contains("rbd image opened"),
+        "{}",
+        served.log()
+    );
+    // open ran, exclusively, on this node.
+    let meta = run_ok(c.rbd().args(["image-meta", "list", "rbd/served"]));
+    assert!(
+        String::from_utf8_lossy(&meta).contains("exclusive"),
+        "{}",
+        String::from_utf8_lossy(&meta)
+    );
+
+    let mut cl = Client::connect(&served.socket(), 2, false).unwrap();
+    assert_eq!(cl.capacity(), 32 * MIB);
+    let data = pattern(11, 65536);
+    let (m0, m1) = (cl.mem(0), cl.mem(1));
+    assert_eq!(write(&mut cl.queues[0], m0, 30 * MIB, &data), 0);
+    assert_eq!(
+        read(&mut cl.queues[1], m1, 30 * MIB, data.len()),
+        (0, data.clone())
+    );
+    assert_eq!(flush(&mut cl.queues[1]), 0);
+
+    // grow: the provider resizes the image, the served size follows.
+    let grown = run(with(
+        &["--json", "grow"],
+        &["--size", "32M", "--amount", "16M"],
+    ))
+    .json();
+    assert_eq!(grown["served_size_bytes"], 48 * MIB, "{grown:#}");
+    let start = Instant::now();
+    while cl.capacity() != 48 * MIB {
+        assert!(start.elapsed() < WAIT, "capacity still {}", cl.capacity());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    drop(cl);
+    assert_eq!(
+        served.stop(nix::sys::signal::Signal::SIGTERM),
+        Some(0),
+        "{}",
+        served.log()
+    );
+    // close ran: no open record left; the data is in the image.
+    let meta = run_ok(c.rbd().args(["image-meta", "list", "rbd/served"]));
+    assert!(
+        !String::from_utf8_lossy(&meta).contains("extstorage.open"),
+        "{}",
+        String::from_utf8_lossy(&meta)
+    );
+    let img = export(c, "rbd/served");
+    assert_eq!(img.len() as u64, 48 * MIB);
+    assert!(img[(30 * MIB) as usize..(30 * MIB) as usize + data.len()] == data[..]);
 }

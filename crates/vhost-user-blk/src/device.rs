@@ -172,7 +172,13 @@ impl Device {
             read_only: cfg.device.read_only,
         };
         tracing::info!(image = %spec, conf = ?spec.conf, id = ?spec.id, "connecting to the Ceph cluster");
-        let image = Arc::new(RbdImage::open(&spec)?);
+        // librados starts its threads here: they must not take SIGTERM.
+        let image =
+            crate::threads::quietly(|| RbdImage::open(&spec)).map_err(|source| Error::Io {
+                what: "blocking the stop signals",
+                source,
+            })??;
+        let image = Arc::new(image);
         let size = image.size();
         let dev = Arc::new(Self::new(cfg, Store::Rbd(Arc::clone(&image)), size));
         tracing::info!(
