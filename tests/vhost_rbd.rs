@@ -416,6 +416,16 @@ fn extstorage_serve_uses_the_rbd_engine_for_an_rbd_volume() {
         String::from_utf8_lossy(&meta)
     );
 
+    // kvm-args offers our backend for it: the served socket and queues.
+    let j = run(with(&["--json", "kvm-args"], &["--access", "vhost-user"])).json();
+    assert_eq!(j["served"], true, "{j:#}");
+    assert_eq!(j["socket"], served.ready["socket"], "{j:#}");
+    let device = j["argv"].as_array().unwrap().last().unwrap().to_string();
+    assert!(
+        device.contains("vhost-user-blk") && device.contains("num-queues=2"),
+        "{j:#}"
+    );
+
     let mut cl = Client::connect(&served.socket(), 2, false).unwrap();
     assert_eq!(cl.capacity(), 32 * MIB);
     let data = pattern(11, 65536);
