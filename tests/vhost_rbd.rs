@@ -395,6 +395,17 @@ fn extstorage_serve_uses_the_rbd_engine_for_an_rbd_volume() {
         w.run(&a).ok()
     };
     run(strs(&with(&["create"], &["--size", "32M"])));
+    // Not served yet: kvm-args says how to serve it.
+    let j = run(with(
+        &["--json", "kvm-args"],
+        &["--access", "vhost-user", "--vcpus", "2"],
+    ))
+    .json();
+    assert_eq!(j["served"], false, "{j:#}");
+    assert!(
+        j["serve_command"].to_string().contains("\"serve\""),
+        "{j:#}"
+    );
     let serve_args = with(&[], &["--num-queues", "2"]);
     let a: Vec<&str> = serve_args.iter().map(String::as_str).collect();
     let mut served = w.serve(&a).unwrap_or_else(|r| panic!("{r:#?}"));
