@@ -273,6 +273,17 @@ fn rbd_resize_by_another_client_reaches_the_connected_client() {
         String::from_utf8_lossy(&out.stdout).trim(),
         (48 * MIB).to_string()
     );
+    // status names the image and counts the requests.
+    let out = Command::new(vhost_support::bin())
+        .args(["status", "--control-socket"])
+        .arg(&d.ctl)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["path"], "rbd:rbd/grow", "{st:#}");
+    assert_eq!(st["size_bytes"], 48 * MIB, "{st:#}");
+    assert_eq!(st["queues"][0]["requests"]["write"], 2, "{st:#}");
 }
 
 #[test]

@@ -389,16 +389,20 @@ extern "C" fn completion_trampoline(c: ffi::RbdCompletion, arg: *mut c_void) {
         iov,
     } = *req;
     drop(iov);
-    stream
-        .done
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push_back(Done {
+    let was_empty = {
+        let mut done = stream.done.lock().unwrap_or_else(|e| e.into_inner());
+        let was_empty = done.is_empty();
+        done.push_back(Done {
             user_data,
             stage,
             ret,
         });
-    if let Err(e) = stream.eventfd.write(1) {
+        was_empty
+    };
+    // One eventfd write per batch: a completion added to a non-empty
+    // stream is found by the worker, which drains the stream until it is
+    // empty after every wake-up, before it sleeps again.
+    if was_empty && let Err(e) = stream.eventfd.write(1) {
         tracing::error!(error = %e, "cannot signal an rbd completion");
     }
 }
