@@ -35,7 +35,9 @@ if ! qemu-system-x86_64 --version 2>/dev/null | grep -q 'version 10\.'; then
     backports+=(qemu-system-x86 qemu-utils)
 fi
 if [ "${WITH_CEPH:-1}" = 1 ]; then
-    for p in ceph-mon ceph-osd ceph-common; do
+    # librbd1 (with librados2): the daemon's rbd engine loads them at run
+    # time (dlopen); no headers are needed to build.
+    for p in ceph-mon ceph-osd ceph-common librbd1; do
         have "$p" || need+=("$p")
     done
 fi

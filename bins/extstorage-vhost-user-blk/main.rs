@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use extstorage_serve_api::control::{self, Request, ResizeReply, ServedConfig, StatusReport};
-use extstorage_serve_api::{DeviceArgs, ListenArgs, systemd};
+use extstorage_serve_api::{DeviceArgs, ListenArgs, RbdArgs, systemd};
 use extstorage_vhost_user_blk::{Config, ServeSpec, Serving, control::Identity};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -19,6 +19,8 @@ const AFTER_HELP: &str = "\
 Examples:
   extstorage-vhost-user-blk serve --path /dev/loop0 --socket /run/vol1.sock --num-queues 2 \\
       --control-socket /run/vol1.ctl
+  extstorage-vhost-user-blk serve --rbd rbd/vm1.disk0 --rbd-conf /etc/ceph/ceph.conf \\
+      --rbd-id ganeti --socket /run/vm1.sock --control-socket /run/vm1.ctl
   extstorage-vhost-user-blk resize --control-socket /run/vol1.ctl
   extstorage-vhost-user-blk status --control-socket /run/vol1.ctl
 
@@ -29,7 +31,7 @@ To serve an ExtStorage volume (attach, open, serve, close, detach), use
 #[command(
     name = "extstorage-vhost-user-blk",
     version,
-    about = "Serve a file or block device to QEMU over vhost-user-blk",
+    about = "Serve a file, block device or Ceph RBD image to QEMU over vhost-user-blk",
     after_help = AFTER_HELP
 )]
 struct Cli {
@@ -39,8 +41,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Serve a file or block device until SIGTERM/SIGINT.
-    Serve(ServeArgs),
+    /// Serve a file, block device or RBD image until SIGTERM/SIGINT.
+    Serve(Box<ServeArgs>),
     /// Ask a running daemon to re-read the backing size and tell the guest.
     Resize(ControlArgs),
     /// Print a running daemon's per-queue counters (JSON).
@@ -63,10 +65,13 @@ struct ControlArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["path", "rbd"]))]
 struct ServeArgs {
-    /// The regular file or block device to serve.
-    #[arg(long, value_name = "PATH")]
-    path: PathBuf,
+    /// The regular file or block device to serve (or --rbd).
+    #[arg(long, value_name = "PATH", conflicts_with = "rbd")]
+    path: Option<PathBuf>,
+    #[command(flatten)]
+    rbd: RbdArgs,
     /// A unix socket answering resize, status and config requests.
     #[arg(long, value_name = "PATH")]
     control_socket: Option<PathBuf>,
@@ -87,7 +92,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Serve(args) => serve(args),
+        Cmd::Serve(args) => serve(*args),
         Cmd::Resize(c) => control::call::<ResizeReply>(&c.control_socket, Request::Resize)
             .map(|r| println!("{}", r.size_bytes))
             .context("resize failed"),
@@ -130,6 +135,18 @@ fn print_json<T: serde::de::DeserializeOwned + serde::Serialize>(
 fn serve(args: ServeArgs) -> Result<()> {
     let device = args.device.resolve()?;
     let listen = args.listen.resolve()?;
+    let config = match (args.rbd.resolve()?, args.path) {
+        (Some(src), _) => Config {
+            device,
+            ..Config::rbd(src)
+        },
+        (None, Some(path)) => Config {
+            path,
+            device,
+            rbd: None,
+        },
+        (None, None) => anyhow::bail!("give --path PATH or --rbd POOL/IMAGE"),
+    };
     // Block the shutdown signals in every thread; one thread waits for them.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
@@ -137,10 +154,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     signals.thread_block().context("blocking SIGTERM/SIGINT")?;
 
     let serving = Serving::start(ServeSpec {
-        config: Config {
-            path: args.path,
-            device,
-        },
+        config,
         listen,
         control_socket: args.control_socket,
         identity: Identity::default(),

@@ -295,30 +295,43 @@ pub fn run(
     };
     let info = vol.attach()?;
     let mode = chosen.unwrap_or_else(|| AccessMode::default_for(info.dev_path.is_some()));
-    let access = match mode {
-        AccessMode::Userspace => {
-            // The core's error when the provider has no URI for this hypervisor.
-            let uri = vol.userspace_uri(&args.hypervisor)?;
-            DiskAccess::Userspace {
-                source: parse_provider_uri(&vol, &uri)?,
-            }
+    let rbd = rbd_image(&info.uris);
+    let access = if let (AccessMode::VhostUser, Some(plan), None, Some(image)) =
+        (mode, &vhost, &info.dev_path, rbd)
+    {
+        // No block device, but an RBD image: `extstorage serve` serves it
+        // through the rbd engine.
+        extstorage_uri::kvm::check_socket_path(&plan.socket)?;
+        DiskAccess::VhostUser {
+            device: PathBuf::from(image),
+            socket: plan.socket.clone(),
         }
-        _ => {
-            if info.dev_path.is_none() {
-                // The core's error (exit 1): the provider offers no device.
-                return Err(extstorage_core::Error::NoBlockDevice {
-                    provider,
-                    volume: name,
-                    what: if mode == AccessMode::VhostUser {
-                        "vhost-user access"
-                    } else {
-                        "kernelspace access"
-                    },
+    } else {
+        match mode {
+            AccessMode::Userspace => {
+                // The core's error when the provider has no URI for this hypervisor.
+                let uri = vol.userspace_uri(&args.hypervisor)?;
+                DiskAccess::Userspace {
+                    source: parse_provider_uri(&vol, &uri)?,
                 }
-                .into());
             }
-            let socket = vhost.as_ref().map(|p| p.socket.as_path());
-            DiskAccess::resolve(mode, info.dev_path.as_deref(), None, socket)?
+            _ => {
+                if info.dev_path.is_none() {
+                    // The core's error (exit 1): the provider offers no device.
+                    return Err(extstorage_core::Error::NoBlockDevice {
+                        provider,
+                        volume: name,
+                        what: if mode == AccessMode::VhostUser {
+                            "vhost-user access"
+                        } else {
+                            "kernelspace access"
+                        },
+                    }
+                    .into());
+                }
+                let socket = vhost.as_ref().map(|p| p.socket.as_path());
+                DiskAccess::resolve(mode, info.dev_path.as_deref(), None, socket)?
+            }
         }
     };
     if let (Some(xml), Some(plan)) = (libvirt_xml, &vhost) {
@@ -381,4 +394,16 @@ pub fn run(
     }
     out.print(&value, || argv.join("\n"))?;
     Ok(exit::OK)
+}
+
+/// `rbd:POOL/IMAGE` when a `kvm:rbd:...` attach line names an RBD image,
+/// which `extstorage serve` can serve without a block device.
+fn rbd_image(uris: &[String]) -> Option<String> {
+    uris.iter()
+        .find_map(|line| match extstorage_uri::parse_attach_line(line) {
+            Ok((hv, extstorage_uri::Source::Rbd(r))) if hv == "kvm" => {
+                Some(format!("rbd:{}/{}", r.pool, r.image))
+            }
+            _ => None,
+        })
 }

@@ -39,13 +39,36 @@ impl Daemon {
     }
 
     pub fn start_in(dir: tempfile::TempDir, img: PathBuf, extra: &[&str]) -> Daemon {
+        let source = [std::ffi::OsString::from("--path"), img.clone().into()];
+        Self::start_source(dir, img, &source, extra)
+    }
+
+    /// Serves what `source` names (`--path P`, `--rbd POOL/IMAGE ...`);
+    /// `img` is the file [`file_bytes`](Self::file_bytes) reads, if any.
+    pub fn start_source(
+        dir: tempfile::TempDir,
+        img: PathBuf,
+        source: &[std::ffi::OsString],
+        extra: &[&str],
+    ) -> Daemon {
+        let mut d = Self::spawn(dir, img, source, extra);
+        d.wait_for_socket();
+        d
+    }
+
+    /// Starts the daemon without waiting for its socket.
+    pub fn spawn(
+        dir: tempfile::TempDir,
+        img: PathBuf,
+        source: &[std::ffi::OsString],
+        extra: &[&str],
+    ) -> Daemon {
         let sock = dir.path().join("vhost.sock");
         let ctl = dir.path().join("control.sock");
         let log = dir.path().join("daemon.log");
         let child = Command::new(bin())
             .arg("serve")
-            .arg("--path")
-            .arg(&img)
+            .args(source)
             .arg("--socket")
             .arg(&sock)
             .arg("--control-socket")
@@ -57,16 +80,14 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn the daemon");
-        let mut d = Daemon {
+        Daemon {
             child: Some(child),
             dir,
             img,
             sock,
             ctl,
             log,
-        };
-        d.wait_for_socket();
-        d
+        }
     }
 
     fn wait_for_socket(&mut self) {

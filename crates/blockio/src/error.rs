@@ -50,4 +50,20 @@ pub enum Error {
         /// The size asked for.
         size: u32,
     },
+    /// The Ceph client libraries could not be loaded (rbd engine).
+    #[error(transparent)]
+    RbdLoad(#[from] crate::rbd::LoadError),
+    /// A librados/librbd call failed while opening or inspecting an image.
+    #[error("rbd image {image}: cannot {op}: {source}; {hint}")]
+    Rbd {
+        /// `pool/[namespace/]image[@snapshot]`.
+        image: String,
+        /// What was being done ("connect", "open the image", ...).
+        op: &'static str,
+        /// What to check.
+        hint: &'static str,
+        /// The errno librbd returned.
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -19,6 +19,7 @@ mod bounce;
 mod engine;
 mod error;
 mod kind;
+pub mod rbd;
 mod split;
 mod sync;
 #[cfg(test)]
@@ -31,6 +32,7 @@ pub use engine::{
 };
 pub use error::Error;
 pub use kind::{EngineKind, ParseEngineKindError, open_engine};
+pub use rbd::{RbdEngine, RbdImage, RbdSpec};
 pub use split::{DEFAULT_SPLIT_BYTES, SplitEngine};
 pub use sync::SyncEngine;
 pub use uring::UringEngine;

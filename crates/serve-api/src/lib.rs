@@ -12,6 +12,8 @@
 //!   socket) and who may connect (owner, group, mode).
 //! - [`control`]: the control-socket protocol: `resize`, `status` and
 //!   `config` requests, JSON replies, a client.
+//! - [`rbd`]: serving a Ceph RBD image (`--rbd POOL/IMAGE`) instead of
+//!   a file, and how to reach its cluster.
 //! - [`paths`]: where a served volume's sockets and claim live under the
 //!   run directory.
 //! - [`systemd`]: socket activation and readiness notification.
@@ -22,12 +24,14 @@ mod error;
 pub mod listen;
 pub mod options;
 pub mod paths;
+pub mod rbd;
 pub mod systemd;
 
 pub use error::Error;
 pub use listen::{ListenArgs, ListenOptions, SocketAccess};
 pub use options::{DeviceArgs, DeviceOptions, Engine, WriteCache};
 pub use paths::RunDir;
+pub use rbd::{RbdArgs, RbdSource};
 
 /// Parsing as the programs do: both option groups flattened into one
 /// command, so a clash between them fails here too.

@@ -3,7 +3,9 @@
 //! [`VolumeServer::start`] claims the volume on this node ([`claim`]),
 //! attaches it through its provider, runs `open` (exclusive, or shared for a
 //! live-migration target) and starts the vhost-user-blk backend on the
-//! attached block device; [`VolumeServer::run`] serves until shut down,
+//! attached block device, or, for a volume with no block device whose
+//! provider prints a `kvm:rbd:...` URI, on that RBD image through librbd;
+//! [`VolumeServer::run`] serves until shut down,
 //! drains in-flight I/O, then runs `close` and `detach`. Each script runs
 //! under the core's per-operation lock, taken only for that script, so
 //! other operations (`grow`, `setinfo`, `kvm-args`) work on a served volume.
@@ -17,7 +19,7 @@ mod privsep;
 use std::path::{Path, PathBuf};
 
 use extstorage_core::{ExtStorage, Volume, VolumeSpec};
-use extstorage_serve_api::{DeviceOptions, ListenOptions, RunDir};
+use extstorage_serve_api::{DeviceOptions, ListenOptions, RbdSource, RunDir};
 use extstorage_vhost_user_blk::control::Identity;
 use extstorage_vhost_user_blk::{Config, ServeSpec, Serving, ShutdownHandle};
 
@@ -65,6 +67,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The provider's rbd URI cannot be served by the rbd engine.
+    #[error("volume {volume:?} of provider {provider:?} cannot be served through librbd: {reason}")]
+    RbdUri {
+        /// The provider.
+        provider: String,
+        /// The volume.
+        volume: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// The unprivileged I/O process (`--user`) could not be started.
     #[error("cannot start the unprivileged I/O process: {0}")]
     PrivilegeSeparation(String),
@@ -90,7 +102,7 @@ impl Error {
         match self {
             Error::Volume(e) => e.kind(),
             Error::AlreadyServed { .. } => ErrorKind::LockBusy,
-            Error::Options(_) => ErrorKind::Invalid,
+            Error::Options(_) | Error::RbdUri { .. } => ErrorKind::Invalid,
             Error::Backend(extstorage_vhost_user_blk::Error::InvalidConfig(_)) => {
                 ErrorKind::Invalid
             }
@@ -190,21 +202,38 @@ impl<'a> VolumeServer<'a> {
         let separate = listen.user.is_some();
         let claim = claim::claim(&req.run_dir.claim(&key), &provider, &volume)?;
         let info = vol.attach()?;
-        let Some(device_path) = info.dev_path else {
-            return Err(extstorage_core::Error::NoBlockDevice {
-                provider,
-                volume,
-                what: "serve",
+        // The block device when there is one; else an RBD image named by
+        // the provider's userspace URI (the rbd engine); else nothing to serve.
+        let config = match (info.dev_path, rbd_source(&provider, &volume, &info.uris)) {
+            (Some(path), _) => Config {
+                path,
+                device: req.device.clone(),
+                rbd: None,
+            },
+            (None, Some(Ok(src))) => Config {
+                device: req.device.clone(),
+                ..Config::rbd(src)
+            },
+            (None, Some(Err(e))) => {
+                if !req.keep_attached {
+                    undo(&mut vol);
+                }
+                return Err(e);
             }
-            .into());
+            (None, None) => {
+                return Err(extstorage_core::Error::NoBlockDevice {
+                    provider,
+                    volume,
+                    what: "serve",
+                }
+                .into());
+            }
         };
+        let device_path = config.path.clone();
         vol.open(!req.shared)?;
         let control_socket = req.run_dir.control_socket(&key);
         let spec = ServeSpec {
-            config: Config {
-                path: device_path.clone(),
-                device: req.device.clone(),
-            },
+            config,
             listen,
             control_socket: Some(control_socket.clone()),
             identity: Identity {
@@ -264,7 +293,8 @@ impl<'a> VolumeServer<'a> {
         &self.control_socket
     }
 
-    /// The attached block device being served.
+    /// The attached block device being served (`rbd:POOL/IMAGE` for an
+    /// RBD image served through librbd).
     pub fn device_path(&self) -> &Path {
         &self.device_path
     }
@@ -321,6 +351,54 @@ impl<'a> VolumeServer<'a> {
         tracing::info!(volume = vol.name(), "stopped, closed and detached");
         Ok(())
     }
+}
+
+/// The RBD image a `kvm:rbd:...` attach line names, if the provider
+/// printed one: what the rbd engine serves when there is no block device.
+/// The key itself is never taken from a URI (librbd finds it through the
+/// conf, as QEMU does), nor are monitors or other Ceph options: those
+/// belong in the conf.
+fn rbd_source(provider: &str, volume: &str, uris: &[String]) -> Option<Result<RbdSource, Error>> {
+    let rbd = uris
+        .iter()
+        .find_map(|line| match extstorage_uri::parse_attach_line(line) {
+            Ok((hv, extstorage_uri::Source::Rbd(r))) if hv == "kvm" => Some(r),
+            _ => None,
+        })?;
+    let refuse = |what: &str| {
+        Some(Err(Error::RbdUri {
+            provider: provider.to_owned(),
+            volume: volume.to_owned(),
+            reason: format!(
+                "its URI carries {what}, which the rbd engine takes only from the ceph.conf: put \
+                 it in the conf the provider names"
+            ),
+        }))
+    };
+    if rbd.key.is_some() {
+        return refuse("a key");
+    }
+    if !rbd.mon_hosts.is_empty() {
+        return refuse("monitor addresses");
+    }
+    if !rbd.auth_client_required.is_empty() || !rbd.options.is_empty() {
+        return refuse("Ceph options");
+    }
+    let src = RbdSource {
+        pool: rbd.pool,
+        namespace: rbd.namespace,
+        image: rbd.image,
+        snapshot: rbd.snapshot,
+        conf: rbd.conf.map(PathBuf::from),
+        id: rbd.user,
+        keyring: None,
+        timeout_secs: extstorage_serve_api::rbd::DEFAULT_RBD_TIMEOUT,
+    };
+    Some(src.validate().map(|()| src).map_err(|e| Error::RbdUri {
+        provider: provider.to_owned(),
+        volume: volume.to_owned(),
+        reason: e.to_string(),
+    }))
 }
 
 /// Best-effort close and detach after a failed start.

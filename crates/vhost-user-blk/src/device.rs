@@ -4,7 +4,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use extstorage_blockio::{Backing, BackingKind, Engine, OpenOptions, SyncEngine};
+use extstorage_blockio::{
+    Backing, BackingKind, Completion, Engine, EnginePaths, OpenOptions, RbdEngine, RbdImage,
+    RbdSpec, Request, SubmitError, SyncEngine,
+};
 use extstorage_virtio_blk::{BlkConfig, SECTOR_SHIFT, features};
 
 use crate::channel::ConfigChannel;
@@ -12,17 +15,87 @@ use extstorage_serve_api::control::{ResizeReply, StatusReport};
 
 use crate::stats::DeviceStats;
 use crate::testonly::{FaultEngine, HoldEngine, TestOptions};
-use crate::{Config, Error, WriteCache, engine_kind};
+use crate::{Config, Error, RbdSource, WriteCache, engine_kind};
 
 /// Largest discard / write-zeroes segment offered, in sectors (2 GiB).
 const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+
+/// What the device reads and writes.
+#[derive(Debug)]
+enum Store {
+    /// A file or block device.
+    Local(Arc<Backing>),
+    /// A Ceph RBD image (the rbd engine).
+    Rbd(Arc<RbdImage>),
+}
+
+/// An engine that fails every request with `EIO`: a queue whose real
+/// engine could not be created (no file descriptors left) still answers
+/// its guest.
+#[derive(Debug)]
+struct FailingEngine {
+    done: std::collections::VecDeque<Completion>,
+    capacity: usize,
+}
+
+impl FailingEngine {
+    fn new(capacity: usize) -> Self {
+        Self {
+            done: std::collections::VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+}
+
+impl Engine for FailingEngine {
+    fn name(&self) -> &'static str {
+        "failing"
+    }
+
+    unsafe fn submit(&mut self, _req: &Request<'_>, user_data: u64) -> Result<(), SubmitError> {
+        if self.done.len() >= self.capacity {
+            return Err(SubmitError::Full);
+        }
+        self.done.push_back(Completion {
+            user_data,
+            result: Err(libc::EIO),
+        });
+        Ok(())
+    }
+
+    fn commit(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn pop_completion(&mut self) -> Option<Completion> {
+        self.done.pop_front()
+    }
+
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
+
+    fn paths(&self) -> EnginePaths {
+        EnginePaths {
+            ring: "none",
+            event_loop: false,
+            discard: "none",
+            write_zeroes: "none",
+            write_through: "none",
+        }
+    }
+}
 
 /// One volume being served. Shared by every connection and queue; the I/O
 /// path only reads its atomics.
 #[derive(Debug)]
 pub struct Device {
     cfg: Config,
-    backing: Arc<Backing>,
+    store: Store,
     capacity_sectors: AtomicU64,
     writeback: AtomicBool,
     channel: Mutex<Option<ConfigChannel>>,
@@ -32,10 +105,14 @@ pub struct Device {
 }
 
 impl Device {
-    /// Validates `cfg` and opens the backing store.
+    /// Validates `cfg` and opens the backing store (or connects to the
+    /// Ceph cluster and opens the RBD image).
     pub fn open(cfg: Config) -> Result<Arc<Self>, Error> {
         cfg.validate()?;
         let test = TestOptions::from_env()?;
+        if let Some(src) = cfg.rbd.clone() {
+            return Self::open_rbd(cfg, &src, test);
+        }
         let backing = Backing::open(
             &cfg.path,
             OpenOptions {
@@ -48,40 +125,37 @@ impl Device {
             tracing::warn!(path = %cfg.path.display(), "direct I/O unsupported here; serving through the page cache");
         }
         let size = backing.size();
-        let dev = Self {
-            writeback: AtomicBool::new(cfg.device.write_cache == WriteCache::Writeback),
-            capacity_sectors: AtomicU64::new(size >> SECTOR_SHIFT),
-            backing: Arc::new(backing),
-            channel: Mutex::new(None),
-            stats: DeviceStats::new(cfg.device.num_queues),
-            cfg,
-            test,
-        };
+        let backing = Arc::new(backing);
+        let dev = Self::new(cfg, Store::Local(Arc::clone(&backing)), size, test);
         tracing::info!(
             path = %dev.cfg.path.display(),
             size,
             read_only = dev.cfg.device.read_only,
-            direct = dev.backing.is_direct(),
+            direct = backing.is_direct(),
             "backing store opened"
         );
         // Fail now, not at the first connection, if the engine cannot work here.
         let kind = engine_kind(dev.cfg.device.engine);
-        let probe = extstorage_blockio::open_engine(
-            kind,
-            Arc::clone(&dev.backing),
-            usize::from(dev.cfg.device.queue_size),
-        )
-        .map_err(|source| Error::Engine {
-            engine: kind,
-            source,
-        })?;
+        let probe =
+            extstorage_blockio::open_engine(kind, backing, usize::from(dev.cfg.device.queue_size))
+                .map_err(|source| Error::Engine {
+                    engine: kind,
+                    source,
+                })?;
         tracing::info!(requested = %kind, engine = probe.name(), "I/O engine");
         Ok(Arc::new(dev))
     }
 
-    /// The configuration it was opened with.
-    pub fn config(&self) -> &Config {
-        &self.cfg
+    fn new(cfg: Config, store: Store, size: u64, test: TestOptions) -> Self {
+        Self {
+            writeback: AtomicBool::new(cfg.device.write_cache == WriteCache::Writeback),
+            capacity_sectors: AtomicU64::new(size >> SECTOR_SHIFT),
+            store,
+            channel: Mutex::new(None),
+            stats: DeviceStats::new(cfg.device.num_queues),
+            cfg,
+            test,
+        }
     }
 
     /// The test-only settings in force.
@@ -89,14 +163,80 @@ impl Device {
         self.test
     }
 
+    /// [`open`](Self::open) for an RBD image: one image handle for every
+    /// queue, and an update watch that re-reads the size when the image
+    /// changes (e.g. `rbd resize` by any client) and tells the frontend.
+    fn open_rbd(cfg: Config, src: &RbdSource, test: TestOptions) -> Result<Arc<Self>, Error> {
+        if cfg.device.engine != crate::Engine::Auto {
+            tracing::warn!(engine = %cfg.device.engine, "--engine does not apply to an RBD image: it uses the rbd engine");
+        }
+        let spec = RbdSpec {
+            pool: src.pool.clone(),
+            namespace: src.namespace.clone(),
+            image: src.image.clone(),
+            snapshot: src.snapshot.clone(),
+            conf: src.conf.clone(),
+            id: src.id.clone(),
+            keyring: src.keyring.clone(),
+            timeout_secs: src.timeout_secs,
+            read_only: cfg.device.read_only,
+        };
+        tracing::info!(image = %spec, conf = ?spec.conf, id = ?spec.id, "connecting to the Ceph cluster");
+        // librados starts its threads here: they must not take SIGTERM.
+        let image =
+            crate::threads::quietly(|| RbdImage::open(&spec)).map_err(|source| Error::Io {
+                what: "blocking the stop signals",
+                source,
+            })??;
+        let image = Arc::new(image);
+        let size = image.size();
+        let dev = Arc::new(Self::new(cfg, Store::Rbd(Arc::clone(&image)), size, test));
+        tracing::info!(
+            image = %spec,
+            size,
+            read_only = image.is_read_only(),
+            engine = "rbd",
+            "rbd image opened"
+        );
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        image.watch_updates(move || {
+            // On librbd's thread: only wake the watcher below.
+            let _ = tx.send(());
+        })?;
+        let weak = Arc::downgrade(&dev);
+        crate::threads::spawn_quiet("rbd-watch", move || {
+            // Ends when the image (and with it the watch's sender) is gone.
+            while rx.recv().is_ok() {
+                while rx.try_recv().is_ok() {}
+                let Some(dev) = weak.upgrade() else { break };
+                if let Err(e) = dev.resize() {
+                    tracing::warn!(error = %e, "cannot read the rbd image's new size");
+                }
+            }
+        })
+        .map_err(|source| Error::Io {
+            what: "starting the rbd watch thread",
+            source,
+        })?;
+        Ok(dev)
+    }
+
+    /// The configuration it was opened with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     /// The per-queue counters.
     pub fn stats(&self) -> &DeviceStats {
         &self.stats
     }
 
-    /// The open backing store.
-    pub fn backing(&self) -> &Arc<Backing> {
-        &self.backing
+    /// The open backing store (`None` for an RBD image).
+    pub fn backing(&self) -> Option<&Arc<Backing>> {
+        match &self.store {
+            Store::Local(b) => Some(b),
+            Store::Rbd(_) => None,
+        }
     }
 
     /// Capacity in 512-byte sectors as the guest sees it.
@@ -166,24 +306,31 @@ impl Device {
     pub(crate) fn new_engine(&self, queue: usize) -> Box<dyn Engine> {
         let depth = usize::from(self.cfg.device.queue_size);
         let kind = engine_kind(self.cfg.device.engine);
-        let mut engine = match extstorage_blockio::open_engine(
-            kind,
-            Arc::clone(&self.backing),
-            depth,
-        ) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(queue, requested = %kind, error = %e, "cannot create the I/O engine; this queue uses the sync engine");
-                Box::new(SyncEngine::new(Arc::clone(&self.backing), depth))
+        let mut engine: Box<dyn Engine> = match &self.store {
+            Store::Local(backing) => {
+                match extstorage_blockio::open_engine(kind, Arc::clone(backing), depth) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(queue, requested = %kind, error = %e, "cannot create the I/O engine; this queue uses the sync engine");
+                        Box::new(SyncEngine::new(Arc::clone(backing), depth))
+                    }
+                }
             }
+            Store::Rbd(image) => match RbdEngine::new(Arc::clone(image), depth) {
+                Ok(e) => Box::new(e),
+                Err(e) => {
+                    tracing::error!(queue, error = %e, "cannot create the rbd engine; this queue fails its requests");
+                    Box::new(FailingEngine::new(depth))
+                }
+            },
         };
         if let Some(hold) = self.test.hold {
             engine = match HoldEngine::new(engine, hold, queue) {
                 Ok(e) => Box::new(e),
                 Err(e) => {
                     // The inner engine went with the failed wrapper.
-                    tracing::error!(queue, error = %e, "TEST-ONLY: cannot create the hold engine; this queue uses the sync engine");
-                    Box::new(SyncEngine::new(Arc::clone(&self.backing), depth))
+                    tracing::error!(queue, error = %e, "TEST-ONLY: cannot create the hold engine; this queue fails its requests");
+                    Box::new(FailingEngine::new(depth))
                 }
             };
         }
@@ -209,7 +356,10 @@ impl Device {
     /// Re-reads the backing size; if it changed, updates the capacity and
     /// notifies the connected frontend.
     pub fn resize(&self) -> Result<ResizeReply, Error> {
-        let size = self.backing.refresh_size()?;
+        let size = match &self.store {
+            Store::Local(b) => b.refresh_size()?,
+            Store::Rbd(img) => img.refresh_size()?,
+        };
         let sectors = size >> SECTOR_SHIFT;
         let old = self.capacity_sectors.swap(sectors, Ordering::AcqRel);
         let changed = old != sectors;
@@ -244,7 +394,9 @@ impl Device {
     /// Like [`resize`](Self::resize), only for regular files (a cheap
     /// `fstat`); block devices are resized on request.
     pub fn poll_size(&self) -> Result<(), Error> {
-        if self.backing.kind() == BackingKind::File {
+        if let Store::Local(b) = &self.store
+            && b.kind() == BackingKind::File
+        {
             self.resize()?;
         }
         Ok(())

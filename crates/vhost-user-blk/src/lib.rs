@@ -1,4 +1,5 @@
-//! A vhost-user-blk backend: serves a file or block device to QEMU (or any
+//! A vhost-user-blk backend: serves a file, a block device or a Ceph RBD
+//! image (through librbd, loaded only then) to QEMU (or any
 //! vhost-user frontend such as libblkio) over a unix socket.
 //!
 //! Layering: [`extstorage_virtio_blk`] parses descriptor chains,
@@ -43,7 +44,7 @@ pub use server::{Server, ShutdownHandle};
 
 /// Which I/O engine each queue uses: blockio's vocabulary.
 pub use extstorage_blockio::EngineKind;
-pub use extstorage_serve_api::{DeviceOptions, Engine, WriteCache};
+pub use extstorage_serve_api::{DeviceOptions, Engine, RbdSource, WriteCache};
 
 /// The blockio engine for the configured [`Engine`]: the one place where
 /// the serve API's choice meets blockio's engines.
@@ -59,10 +60,13 @@ pub fn engine_kind(engine: Engine) -> EngineKind {
 /// options (the serve API's typed configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// The file or block device to serve.
+    /// The file or block device to serve; with [`rbd`](Self::rbd), only a
+    /// name for logs and status (`rbd:POOL/IMAGE`, see [`Config::rbd`]).
     pub path: std::path::PathBuf,
     /// How it is served.
     pub device: DeviceOptions,
+    /// Serve this Ceph RBD image through librbd instead of `path`.
+    pub rbd: Option<RbdSource>,
 }
 
 impl Config {
@@ -71,11 +75,36 @@ impl Config {
         Self {
             path: path.into(),
             device: DeviceOptions::default(),
+            rbd: None,
+        }
+    }
+
+    /// A configuration serving the RBD image `source`, with the documented
+    /// defaults (one queue); `path` becomes `rbd:POOL/IMAGE[@SNAP]`.
+    pub fn rbd(source: RbdSource) -> Self {
+        Self {
+            path: format!("rbd:{}", source.spec()).into(),
+            device: DeviceOptions::default(),
+            rbd: Some(source),
         }
     }
 
     /// Checks the values a frontend or the kernel would choke on.
     pub fn validate(&self) -> Result<(), Error> {
-        Ok(self.device.validate()?)
+        self.device.validate()?;
+        if let Some(rbd) = &self.rbd {
+            rbd.validate()?;
+            if rbd.snapshot.is_some() && !self.device.read_only {
+                return Err(extstorage_serve_api::Error::InvalidOption {
+                    option: "rbd",
+                    reason: format!(
+                        "snapshot {} is read-only: add --read-only to serve it",
+                        rbd.spec()
+                    ),
+                }
+                .into());
+            }
+        }
+        Ok(())
     }
 }

@@ -28,3 +28,15 @@ where
     pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None).map_err(std::io::Error::from)?;
     spawned
 }
+
+/// Runs `f` with the stop signals blocked on this thread, so threads that
+/// a library starts inside it (librados' and librbd's) inherit the mask
+/// and never take a stop signal meant for the waiting thread.
+pub fn quietly<T>(f: impl FnOnce() -> T) -> std::io::Result<T> {
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&stop_signals()), Some(&mut old))
+        .map_err(std::io::Error::from)?;
+    let out = f();
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None).map_err(std::io::Error::from)?;
+    Ok(out)
+}
