@@ -10,7 +10,7 @@
 //! used because an image has only one, which every queue would share.
 //!
 //! librbd is loaded with `dlopen` on the first [`RbdImage::open`] (see
-//! [`ffi`]), never before.
+//! the private `ffi` module), never before.
 
 mod ffi;
 
