@@ -292,35 +292,27 @@ fn migrate(kind: BackendKind, cancel: bool) {
     if let Err(e) = result {
         problems.push(format!("{e:#}"));
     }
-    if problems.is_empty() && cancel {
+    if problems.is_empty() {
         require_churn(&seen.report, &mut problems);
-        if !seen.result_on_source {
-            problems.push(
-                "the churn result was not printed by the source after the cancelled migration"
-                    .to_owned(),
-            );
-        }
-        let final_writes = seen
-            .report
-            .results
-            .get("churn")
-            .and_then(|r| writes_of(&r.fields))
-            .unwrap_or(0);
-        if final_writes <= seen.writes_at_completion {
-            problems.push(format!(
-                "the guest wrote nothing after the cancel: {final_writes} writes in all, \
-                 {} when the migration was cancelled",
-                seen.writes_at_completion
-            ));
-        }
-    } else if problems.is_empty() {
-        require_churn(&seen.report, &mut problems);
-        if !seen.result_on_target {
-            problems.push(
+        // Where the guest finished, and the words for it.
+        let (result_printed, no_result, wrote_where, migration_end) = if cancel {
+            (
+                seen.result_on_source,
+                "the churn result was not printed by the source after the cancelled migration",
+                "after the cancel",
+                "was cancelled",
+            )
+        } else {
+            (
+                seen.result_on_target,
                 "the churn result was not printed by the target: the guest did not finish \
-                 its writes and its verification after the migration"
-                    .to_owned(),
-            );
+                 its writes and its verification after the migration",
+                "on the target",
+                "completed",
+            )
+        };
+        if !result_printed {
+            problems.push(no_result.to_owned());
         }
         let final_writes = seen
             .report
@@ -330,8 +322,8 @@ fn migrate(kind: BackendKind, cancel: bool) {
             .unwrap_or(0);
         if final_writes <= seen.writes_at_completion {
             problems.push(format!(
-                "the guest wrote nothing on the target: {final_writes} writes in all, \
-                 {} when the migration completed",
+                "the guest wrote nothing {wrote_where}: {final_writes} writes in all, \
+                 {} when the migration {migration_end}",
                 seen.writes_at_completion
             ));
         }
