@@ -24,54 +24,24 @@ use common::{Client, Daemon, Dir, Pattern, Stop, Workload};
 
 /// The workloads: 4k random at QD1 and QD32, 128k sequential.
 const WORKLOADS: [Workload; 6] = [
-    Workload {
-        name: "randread-4k-qd1",
-        dir: Dir::Read,
-        pattern: Pattern::Random,
-        bs: 4096,
-        depth: 1,
-        queues: 1,
-    },
-    Workload {
-        name: "randwrite-4k-qd1",
-        dir: Dir::Write,
-        pattern: Pattern::Random,
-        bs: 4096,
-        depth: 1,
-        queues: 1,
-    },
-    Workload {
-        name: "randread-4k-qd32",
-        dir: Dir::Read,
-        pattern: Pattern::Random,
-        bs: 4096,
-        depth: 32,
-        queues: 1,
-    },
-    Workload {
-        name: "randwrite-4k-qd32",
-        dir: Dir::Write,
-        pattern: Pattern::Random,
-        bs: 4096,
-        depth: 32,
-        queues: 1,
-    },
-    Workload {
-        name: "seqread-128k-qd8",
-        dir: Dir::Read,
-        pattern: Pattern::Sequential,
-        bs: 128 * 1024,
-        depth: 8,
-        queues: 1,
-    },
-    Workload {
-        name: "seqwrite-128k-qd8",
-        dir: Dir::Write,
-        pattern: Pattern::Sequential,
-        bs: 128 * 1024,
-        depth: 8,
-        queues: 1,
-    },
+    Workload::new("randread-4k-qd1", Dir::Read, Pattern::Random, 4096, 1),
+    Workload::new("randwrite-4k-qd1", Dir::Write, Pattern::Random, 4096, 1),
+    Workload::new("randread-4k-qd32", Dir::Read, Pattern::Random, 4096, 32),
+    Workload::new("randwrite-4k-qd32", Dir::Write, Pattern::Random, 4096, 32),
+    Workload::new(
+        "seqread-128k-qd8",
+        Dir::Read,
+        Pattern::Sequential,
+        128 * 1024,
+        8,
+    ),
+    Workload::new(
+        "seqwrite-128k-qd8",
+        Dir::Write,
+        Pattern::Sequential,
+        128 * 1024,
+        8,
+    ),
 ];
 
 #[derive(Debug)]
@@ -278,10 +248,7 @@ fn main() -> Result<()> {
             let argv = argv(name, &cluster.conf(), &sock, a.queues);
             let daemon = Daemon::spawn(&argv, &sock, Duration::from_secs(60))?;
             for (wi, w) in WORKLOADS.iter().enumerate() {
-                let w = Workload {
-                    queues: a.queues,
-                    ..*w
-                };
+                let w = w.on_queues(a.queues);
                 let (iops, cpu) =
                     measure(&daemon, &w, &a).with_context(|| format!("{name} on {}", w.name))?;
                 eprintln!(

@@ -24,14 +24,7 @@ use common::{Backend, Client, Daemon, Dir, Image, LoopDevice, Pattern, Stop, Wor
 use criterion::{Criterion, Throughput};
 
 fn workload(name: &'static str, dir: Dir, depth: usize) -> Workload {
-    Workload {
-        name,
-        dir,
-        pattern: Pattern::Random,
-        bs: 4096,
-        depth,
-        queues: 1,
-    }
+    Workload::new(name, dir, Pattern::Random, 4096, depth)
 }
 
 fn fail(msg: impl std::fmt::Display) -> ! {

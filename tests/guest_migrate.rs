@@ -292,35 +292,27 @@ fn migrate(kind: BackendKind, cancel: bool) {
     if let Err(e) = result {
         problems.push(format!("{e:#}"));
     }
-    if problems.is_empty() && cancel {
+    if problems.is_empty() {
         require_churn(&seen.report, &mut problems);
-        if !seen.result_on_source {
-            problems.push(
-                "the churn result was not printed by the source after the cancelled migration"
-                    .to_owned(),
-            );
-        }
-        let final_writes = seen
-            .report
-            .results
-            .get("churn")
-            .and_then(|r| writes_of(&r.fields))
-            .unwrap_or(0);
-        if final_writes <= seen.writes_at_completion {
-            problems.push(format!(
-                "the guest wrote nothing after the cancel: {final_writes} writes in all, \
-                 {} when the migration was cancelled",
-                seen.writes_at_completion
-            ));
-        }
-    } else if problems.is_empty() {
-        require_churn(&seen.report, &mut problems);
-        if !seen.result_on_target {
-            problems.push(
+        // Where the guest finished, and the words for it.
+        let (result_printed, no_result, wrote_where, migration_end) = if cancel {
+            (
+                seen.result_on_source,
+                "the churn result was not printed by the source after the cancelled migration",
+                "after the cancel",
+                "was cancelled",
+            )
+        } else {
+            (
+                seen.result_on_target,
                 "the churn result was not printed by the target: the guest did not finish \
-                 its writes and its verification after the migration"
-                    .to_owned(),
-            );
+                 its writes and its verification after the migration",
+                "on the target",
+                "completed",
+            )
+        };
+        if !result_printed {
+            problems.push(no_result.to_owned());
         }
         let final_writes = seen
             .report
@@ -330,8 +322,8 @@ fn migrate(kind: BackendKind, cancel: bool) {
             .unwrap_or(0);
         if final_writes <= seen.writes_at_completion {
             problems.push(format!(
-                "the guest wrote nothing on the target: {final_writes} writes in all, \
-                 {} when the migration completed",
+                "the guest wrote nothing {wrote_where}: {final_writes} writes in all, \
+                 {} when the migration {migration_end}",
                 seen.writes_at_completion
             ));
         }
@@ -567,11 +559,7 @@ fn run_migration(
     while let Ok(line) = vm_a.lines.try_recv() {
         seen.console_a.push_str(&line);
     }
-    let st = backends[0].1.stop()?;
-    ensure!(
-        st.success(),
-        "the source backend exited with {st} on SIGTERM"
-    );
+    stop_backend(&mut backends[0].1, "source")?;
     if kind == BackendKind::Ours {
         // QEMU turned dirty logging on for the migration, and the source
         // daemon saw it (that the data it then wrote into guest memory was
@@ -589,35 +577,55 @@ fn run_migration(
     step(w, "post-migration (target)", &["open"], &[])?;
     expect_open_state(w, "exclusive=True", "after the migration")?;
 
-    // The guest finishes on the target: the rest of its writes, then the
-    // verification of every acknowledged block, then power off.
-    {
-        let Seen {
-            report, console_b, ..
-        } = &mut *seen;
-        let mut on_event = |_: GuestEvent<'_>| Ok(());
-        let open = follow(
-            &vm_b,
-            report,
-            console_b,
-            deadline,
-            &mut on_event,
-            &mut |r| Ok(r.done.is_some()),
-        )?;
-        if open {
-            vm_b.wait_exit(Duration::from_secs(60))?;
-        }
+    // The guest finishes on the target.
+    seen.result_on_target = finish_on(
+        &mut vm_b,
+        &mut seen.report,
+        &mut seen.console_b,
+        &mut backends[1].1,
+        "target",
+        deadline,
+    )?;
+    Ok(())
+}
+
+/// Follows the guest to the end on `vm` (the rest of its writes, then the
+/// verification of every acknowledged block, then power off), its lines
+/// going to `report` and `console`; requires `E2E-DONE ok`; then stops
+/// `backend`, that VM's backend (`side`: "source" or "target", for the
+/// error). Returns whether the churn result was printed on this console.
+fn finish_on(
+    vm: &mut Vm,
+    report: &mut GuestReport,
+    console: &mut String,
+    backend: &mut Backend,
+    side: &str,
+    deadline: Instant,
+) -> Result<bool> {
+    let mut on_event = |_: GuestEvent<'_>| Ok(());
+    let open = follow(vm, report, console, deadline, &mut on_event, &mut |r| {
+        Ok(r.done.is_some())
+    })?;
+    if open {
+        vm.wait_exit(Duration::from_secs(60))?;
     }
-    seen.result_on_target = seen.console_b.contains("E2E-RESULT name=churn");
+    let result_here = console.contains("E2E-RESULT name=churn");
     ensure!(
-        seen.report.done.as_deref() == Some("ok"),
+        report.done.as_deref() == Some("ok"),
         "the guest finished with E2E-DONE {:?}",
-        seen.report.done
+        report.done
     );
-    let st = backends[1].1.stop()?;
+    stop_backend(backend, side)?;
+    Ok(result_here)
+}
+
+/// Stops `backend` (`side`: "source" or "target"); it must exit cleanly on
+/// SIGTERM.
+fn stop_backend(backend: &mut Backend, side: &str) -> Result<()> {
+    let st = backend.stop()?;
     ensure!(
         st.success(),
-        "the target backend exited with {st} on SIGTERM"
+        "the {side} backend exited with {st} on SIGTERM"
     );
     Ok(())
 }
@@ -648,11 +656,7 @@ fn finish_cancelled(
     while let Ok(line) = vm_b.lines.try_recv() {
         seen.console_b.push_str(&line);
     }
-    let st = backends[1].1.stop()?;
-    ensure!(
-        st.success(),
-        "the target backend exited with {st} on SIGTERM"
-    );
+    stop_backend(&mut backends[1].1, "target")?;
     step(w, "migration aborted (target)", &["close"], &[])?;
     step(w, "migration aborted (source)", &["open"], &[])?;
     expect_open_state(w, "exclusive=True", "after the aborted migration")?;
@@ -663,34 +667,14 @@ fn finish_cancelled(
             "the source daemon never saw VHOST_F_LOG_ALL withdrawn"
         );
     }
-    {
-        let Seen {
-            report, console_a, ..
-        } = &mut *seen;
-        let mut on_event = |_: GuestEvent<'_>| Ok(());
-        let open = follow(
-            &vm_a,
-            report,
-            console_a,
-            deadline,
-            &mut on_event,
-            &mut |r| Ok(r.done.is_some()),
-        )?;
-        if open {
-            vm_a.wait_exit(Duration::from_secs(60))?;
-        }
-    }
-    seen.result_on_source = seen.console_a.contains("E2E-RESULT name=churn");
-    ensure!(
-        seen.report.done.as_deref() == Some("ok"),
-        "the guest finished with E2E-DONE {:?}",
-        seen.report.done
-    );
-    let st = backends[0].1.stop()?;
-    ensure!(
-        st.success(),
-        "the source backend exited with {st} on SIGTERM"
-    );
+    seen.result_on_source = finish_on(
+        &mut vm_a,
+        &mut seen.report,
+        &mut seen.console_a,
+        &mut backends[0].1,
+        "source",
+        deadline,
+    )?;
     Ok(())
 }
 

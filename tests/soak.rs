@@ -12,6 +12,7 @@ mod vhost_support;
 use std::time::{Duration, Instant};
 
 use blkio::{Blkioq, ReqFlags};
+use extstorage_testbins::splitmix64;
 use vhost_support::*;
 
 const BLOCK: usize = 4096;
@@ -29,13 +30,6 @@ fn soak_secs() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(45)
-}
-
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 /// The content of block `b` at generation `gen` (0: zeroes).

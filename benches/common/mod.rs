@@ -52,48 +52,45 @@ pub struct Workload {
     pub queues: usize,
 }
 
+impl Workload {
+    /// `bs`-byte `dir` requests in `pattern`, `depth` in flight, on one
+    /// queue.
+    pub const fn new(
+        name: &'static str,
+        dir: Dir,
+        pattern: Pattern,
+        bs: usize,
+        depth: usize,
+    ) -> Workload {
+        Workload {
+            name,
+            dir,
+            pattern,
+            bs,
+            depth,
+            queues: 1,
+        }
+    }
+
+    /// The same workload on `queues` queues.
+    pub const fn on_queues(self, queues: usize) -> Workload {
+        Workload { queues, ..self }
+    }
+}
+
 /// The workloads of issue 4, in table order.
 pub const WORKLOADS: [Workload; 5] = [
-    Workload {
-        name: "randread-4k-qd32",
-        dir: Dir::Read,
-        pattern: Pattern::Random,
-        bs: 4096,
-        depth: 32,
-        queues: 1,
-    },
-    Workload {
-        name: "randwrite-4k-qd32",
-        dir: Dir::Write,
-        pattern: Pattern::Random,
-        bs: 4096,
-        depth: 32,
-        queues: 1,
-    },
-    Workload {
-        name: "randread-4k-qd1",
-        dir: Dir::Read,
-        pattern: Pattern::Random,
-        bs: 4096,
-        depth: 1,
-        queues: 1,
-    },
-    Workload {
-        name: "randread-4k-qd32-2q",
-        dir: Dir::Read,
-        pattern: Pattern::Random,
-        bs: 4096,
-        depth: 32,
-        queues: 2,
-    },
-    Workload {
-        name: "seqread-128k-qd8",
-        dir: Dir::Read,
-        pattern: Pattern::Sequential,
-        bs: 128 * 1024,
-        depth: 8,
-        queues: 1,
-    },
+    Workload::new("randread-4k-qd32", Dir::Read, Pattern::Random, 4096, 32),
+    Workload::new("randwrite-4k-qd32", Dir::Write, Pattern::Random, 4096, 32),
+    Workload::new("randread-4k-qd1", Dir::Read, Pattern::Random, 4096, 1),
+    Workload::new("randread-4k-qd32-2q", Dir::Read, Pattern::Random, 4096, 32).on_queues(2),
+    Workload::new(
+        "seqread-128k-qd8",
+        Dir::Read,
+        Pattern::Sequential,
+        128 * 1024,
+        8,
+    ),
 ];
 
 /// When a queue's run ends.

@@ -28,6 +28,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use extstorage_testbins::splitmix64;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -574,15 +575,6 @@ pub fn new_seed() -> u64 {
         .map_or(1, |d| d.as_nanos() as u64)
         ^ u64::from(std::process::id()) << 32
         | 1
-}
-
-/// The pattern the guest writes: word at byte offset `o` is
-/// `splitmix64(seed ^ o/8)`, little endian (see tests/guest/e2e-guest.c).
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 fn parse_ranges(list: &str) -> Result<Vec<(u64, u64)>> {

@@ -7,6 +7,9 @@
 //! is asked in a process, runs `cargo build` for the binaries so a test never
 //! runs a stale one (a no-op when `cargo test --workspace` built them
 //! already).
+//!
+//! It also holds the few helpers more than one test or bench needs and no
+//! test module shares with the others: [`splitmix64`].
 #![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -82,4 +85,29 @@ pub fn path(name: &str) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// One step of SplitMix64: a well-mixed 64-bit word from `x`. The tests
+/// derive data patterns from it: the guest's disk pattern (word at byte
+/// offset `o` is `splitmix64(seed ^ o/8)`, as tests/guest/e2e-guest.c
+/// writes it) and the soak's block contents.
+pub fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::splitmix64;
+
+    /// The reference generator's first outputs from state 0 (the state
+    /// advances by the golden gamma before each output), which the C guest
+    /// computes too.
+    #[test]
+    fn splitmix64_matches_the_reference_sequence() {
+        assert_eq!(splitmix64(0), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(splitmix64(0x9e37_79b9_7f4a_7c15), 0x6e78_9e6a_a1b9_65f4);
+    }
 }

@@ -20,6 +20,34 @@ use crate::{Config, Error, RbdSource, WriteCache, engine_kind};
 /// Largest discard / write-zeroes segment offered, in sectors (2 GiB).
 const MAX_DISCARD_SECTORS: u32 = 1 << 22;
 
+/// The one conversion from the validated `--rbd` source (serve-api) to
+/// what the rbd engine opens (blockio), `read_only` as the device is served.
+/// The source is taken apart whole, so a field added to it does not compile
+/// until it is carried over here.
+fn rbd_spec(src: &RbdSource, read_only: bool) -> RbdSpec {
+    let RbdSource {
+        pool,
+        namespace,
+        image,
+        snapshot,
+        conf,
+        id,
+        keyring,
+        timeout_secs,
+    } = src.clone();
+    RbdSpec {
+        pool,
+        namespace,
+        image,
+        snapshot,
+        conf,
+        id,
+        keyring,
+        timeout_secs,
+        read_only,
+    }
+}
+
 /// What the device reads and writes.
 #[derive(Debug)]
 enum Store {
@@ -170,17 +198,7 @@ impl Device {
         if cfg.device.engine != crate::Engine::Auto {
             tracing::warn!(engine = %cfg.device.engine, "--engine does not apply to an RBD image: it uses the rbd engine");
         }
-        let spec = RbdSpec {
-            pool: src.pool.clone(),
-            namespace: src.namespace.clone(),
-            image: src.image.clone(),
-            snapshot: src.snapshot.clone(),
-            conf: src.conf.clone(),
-            id: src.id.clone(),
-            keyring: src.keyring.clone(),
-            timeout_secs: src.timeout_secs,
-            read_only: cfg.device.read_only,
-        };
+        let spec = rbd_spec(src, cfg.device.read_only);
         tracing::info!(image = %spec, conf = ?spec.conf, id = ?spec.id, "connecting to the Ceph cluster");
         // librados starts its threads here: they must not take SIGTERM.
         let image =
