@@ -194,7 +194,11 @@ pub trait EventLoop {
 
     /// While on, [`commit`](Engine::commit) leaves requests queued for the
     /// next [`wait`](EventLoop::wait) or [`poll`](EventLoop::poll), which
-    /// submit them in the same system call.
+    /// submit them in the same system call, and completions do not raise
+    /// the [`completion_fd`](Engine::completion_fd): the caller waits in
+    /// the loop. Completions that arrived meanwhile stay for
+    /// [`pop_completion`](Engine::pop_completion): take them (or wait in
+    /// the loop) before waiting on the eventfd again.
     fn defer_submission(&mut self, on: bool);
 
     /// Gathers finished requests without sleeping (for callers that spin):
