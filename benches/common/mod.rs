@@ -576,8 +576,11 @@ pub struct Backend {
     pub kind: Kind,
 }
 
-/// The `--poll-us` of the `ours-poll` backend.
-pub const POLL_US: u32 = 50;
+/// The `--poll-us` of the `ours-poll` backend: the spin ends after this
+/// long without progress, so it must outlast the device's latency and the
+/// guest's reaction to a completion (each 20-40 µs on a loop device here;
+/// 50 µs left the worker sleeping on every other request).
+pub const POLL_US: &str = "200";
 
 /// Our daemon's built-in variants: name and the arguments appended to the
 /// common `serve` command. To measure a new lever, add a row here (or pass
@@ -588,7 +591,7 @@ pub const OURS_VARIANTS: &[(&str, &[&str])] = &[
     ("ours", &[]),
     ("ours-uring", &["--engine", "uring"]),
     ("ours-sync", &["--engine", "sync"]),
-    ("ours-poll", &["--poll-us", "50"]),
+    ("ours-poll", &["--poll-us", POLL_US]),
 ];
 
 /// qemu-storage-daemon's variants: the documented command, then direct I/O
