@@ -6,7 +6,9 @@
 
 mod guest_support;
 
-use guest_support::{BackendKind, ChurnConfig, GuestEvent, boot_churn};
+use guest_support::{
+    BackendKind, ChurnConfig, GuestEvent, StartOptions, boot_churn, boot_churn_opts,
+};
 
 const QUEUES: u32 = 2;
 
@@ -22,8 +24,12 @@ fn churn() -> ChurnConfig {
 }
 
 fn run(kind: BackendKind) {
+    run_opts(kind, &StartOptions::default());
+}
+
+fn run_opts(kind: BackendKind, opts: &StartOptions) {
     let mut progress = 0u32;
-    let Some(outcome) = boot_churn(kind, QUEUES, &churn(), &mut |_, ev| {
+    let Some(outcome) = boot_churn_opts(kind, QUEUES, &churn(), opts, &mut |_, ev| {
         if let GuestEvent::ChurnProgress(_) = ev {
             progress += 1;
         }
@@ -42,8 +48,8 @@ fn run(kind: BackendKind) {
         outcome.diagnostics
     );
     eprintln!(
-        "churn on {kind:?}: {:?}",
-        outcome.report.results["churn"].fields
+        "churn on {kind:?} {:?}: {:?}",
+        opts.daemon_args, outcome.report.results["churn"].fields
     );
 }
 
@@ -90,4 +96,18 @@ fn churn_catches_a_backend_that_loses_writes() {
 #[test]
 fn churn_ours() {
     run(BackendKind::Ours);
+}
+
+/// This project's daemon in poll mode: the worker spins for requests and
+/// completions after each batch (the window restarting with every
+/// completion) on both queues, and every acknowledged block must read back.
+#[test]
+fn churn_ours_in_poll_mode() {
+    run_opts(
+        BackendKind::Ours,
+        &StartOptions {
+            daemon_args: vec!["--poll-us".into(), "200".into()],
+            ..StartOptions::default()
+        },
+    );
 }

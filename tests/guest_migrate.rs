@@ -33,9 +33,9 @@ use anyhow::{Context, Result, bail, ensure};
 use common_cli::{Run, World};
 use guest_support::{
     Backend, BackendKind, ChildGuard, ChurnConfig, GuestEvent, GuestImages, GuestReport, GuestRun,
-    Prepared, Qmp, console_lines, die_with_parent, follow_line, guest_images, harness_disk_args,
-    new_seed, one_guest_at_a_time, qemu_command, qemu_log_text, require_churn, skip_or_fail,
-    timeout, which,
+    Prepared, Qmp, StartOptions, console_lines, die_with_parent, follow_line, guest_images,
+    harness_disk_args, new_seed, one_guest_at_a_time, qemu_command, qemu_log_text, require_churn,
+    skip_or_fail, timeout, which,
 };
 
 const PROVIDER: &str = "loopfile";
@@ -391,11 +391,16 @@ fn run_migration(
     expect_open_state(w, "exclusive=True", "after the source's open")?;
 
     let serial = "migration";
+    // Both nodes' backends serve the one device during the migration.
+    let shared = StartOptions {
+        shared: true,
+        ..StartOptions::default()
+    };
     let (dir_a, dir_b) = (w.path("node-a"), w.path("node-b"));
     std::fs::create_dir_all(&dir_a)?;
     std::fs::create_dir_all(&dir_b)?;
     let (sock_a, sock_b) = (dir_a.join("vhost.sock"), dir_b.join("vhost.sock"));
-    let backend_a = Backend::start_opts(kind, &dir_a, &dev, &sock_a, QUEUES, serial, true)?;
+    let backend_a = Backend::start_opts(kind, &dir_a, &dev, &sock_a, QUEUES, serial, &shared)?;
     backends.push(("a (source)", backend_a));
 
     let append = format!(
@@ -448,7 +453,7 @@ fn run_migration(
 
     // The target: its own backend on the same device, QEMU waiting for the
     // incoming migration.
-    let backend_b = Backend::start_opts(kind, &dir_b, &dev, &sock_b, QUEUES, serial, true)?;
+    let backend_b = Backend::start_opts(kind, &dir_b, &dev, &sock_b, QUEUES, serial, &shared)?;
     backends.push(("b (target)", backend_b));
     let incoming = w.path("migrate.sock");
     let mut vm_b = Vm::start(

@@ -273,6 +273,19 @@ pub struct Backend {
     log: PathBuf,
 }
 
+/// How [`Backend::start_opts`] starts a backend, beyond the common
+/// arguments.
+#[derive(Debug, Default, Clone)]
+pub struct StartOptions {
+    /// Another backend serves the same image at the same time (live
+    /// migration: the source's and the target's), so qemu-storage-daemon
+    /// takes no image lock (`locking=off`). Our daemon takes none anyway.
+    pub shared: bool,
+    /// Arguments appended to our daemon's `serve` command (e.g.
+    /// `--poll-us`); none for qemu-storage-daemon.
+    pub daemon_args: Vec<OsString>,
+}
+
 impl Backend {
     /// Starts the backend and waits (bounded) until its socket listens.
     pub fn start(
@@ -283,13 +296,18 @@ impl Backend {
         num_queues: u32,
         serial: &str,
     ) -> Result<Self> {
-        Self::start_opts(kind, dir, image, socket, num_queues, serial, false)
+        Self::start_opts(
+            kind,
+            dir,
+            image,
+            socket,
+            num_queues,
+            serial,
+            &StartOptions::default(),
+        )
     }
 
-    /// Like [`start`](Self::start); with `shared`, another backend serves
-    /// the same image at the same time (live migration: the source's and
-    /// the target's), so qemu-storage-daemon takes no image lock
-    /// (`locking=off`). Our daemon takes none anyway.
+    /// Like [`start`](Self::start), with [`StartOptions`].
     pub fn start_opts(
         kind: BackendKind,
         dir: &Path,
@@ -297,8 +315,14 @@ impl Backend {
         socket: &Path,
         num_queues: u32,
         serial: &str,
-        shared: bool,
+        opts: &StartOptions,
     ) -> Result<Self> {
+        let shared = opts.shared;
+        ensure!(
+            opts.daemon_args.is_empty() || kind == BackendKind::Ours,
+            "daemon arguments {:?} are for our daemon, not {kind:?}",
+            opts.daemon_args
+        );
         let log = dir.join("backend.log");
         let qmp = dir.join("qmp.sock");
         let control = dir.join("control.sock");
@@ -358,7 +382,8 @@ impl Backend {
                     .arg("--control-socket")
                     .arg(&control)
                     .arg("--serial")
-                    .arg(serial);
+                    .arg(serial)
+                    .args(&opts.daemon_args);
                 if std::env::var_os("RUST_LOG").is_none() {
                     c.env("RUST_LOG", "info");
                 }
@@ -1202,6 +1227,17 @@ pub fn boot_churn(
     churn: &ChurnConfig,
     on_event: &mut dyn FnMut(&mut Backend, GuestEvent<'_>) -> Result<()>,
 ) -> Option<BootOutcome> {
+    boot_churn_opts(kind, num_queues, churn, &StartOptions::default(), on_event)
+}
+
+/// [`boot_churn`] with the backend started with `opts`.
+pub fn boot_churn_opts(
+    kind: BackendKind,
+    num_queues: u32,
+    churn: &ChurnConfig,
+    opts: &StartOptions,
+    on_event: &mut dyn FnMut(&mut Backend, GuestEvent<'_>) -> Result<()>,
+) -> Option<BootOutcome> {
     let _one = one_guest_at_a_time();
     let images = prerequisites(kind)?;
     let dir = tempfile::Builder::new()
@@ -1218,8 +1254,9 @@ pub fn boot_churn(
         .and_then(|f| f.set_len(INITIAL_SIZE))
         .expect("creating the backing file");
     let seed = new_seed();
-    let mut backend = Backend::start(kind, dir.path(), &image, &socket, num_queues, "churn")
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut backend =
+        Backend::start_opts(kind, dir.path(), &image, &socket, num_queues, "churn", opts)
+            .unwrap_or_else(|e| panic!("{e:#}"));
     let log = dir.path().join("qemu.log");
     let (report, mut problems) = run_guest(
         &GuestRun {
