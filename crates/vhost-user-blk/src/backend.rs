@@ -1253,9 +1253,20 @@ impl VhostUserBackend for BlkBackend {
         Ok(())
     }
 
-    fn update_memory(&self, _mem: Gm) -> std::io::Result<()> {
+    fn update_memory(&self, mem: Gm) -> std::io::Result<()> {
         // The handler replaced the table in the GuestMemoryAtomic we share;
         // in-flight requests keep the old one alive through their Arc.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let table = mem.memory();
+            let regions: Vec<String> = table
+                .iter()
+                .map(|r| {
+                    let start = r.start_addr().raw_value();
+                    format!("{start:#x}+{:#x}", r.len())
+                })
+                .collect();
+            tracing::debug!(regions = ?regions, "guest memory table updated");
+        }
         Ok(())
     }
 
