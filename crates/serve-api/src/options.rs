@@ -141,9 +141,10 @@ pub struct DeviceArgs {
     /// I/O engine: auto (io_uring where it pays), sync or uring.
     #[arg(long, value_name = "ENGINE", value_enum, default_value = "auto")]
     pub engine: Engine,
-    /// Adaptive polling: after a batch, spin up to this many microseconds
-    /// for more requests before sleeping (0 = never). Lowers latency at
-    /// the cost of up to a CPU per busy queue.
+    /// Adaptive polling: after a batch, spin for more requests and
+    /// completions until this many microseconds pass with none (0 = never
+    /// spin). Lowers latency at the cost of up to a CPU per busy queue;
+    /// the window must outlast the device's latency (e.g. 200).
     #[arg(long, value_name = "US", default_value_t = 0)]
     pub poll_us: u32,
 }
