@@ -99,6 +99,10 @@ struct QueueWorker {
     /// of its requests' latencies (one clock read per batch, not per
     /// request; cleared at the start of each batch).
     batch_clock: Option<Instant>,
+    /// Tests only: runs once right after a batch's memory table is
+    /// loaded, so a test can act as a frontend racing the worker there.
+    #[cfg(test)]
+    after_batch_memory: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// Watch numbers of a queue's io_uring event loop.
@@ -190,6 +194,8 @@ impl QueueWorker {
             inflight: None,
             resubmit: Vec::new(),
             batch_clock: None,
+            #[cfg(test)]
+            after_batch_memory: None,
         }
     }
 
@@ -387,8 +393,12 @@ impl QueueWorker {
             if event_idx && let Err(e) = st.get_queue_mut().disable_notification(&*loaded) {
                 tracing::warn!(queue = self.index, error = %e, "cannot disable notifications");
             }
-            let mem = batch_memory(gm, st, &loaded);
-            self.process_available(dev, st, &mem);
+            let (end, mem) = batch_memory(gm, st, &loaded);
+            #[cfg(test)]
+            if let Some(hook) = self.after_batch_memory.take() {
+                hook();
+            }
+            self.process_available(dev, st, &mem, end);
             if !self.poll.is_zero() {
                 // Let the guest see this batch before spinning for the next.
                 self.signal(st, &mem);
@@ -464,7 +474,15 @@ impl QueueWorker {
         }
     }
 
-    fn process_available(&mut self, dev: &Device, st: &mut VState, mem: &Arc<Mem>) {
+    /// Serves the requests made available before `end` (see
+    /// [`batch_memory`]); later ones wait for the next pass.
+    fn process_available(
+        &mut self,
+        dev: &Device,
+        st: &mut VState,
+        mem: &Arc<Mem>,
+        end: Option<Wrapping<u16>>,
+    ) {
         self.batch_clock = None;
         // What a previous backend took and never returned comes first, in
         // the order it was taken (see `inflight`).
@@ -478,7 +496,10 @@ impl QueueWorker {
             );
             self.serve_chain(dev, st, mem, &chain);
         }
-        while let Some(chain) = st.get_queue_mut().pop_descriptor_chain(&**mem) {
+        while end.is_some_and(|end| Wrapping(st.get_queue().next_avail()) != end) {
+            let Some(chain) = st.get_queue_mut().pop_descriptor_chain(&**mem) else {
+                break;
+            };
             if let Some(inflight) = self.inflight.as_mut() {
                 inflight.get(chain.head_index());
             }
@@ -913,18 +934,19 @@ impl QueueWorker {
     }
 }
 
-/// The guest memory to parse the next batch with. A frontend adds memory
-/// (ADD_MEM_REG, acknowledged) before it puts requests using it on the
-/// ring, so memory loaded after reading the avail index (an acquire) maps
-/// every request that index reveals. Memory loaded before it (at the
-/// start of the event, or for an earlier batch) may predate a region the
-/// new requests use: parsing them against it would fail them as "outside
-/// guest memory".
-fn batch_memory(gm: &Gm, st: &VState, current: &Arc<Mem>) -> Arc<Mem> {
+/// The bounds of the next batch: the avail index, and the guest memory to
+/// parse the requests before it with. A frontend adds memory (ADD_MEM_REG,
+/// acknowledged) before it puts requests using it on the ring, so memory
+/// loaded after reading the avail index (an acquire) maps every request
+/// that index reveals, and no more: a request made available after the
+/// load may use a region added after it, so the batch stops at the index
+/// read here (popping re-reads the index) and the next pass, with a fresh
+/// table, takes the rest. None: the avail ring cannot be read.
+fn batch_memory(gm: &Gm, st: &VState, current: &Arc<Mem>) -> (Option<Wrapping<u16>>, Arc<Mem>) {
     // The rings themselves are in `current`: they do not move while the
     // vring runs.
-    let _ = st.get_queue().avail_idx(&**current, Ordering::Acquire);
-    gm.memory().into_inner()
+    let end = st.get_queue().avail_idx(&**current, Ordering::Acquire).ok();
+    (end, gm.memory().into_inner())
 }
 
 /// Host buffers for `segs`, split where a segment crosses memory regions.
