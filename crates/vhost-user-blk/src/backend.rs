@@ -99,10 +99,11 @@ struct QueueWorker {
     /// of its requests' latencies (one clock read per batch, not per
     /// request; cleared at the start of each batch).
     batch_clock: Option<Instant>,
-    /// Tests only: runs once right after a batch's memory table is
-    /// loaded, so a test can act as a frontend racing the worker there.
+    /// Tests only: runs once right after the memory table is loaded for a
+    /// run of requests, so a test can act as a frontend racing the worker
+    /// there.
     #[cfg(test)]
-    after_batch_memory: Option<Box<dyn FnOnce() + Send>>,
+    after_memory_load: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// Watch numbers of a queue's io_uring event loop.
@@ -195,7 +196,7 @@ impl QueueWorker {
             resubmit: Vec::new(),
             batch_clock: None,
             #[cfg(test)]
-            after_batch_memory: None,
+            after_memory_load: None,
         }
     }
 
@@ -367,9 +368,9 @@ impl QueueWorker {
     /// Handles a kick. The EVENT_IDX drain loop: with notifications off,
     /// process everything available; optionally spin for more (poll mode);
     /// turn notifications back on; go again if more arrived meanwhile.
-    /// The vring is locked once for all of it, the guest memory loaded for
-    /// every pass (after the pass's avail index is read: see
-    /// [`batch_memory`]), and the guest is signalled at most once per batch.
+    /// The vring is locked once for all of it, the guest memory loaded
+    /// after each read of the avail index (see [`more_available`]), and
+    /// the guest is signalled at most once per batch.
     fn process_queue(&mut self, dev: &Device, gm: &Gm, vring: &Vring, event_idx: bool) {
         let mut st = vring.get_mut();
         let mem = self.process_ring(dev, &mut st, gm, event_idx);
@@ -378,9 +379,9 @@ impl QueueWorker {
 
     /// The drain loop of [`process_queue`](Self::process_queue), on a
     /// locked vring, without the final notification. The memory table is
-    /// loaded afresh for every pass: requests found after a spin, or after
-    /// a kick seen by the event loop, may use memory the frontend added
-    /// since the last pass. Returns the table of the last pass.
+    /// loaded afresh whenever more requests are found: they may use memory
+    /// the frontend added since the last were parsed. Returns the table
+    /// the last requests were parsed with.
     fn process_ring(
         &mut self,
         dev: &Device,
@@ -393,12 +394,7 @@ impl QueueWorker {
             if event_idx && let Err(e) = st.get_queue_mut().disable_notification(&*loaded) {
                 tracing::warn!(queue = self.index, error = %e, "cannot disable notifications");
             }
-            let (end, mem) = batch_memory(gm, st, &loaded);
-            #[cfg(test)]
-            if let Some(hook) = self.after_batch_memory.take() {
-                hook();
-            }
-            self.process_available(dev, st, &mem, end);
+            let mem = self.process_available(dev, st, gm, loaded);
             if !self.poll.is_zero() {
                 // Let the guest see this batch before spinning for the next.
                 self.signal(st, &mem);
@@ -474,36 +470,49 @@ impl QueueWorker {
         }
     }
 
-    /// Serves the requests made available before `end` (see
-    /// [`batch_memory`]); later ones wait for the next pass.
+    /// Serves what a previous backend left in flight, then everything
+    /// available, `mem` being the table loaded at the start of the pass.
+    /// Returns the table the last requests were parsed with: it is loaded
+    /// again whenever the avail index is (see [`more_available`]).
     fn process_available(
         &mut self,
         dev: &Device,
         st: &mut VState,
-        mem: &Arc<Mem>,
-        end: Option<Wrapping<u16>>,
-    ) {
+        gm: &Gm,
+        mut mem: Arc<Mem>,
+    ) -> Arc<Mem> {
         self.batch_clock = None;
         // What a previous backend took and never returned comes first, in
         // the order it was taken (see `inflight`).
         while let Some(head) = self.resubmit.pop() {
             let q = st.get_queue();
-            let chain = DescriptorChain::new(&**mem, GuestAddress(q.desc_table()), q.size(), head);
+            let chain = DescriptorChain::new(&*mem, GuestAddress(q.desc_table()), q.size(), head);
             tracing::debug!(
                 queue = self.index,
                 head,
                 "resubmitting an in-flight request"
             );
-            self.serve_chain(dev, st, mem, &chain);
+            self.serve_chain(dev, st, &mem, &chain);
         }
-        while end.is_some_and(|end| Wrapping(st.get_queue().next_avail()) != end) {
-            let Some(chain) = st.get_queue_mut().pop_descriptor_chain(&**mem) else {
+        let mut end = Wrapping(st.get_queue().next_avail());
+        loop {
+            if Wrapping(st.get_queue().next_avail()) == end {
+                let Some((idx, fresh)) = more_available(gm, st, &mem, end) else {
+                    break;
+                };
+                (end, mem) = (idx, fresh);
+                #[cfg(test)]
+                if let Some(hook) = self.after_memory_load.take() {
+                    hook();
+                }
+            }
+            let Some(chain) = st.get_queue_mut().pop_descriptor_chain(&*mem) else {
                 break;
             };
             if let Some(inflight) = self.inflight.as_mut() {
                 inflight.get(chain.head_index());
             }
-            self.serve_chain(dev, st, mem, &chain);
+            self.serve_chain(dev, st, &mem, &chain);
         }
         // In the event loop the ring defers the submission to the next
         // wait: one `io_uring_enter` submits the batch and sleeps.
@@ -511,6 +520,7 @@ impl QueueWorker {
             tracing::error!(queue = self.index, error = %e, "engine commit failed");
         }
         self.reap(dev, st);
+        mem
     }
 
     /// Parses a chain taken off the ring and answers or submits it.
@@ -934,19 +944,25 @@ impl QueueWorker {
     }
 }
 
-/// The bounds of the next batch: the avail index, and the guest memory to
-/// parse the requests before it with. A frontend adds memory (ADD_MEM_REG,
-/// acknowledged) before it puts requests using it on the ring, so memory
-/// loaded after reading the avail index (an acquire) maps every request
-/// that index reveals, and no more: a request made available after the
-/// load may use a region added after it, so the batch stops at the index
-/// read here (popping re-reads the index) and the next pass, with a fresh
-/// table, takes the rest. None: the avail ring cannot be read.
-fn batch_memory(gm: &Gm, st: &VState, current: &Arc<Mem>) -> (Option<Wrapping<u16>>, Arc<Mem>) {
+/// Whether requests beyond `end` are available, and if so the avail
+/// index and the guest memory to parse the requests before it with. A
+/// frontend adds memory (ADD_MEM_REG, acknowledged) before it puts
+/// requests using it on the ring, so a table loaded after reading the
+/// avail index (an acquire) maps every request that index reveals. A
+/// table loaded before may predate a region they use: parsing them
+/// against it would fail them as "outside guest memory". So the index is
+/// read, and the table loaded, once per run of requests, and popping
+/// (which reads the index again) never goes past the index read here.
+fn more_available(
+    gm: &Gm,
+    st: &VState,
+    current: &Mem,
+    end: Wrapping<u16>,
+) -> Option<(Wrapping<u16>, Arc<Mem>)> {
     // The rings themselves are in `current`: they do not move while the
     // vring runs.
-    let end = st.get_queue().avail_idx(&**current, Ordering::Acquire).ok();
-    (end, gm.memory().into_inner())
+    let idx = st.get_queue().avail_idx(current, Ordering::Acquire).ok()?;
+    (idx != end).then(|| (idx, gm.memory().into_inner()))
 }
 
 /// Host buffers for `segs`, split where a segment crosses memory regions.
