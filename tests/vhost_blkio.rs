@@ -303,6 +303,63 @@ fn sigterm_exits_zero_idle_and_with_a_client() {
     assert_eq!(d.file_bytes(0, 4096), vec![1u8; 4096]);
 }
 
+/// `--queue-cpus`: each queue's worker thread is pinned to its CPU of the
+/// list (queue i to the (i mod N)-th), the daemon's own other threads are
+/// not.
+#[test]
+fn queue_workers_run_on_the_cpus_given() {
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .collect();
+    // Queue 0 on the last CPU we may use, queue 1 on the first (the same
+    // one on a single-CPU machine).
+    let (first, last) = (cpus[0], *cpus.last().unwrap());
+    let list = if first == last {
+        format!("{last}")
+    } else {
+        format!("{last},{first}")
+    };
+    let d = Daemon::start(16 * MIB, &["--num-queues", "2", "--queue-cpus", &list]);
+    let mut c = Client::connect(&d.sock, 2, false).unwrap();
+    for i in 0..2 {
+        let mem = c.mem(i);
+        let data = pattern(i as u8, 4096);
+        assert_eq!(write(&mut c.queues[i], mem, MIB, &data), 0);
+        assert_eq!(read(&mut c.queues[i], mem, MIB, 4096), (0, data));
+    }
+    // Threads, by name, with the CPUs each may run on.
+    let mut workers = Vec::new();
+    let mut others = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap();
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let may = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        if name.trim() == "vring_worker" {
+            workers.push(may);
+        } else if !name.starts_with("iou-") {
+            // (io_uring's kernel workers for a queue take its CPU.)
+            others.push((name.trim().to_owned(), may));
+        }
+    }
+    workers.sort();
+    let mut want = vec![first.to_string(), last.to_string()];
+    want.sort();
+    assert_eq!(workers, want, "the queue workers' CPUs");
+    if first != last {
+        for (name, may) in &others {
+            assert_ne!(may, &last.to_string(), "thread {name} was pinned too");
+        }
+    }
+    drop(c);
+}
+
 #[test]
 fn bad_options_fail_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -326,6 +383,11 @@ fn bad_options_fail_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("serial"));
     let out = run(&["--logical-block-size", "1000"]);
     assert_eq!(out.status.code(), Some(1));
+    // No machine here has CPU 1023 to offer.
+    let out = run(&["--queue-cpus", "1023"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CPU 1023") && err.contains("allowed"), "{err}");
     let out = std::process::Command::new(bin())
         .args(["serve", "--path"])
         .arg(dir.path().join("missing.img"))

@@ -29,7 +29,7 @@ pub mod systemd;
 
 pub use error::Error;
 pub use listen::{ListenArgs, ListenOptions, SocketAccess};
-pub use options::{DeviceArgs, DeviceOptions, Engine, WriteCache};
+pub use options::{CpuList, DeviceArgs, DeviceOptions, Engine, WriteCache};
 pub use paths::RunDir;
 pub use rbd::{RbdArgs, RbdSource};
 

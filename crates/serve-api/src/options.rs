@@ -85,6 +85,103 @@ impl fmt::Display for WriteCache {
     }
 }
 
+/// The highest CPU number a [`CpuList`] may name (the kernel's
+/// `CPU_SETSIZE` is 1024).
+pub const MAX_CPU: u16 = 1023;
+
+/// Host CPUs in the order given, written as Linux lists them (`0-3,8`):
+/// queue `i`'s worker runs on the `i mod len`-th. Parsing refuses an empty
+/// list, a number above [`MAX_CPU`], a backwards range and a CPU named
+/// twice; rendering joins ascending runs into ranges, so a list parses
+/// back to itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CpuList(Vec<u16>);
+
+impl CpuList {
+    /// The CPUs, in order.
+    pub fn cpus(&self) -> &[u16] {
+        &self.0
+    }
+
+    /// The CPU queue `queue`'s worker runs on.
+    pub fn for_queue(&self, queue: usize) -> u16 {
+        self.0[queue % self.0.len()]
+    }
+}
+
+impl std::str::FromStr for CpuList {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |t: &str| -> Result<u16, String> {
+            let n: u32 = t
+                .trim()
+                .parse()
+                .map_err(|_| format!("{t:?} is not a CPU number (a list reads like 0-3,8)"))?;
+            u16::try_from(n)
+                .ok()
+                .filter(|&n| n <= MAX_CPU)
+                .ok_or_else(|| format!("CPU {n} is above the highest, {MAX_CPU}"))
+        };
+        let mut cpus: Vec<u16> = Vec::new();
+        for part in text.split(',') {
+            let (first, last) = match part.split_once('-') {
+                Some((a, b)) => (number(a)?, number(b)?),
+                None => (number(part)?, number(part)?),
+            };
+            if first > last {
+                return Err(format!(
+                    "range {part:?} runs backwards: write {last}-{first}"
+                ));
+            }
+            for cpu in first..=last {
+                if cpus.contains(&cpu) {
+                    return Err(format!("CPU {cpu} is named twice"));
+                }
+                cpus.push(cpu);
+            }
+        }
+        Ok(CpuList(cpus))
+    }
+}
+
+impl fmt::Display for CpuList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut i = 0;
+        while i < self.0.len() {
+            let mut j = i;
+            while j + 1 < self.0.len() && self.0[j + 1] == self.0[j] + 1 {
+                j += 1;
+            }
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if j > i {
+                write!(f, "{}-{}", self.0[i], self.0[j])?;
+            } else {
+                write!(f, "{}", self.0[i])?;
+            }
+            i = j + 1;
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<String> for CpuList {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
+
+impl From<CpuList> for String {
+    fn from(list: CpuList) -> String {
+        list.to_string()
+    }
+}
+
 /// `on` or `off`, as QEMU spells booleans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnOff {
@@ -147,6 +244,12 @@ pub struct DeviceArgs {
     /// the window must outlast the device's latency (e.g. 200).
     #[arg(long, value_name = "US", default_value_t = 0)]
     pub poll_us: u32,
+    /// Pin queue workers to host CPUs: queue i runs on the (i mod N)-th
+    /// CPU of LIST, in the order written (e.g. 2,3 or 0-3). A worker that
+    /// shares a CPU with the thread that kicks it wakes without a
+    /// cross-CPU interrupt. [default: unpinned, the scheduler places them]
+    #[arg(long, value_name = "LIST")]
+    pub queue_cpus: Option<CpuList>,
 }
 
 /// Validated device options: what a backend serves and what the QEMU
@@ -171,6 +274,9 @@ pub struct DeviceOptions {
     pub engine: Engine,
     /// Adaptive polling window in microseconds (0: never spin).
     pub poll_us: u32,
+    /// Host CPUs the queue workers are pinned to (None: unpinned).
+    #[serde(default)]
+    pub queue_cpus: Option<CpuList>,
 }
 
 impl Default for DeviceOptions {
@@ -186,6 +292,7 @@ impl Default for DeviceOptions {
             write_cache: WriteCache::Writeback,
             engine: Engine::Auto,
             poll_us: 0,
+            queue_cpus: None,
         }
     }
 }
@@ -225,6 +332,7 @@ impl DeviceArgs {
             write_cache: self.write_cache,
             engine: self.engine,
             poll_us: self.poll_us,
+            queue_cpus: self.queue_cpus.clone(),
         };
         opts.validate()?;
         Ok(opts)
@@ -311,6 +419,9 @@ impl DeviceOptions {
         if self.poll_us != d.poll_us {
             args.push(format!("--poll-us={}", self.poll_us).into());
         }
+        if let Some(cpus) = &self.queue_cpus {
+            args.push(format!("--queue-cpus={cpus}").into());
+        }
         args
     }
 }
@@ -350,6 +461,11 @@ mod tests {
             (vec!["--poll-us=20000"], "maximum"),
             (vec!["--serial=123456789012345678901"], "at most 20"),
             (vec!["--engine=fast"], "auto"),
+            (vec!["--queue-cpus="], "not a CPU number"),
+            (vec!["--queue-cpus=x"], "not a CPU number"),
+            (vec!["--queue-cpus=3-1"], "write 1-3"),
+            (vec!["--queue-cpus=0,0-2"], "named twice"),
+            (vec!["--queue-cpus=1024"], "highest"),
         ] {
             let args: Vec<OsString> = args.into_iter().map(OsString::from).collect();
             let err = parse(&args).unwrap_err();
@@ -368,9 +484,10 @@ mod tests {
             prop_oneof![Just(WriteCache::Writeback), Just(WriteCache::Writethrough)],
             prop_oneof![Just(Engine::Auto), Just(Engine::Sync), Just(Engine::Uring)],
             0..=MAX_POLL_US,
+            proptest::option::of(cpu_list()),
         )
-            .prop_map(|(nq, qs, ro, lbs, serial, direct, wc, engine, poll)| {
-                DeviceOptions {
+            .prop_map(
+                |(nq, qs, ro, lbs, serial, direct, wc, engine, poll, cpus)| DeviceOptions {
                     num_queues: nq,
                     queue_size: 1 << qs,
                     read_only: ro,
@@ -380,8 +497,30 @@ mod tests {
                     write_cache: wc,
                     engine,
                     poll_us: poll,
-                }
-            })
+                    queue_cpus: cpus,
+                },
+            )
+    }
+
+    /// Lists of distinct CPUs in any order, so runs and gaps both occur.
+    fn cpu_list() -> impl Strategy<Value = CpuList> {
+        proptest::sample::subsequence((0..=MAX_CPU).collect::<Vec<_>>(), 1..12)
+            .prop_flat_map(|v| Just(v).prop_shuffle())
+            .prop_map(CpuList)
+    }
+
+    #[test]
+    fn cpu_lists_read_and_write_as_linux_does() {
+        let list: CpuList = "0-3,8,5-6".parse().unwrap();
+        assert_eq!(list.cpus(), &[0, 1, 2, 3, 8, 5, 6]);
+        assert_eq!(list.to_string(), "0-3,8,5-6");
+        assert_eq!("2,1".parse::<CpuList>().unwrap().to_string(), "2,1");
+        assert_eq!(" 4 ".parse::<CpuList>().unwrap().for_queue(3), 4);
+        let two: CpuList = "6,7".parse().unwrap();
+        assert_eq!(
+            (0..4).map(|q| two.for_queue(q)).collect::<Vec<_>>(),
+            [6, 7, 6, 7]
+        );
     }
 
     proptest! {

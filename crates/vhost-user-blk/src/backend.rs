@@ -965,6 +965,32 @@ fn more_available(
     (idx != end).then(|| (idx, gm.memory().into_inner()))
 }
 
+thread_local! {
+    /// The CPU `pin_this_thread` pinned this thread to.
+    static PINNED_TO: std::cell::Cell<Option<u16>> = const { std::cell::Cell::new(None) };
+}
+
+/// Pins the calling thread, queue `queue`'s worker, to `cpu` (`--queue-cpus`),
+/// once per thread: a new connection's workers are new threads. The CPUs
+/// were checked against the daemon's allowed set at start; if the set
+/// shrank since, the worker runs unpinned and says so.
+fn pin_this_thread(queue: usize, cpu: u16) {
+    if PINNED_TO.get() == Some(cpu) {
+        return;
+    }
+    PINNED_TO.set(Some(cpu));
+    let mut set = nix::sched::CpuSet::new();
+    let pinned = set
+        .set(usize::from(cpu))
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    match pinned {
+        Ok(()) => tracing::info!(queue, cpu, "queue worker pinned"),
+        Err(e) => {
+            tracing::warn!(queue, cpu, error = %e, "cannot pin the queue worker; it runs where the scheduler puts it")
+        }
+    }
+}
+
 /// Host buffers for `segs`, split where a segment crosses memory regions.
 /// False if any part is outside guest memory.
 fn map_segments(mem: &Mem, segs: &[Segment], out: &mut Vec<IoBuf>) -> bool {
@@ -1368,6 +1394,9 @@ impl VhostUserBackend for BlkBackend {
         let Some(mut w) = self.worker(thread_id) else {
             return Ok(());
         };
+        if let Some(cpus) = &self.inner.dev.config().device.queue_cpus {
+            pin_this_thread(thread_id, cpus.for_queue(thread_id));
+        }
         if w.vring.is_none() {
             w.vring = Some(vring.clone());
         }

@@ -92,6 +92,9 @@ impl Config {
     /// Checks the values a frontend or the kernel would choke on.
     pub fn validate(&self) -> Result<(), Error> {
         self.device.validate()?;
+        if let Some(cpus) = &self.device.queue_cpus {
+            check_cpus_allowed(cpus)?;
+        }
         if let Some(rbd) = &self.rbd {
             rbd.validate()?;
             if rbd.snapshot.is_some() && !self.device.read_only {
@@ -107,4 +110,31 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Refuses a `--queue-cpus` CPU this process may not run on (offline,
+/// absent, or outside its cpuset), naming the ones it may.
+fn check_cpus_allowed(cpus: &extstorage_serve_api::CpuList) -> Result<(), Error> {
+    let Ok(allowed) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
+        return Ok(());
+    };
+    let may = |cpu: usize| allowed.is_set(cpu).unwrap_or(false);
+    let Some(&bad) = cpus.cpus().iter().find(|&&c| !may(usize::from(c))) else {
+        return Ok(());
+    };
+    let list: Vec<String> = (0..nix::sched::CpuSet::count())
+        .filter(|&c| may(c))
+        .map(|c| c.to_string())
+        .collect();
+    let list = list
+        .join(",")
+        .parse::<extstorage_serve_api::CpuList>()
+        .map_or_else(|_| "none".to_owned(), |l| l.to_string());
+    Err(extstorage_serve_api::Error::InvalidOption {
+        option: "queue-cpus",
+        reason: format!(
+            "CPU {bad} is not one this daemon may run on (allowed: {list}): pick from those, or widen its cpuset"
+        ),
+    }
+    .into())
 }
