@@ -274,8 +274,9 @@ pub struct DeviceOptions {
     pub engine: Engine,
     /// Adaptive polling window in microseconds (0: never spin).
     pub poll_us: u32,
-    /// Host CPUs the queue workers are pinned to (None: unpinned).
-    #[serde(default)]
+    /// Host CPUs the queue workers are pinned to (None: unpinned, and
+    /// left out of the JSON, which then reads as before the option).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_cpus: Option<CpuList>,
 }
 

@@ -167,6 +167,13 @@ impl Looped {
     }
 }
 
+/// What ADD_MEM_REG does to the table: a 1 MiB region at `at`.
+fn add_region(gm: &Gm, at: GuestAddress) {
+    let region = GuestRegionMmap::new(MmapRegion::new(1 << 20).unwrap(), at).unwrap();
+    let grown = gm.memory().insert_region(Arc::new(region)).unwrap();
+    gm.lock().unwrap().replace(grown);
+}
+
 pub(super) fn pattern(slot: u16, round: u8) -> Vec<u8> {
     (0..4096u32)
         .map(|i| (i as u8) ^ (slot as u8).wrapping_mul(31) ^ round)
@@ -299,9 +306,7 @@ fn memory_added_while_the_loop_sleeps_is_used() {
         l.wait_used(1);
         assert_eq!(l.status(st0), 0);
         let extra = GuestAddress(MEM_SIZE * 2);
-        let region = GuestRegionMmap::new(MmapRegion::new(1 << 20).unwrap(), extra).unwrap();
-        let grown = l.r.gm.memory().insert_region(Arc::new(region)).unwrap();
-        l.r.gm.lock().unwrap().replace(grown);
+        add_region(&l.r.gm, extra);
         std::fs::OpenOptions::new()
             .write(true)
             .open(&l.r.file)
@@ -471,9 +476,7 @@ fn poll_mode_uses_memory_added_during_the_spin() {
     l.wait_used(1);
     assert_eq!(l.status(st0), 0);
     let extra = GuestAddress(MEM_SIZE * 2);
-    let region = GuestRegionMmap::new(MmapRegion::new(1 << 20).unwrap(), extra).unwrap();
-    let grown = l.r.gm.memory().insert_region(Arc::new(region)).unwrap();
-    l.r.gm.lock().unwrap().replace(grown);
+    add_region(&l.r.gm, extra);
     let (h, st1) = l.request(1, false, 8, extra.raw_value(), 4096);
     l.publish(&[h]);
     worker.join().unwrap();
@@ -517,9 +520,7 @@ fn request_made_after_the_memory_load(l: &Looped, looped: bool) {
     {
         let (gm, kick, ran) = (l.r.gm.clone(), l.kick.try_clone().unwrap(), ran.clone());
         let hook = move || {
-            let region = GuestRegionMmap::new(MmapRegion::new(1 << 20).unwrap(), extra).unwrap();
-            let grown = gm.memory().insert_region(Arc::new(region)).unwrap();
-            gm.lock().unwrap().replace(grown);
+            add_region(&gm, extra);
             let mem = gm.memory();
             let avail = GuestAddress(16 * u64::from(QSIZE));
             mem.write_obj(h1, avail.unchecked_add(4 + 2)).unwrap();
