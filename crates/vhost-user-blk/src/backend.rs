@@ -1571,6 +1571,16 @@ mod tests {
         fn status(&self, at: GuestAddress) -> u8 {
             self.gm.memory().read_obj(at).unwrap()
         }
+
+        /// Writes `data` into the backing file at `offset`, past the daemon.
+        fn write_file(&self, offset: u64, data: &[u8]) {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.file)
+                .unwrap()
+                .write_all_at(data, offset)
+                .unwrap();
+        }
     }
 
     fn st(n: u64) -> u64 {
@@ -1639,12 +1649,7 @@ mod tests {
         let s8 = r.chain(&[(0x1800, 16, false), (0x1900, 16, false), (st(8), 1, true)]);
         // 9: a good read of data already in the file (requests of one batch
         // may complete in any order, so not of what chain 0 writes).
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&r.file)
-            .unwrap()
-            .write_all_at(&[0xa5u8; 1024], 16 * 512)
-            .unwrap();
+        r.write_file(16 * 512, &[0xa5u8; 1024]);
         r.header(0x1a00, 0, 16);
         let s9 = r.chain(&[
             (0x1a00, 16, false),

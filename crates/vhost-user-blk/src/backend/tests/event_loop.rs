@@ -307,12 +307,7 @@ fn memory_added_while_the_loop_sleeps_is_used() {
         assert_eq!(l.status(st0), 0);
         let extra = GuestAddress(MEM_SIZE * 2);
         add_region(&l.r.gm, extra);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&l.r.file)
-            .unwrap()
-            .write_all_at(&[0x5a; 4096], 4096)
-            .unwrap();
+        l.r.write_file(4096, &[0x5a; 4096]);
         let (h, st1) = l.request(1, false, 8, extra.raw_value(), 4096);
         l.publish(&[h]);
         l.wait_used(2);
@@ -463,12 +458,7 @@ fn poll_mode_uses_memory_added_during_the_spin() {
     // publish, however busy the machine (else the test cannot fail, but
     // still passes).
     let l = Looped::with(crate::Engine::Sync, false, 10_000);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&l.r.file)
-        .unwrap()
-        .write_all_at(&[0x3c; 4096], 4096)
-        .unwrap();
+    l.r.write_file(4096, &[0x3c; 4096]);
     let (h, st0) = l.request(0, false, 0, DATA_BASE, 4096);
     l.publish(&[h]);
     let worker = l.worker();
@@ -505,12 +495,7 @@ fn poll_mode_uses_memory_added_during_the_spin() {
 /// segment lies outside guest memory": seen once in tests/soak.rs, at
 /// the first read of a libblkio connection).
 fn request_made_after_the_memory_load(l: &Looped, looped: bool) {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&l.r.file)
-        .unwrap()
-        .write_all_at(&[0x6e; 4096], 4096)
-        .unwrap();
+    l.r.write_file(4096, &[0x6e; 4096]);
     let extra = GuestAddress(MEM_SIZE * 2);
     let (h0, st0) = l.request(0, false, 0, DATA_BASE, 4096);
     // Written now, made available by the hook: its descriptors only

@@ -64,12 +64,7 @@ fn file_at(l: &Looped, slot: u16) -> Vec<u8> {
 }
 
 fn zero_file_at(l: &Looped, slot: u16) {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&l.r.file)
-        .unwrap()
-        .write_all_at(&[0u8; LEN as usize], 4096 * u64::from(slot))
-        .unwrap();
+    l.r.write_file(4096 * u64::from(slot), &[0u8; LEN as usize]);
 }
 
 /// The first backend's life: four writes, the second and fourth held, so
