@@ -1335,10 +1335,16 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn set_backend_req_fd(&self, backend: Backend) {
-        tracing::debug!("backend channel received: resize notifications enabled");
-        self.inner
-            .dev
-            .set_channel(Some(channel::ConfigChannel::new(backend)));
+        match channel::ConfigChannel::new(&backend) {
+            Ok(ch) => {
+                tracing::debug!("backend channel received: resize notifications enabled");
+                self.inner.dev.set_channel(Some(ch));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot use the backend channel: resizes will not be notified");
+                self.inner.dev.set_channel(None);
+            }
+        }
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {

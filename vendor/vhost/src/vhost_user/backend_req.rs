@@ -143,19 +143,18 @@ impl Backend {
     pub fn set_failed(&self, error: i32) {
         self.inner.lock().unwrap().error = Some(error);
     }
+
+    // [extstorage patch] Expose the channel's socket: a backend that must
+    // never block on a frontend that stops reading (the config-change
+    // notification after a resize) sends its own messages with
+    // MSG_DONTWAIT on a duplicate of the socket; the crate's senders block.
+    /// Duplicates the channel's socket.
+    pub fn try_clone_stream(&self) -> io::Result<UnixStream> {
+        self.inner.lock().unwrap().sock.try_clone_sock()
+    }
 }
 
 impl VhostUserFrontendReqHandler for Backend {
-    // [extstorage patch] Forward the config-change notification: a backend
-    // tells the frontend its config space changed (a block device's
-    // capacity after a resize). Without this the crate gives a backend no
-    // way to send VHOST_USER_BACKEND_CONFIG_CHANGE_MSG.
-    /// Forward a device configuration change notification to the frontend.
-    fn handle_config_change(&self) -> HandlerResult<u64> {
-        let mut guard = self.inner.lock().unwrap();
-        Ok(guard.send_message(BackendReq::CONFIG_CHANGE_MSG, &VhostUserEmpty, None)?)
-    }
-
     /// Forward vhost-user shared-object add request to the frontend.
     fn shared_object_add(&self, uuid: &VhostUserSharedMsg) -> HandlerResult<u64> {
         let mut guard = self.inner.lock().unwrap();

@@ -22,6 +22,8 @@ const QSIZE: u16 = 128;
 
 struct Served {
     _dir: tempfile::TempDir,
+    img: std::path::PathBuf,
+    dev: Arc<Device>,
     sock: std::path::PathBuf,
     stop: crate::ShutdownHandle,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -46,6 +48,8 @@ impl Served {
         let thread = Some(std::thread::spawn(move || server.run().unwrap()));
         Served {
             _dir: dir,
+            img,
+            dev,
             sock,
             stop,
             thread,
@@ -121,4 +125,54 @@ fn set_vring_call_signals_the_new_call_fd_once() {
         assert_eq!(call.read().unwrap(), 1, "queue {q}: one signal");
         assert!(call.read().is_err(), "queue {q}: only one");
     }
+}
+
+/// Runs `f` on another thread and fails the test if it has not returned
+/// within `secs` (the thread is left behind: the test fails anyway).
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what} did not return within {secs} s: the daemon is wedged"))
+}
+
+/// A frontend that hands over a backend channel and never reads it (with
+/// the smallest socket buffer) must not wedge the daemon: resizes keep
+/// answering, status answers, the next frontend is served and shutdown
+/// completes while the hostile frontend still holds its end open.
+#[test]
+fn a_backend_channel_nobody_reads_blocks_nothing() {
+    let s = Served::new();
+    let (mut fe, pf) = s.frontend();
+    assert!(pf.contains(VhostUserProtocolFeatures::BACKEND_REQ));
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::SndBuf, &1).unwrap();
+    fe.set_backend_request_fd(&ours).unwrap();
+    drop(ours);
+    // Every grow sends a config change nobody reads.
+    let (dev, img) = (Arc::clone(&s.dev), s.img.clone());
+    let grown = within(30, "resize", move || {
+        for i in 1..=64u64 {
+            let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+            f.set_len((1 << 20) + i * 4096).unwrap();
+            assert!(dev.resize().unwrap().changed);
+        }
+        dev.capacity_sectors()
+    });
+    assert_eq!(grown, ((1 << 20) + 64 * 4096) >> 9);
+    let dev = Arc::clone(&s.dev);
+    within(10, "status", move || dev.status());
+    // The hostile frontend leaves (its channel end stays open); the next one
+    // is served.
+    drop(fe);
+    let sock = s.sock.clone();
+    within(10, "the next frontend's handshake", move || {
+        let fe = Frontend::connect(&sock, u64::from(QUEUES)).unwrap();
+        fe.set_owner().unwrap();
+        fe.get_features().unwrap()
+    });
+    within(10, "shutdown", move || drop(s));
+    drop(theirs);
 }
