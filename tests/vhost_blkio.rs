@@ -399,6 +399,70 @@ fn bad_options_fail_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.img"));
 }
 
+/// A second daemon started on a live daemon's sockets is refused and
+/// leaves them alone: the first keeps serving on both, and a socket another
+/// server put in place is not removed when the first exits.
+#[test]
+fn a_second_daemon_on_the_same_sockets_is_refused() {
+    let mut d = Daemon::start(MIB, &[]);
+    for (vhost, control) in [
+        (d.sock.clone(), d.dir.path().join("other.ctl")),
+        (d.dir.path().join("other.sock"), d.ctl.clone()),
+    ] {
+        let out = std::process::Command::new(bin())
+            .args(["serve", "--path"])
+            .arg(&d.img)
+            .arg("--socket")
+            .arg(&vhost)
+            .arg("--control-socket")
+            .arg(&control)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("another server is listening"), "{err}");
+    }
+    // The first still serves on its sockets.
+    let mut c = Client::connect(&d.sock, 1, false).unwrap();
+    let mem = c.mem(0);
+    assert_eq!(write(&mut c.queues[0], mem, 0, &[7u8; 512]), 0);
+    drop(c);
+    assert!(d.resize_cmd().status.success());
+    // Someone replaces the vhost socket; the first daemon's exit leaves it.
+    std::fs::remove_file(&d.sock).unwrap();
+    let _other = std::os::unix::net::UnixListener::bind(&d.sock).unwrap();
+    assert!(d.signal_and_wait(Signal::SIGTERM).success());
+    assert!(
+        d.sock.exists(),
+        "the exiting daemon removed a socket it did not bind"
+    );
+    assert!(!d.ctl.exists());
+}
+
+/// A socket directory any user may write to (without the sticky bit) is
+/// refused: another user could swap the socket and receive guest memory.
+#[test]
+fn a_socket_in_a_directory_anyone_may_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("x.img");
+    std::fs::File::create(&img).unwrap().set_len(MIB).unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--path"])
+        .arg(&img)
+        .arg("--socket")
+        .arg(open.join("s.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("writable by every user"), "{err}");
+    assert!(!open.join("s.sock").exists());
+}
+
 /// A loop device over a file, detached on drop.
 struct Loop {
     dev: std::path::PathBuf,

@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::{EFD_CLOEXEC, EFD_NONBLOCK, EventFd};
 use extstorage_serve_api::SocketAccess;
 
 use crate::backend::BlkBackend;
+use crate::socket::SocketFile;
 use crate::{Device, Error};
 
 /// Serves a [`Device`] to one frontend at a time, keeping the socket
@@ -23,6 +24,8 @@ pub struct Server {
     dev: Arc<Device>,
     listener: Listener,
     path: Option<PathBuf>,
+    /// The socket file bound here, removed at exit if still ours.
+    file: Option<SocketFile>,
     shutdown: ShutdownHandle,
 }
 
@@ -105,27 +108,30 @@ impl ShutdownHandle {
 }
 
 impl Drop for Server {
-    /// A socket this server created goes away with it.
+    /// A socket this server created goes away with it (unless another
+    /// has replaced it since).
     fn drop(&mut self) {
-        if let Some(path) = &self.path {
-            let _ = std::fs::remove_file(path);
+        if let Some(file) = &self.file {
+            file.remove();
         }
     }
 }
 
 impl Server {
-    /// Listens on `path`, removing a stale socket file first, and gives
-    /// the socket the owner, group and mode in `access`.
+    /// Listens on `path`, removing a stale socket file first (a live one
+    /// is refused), and gives the socket the owner, group and mode in
+    /// `access`.
     pub fn bind(dev: Arc<Device>, path: &Path, access: &SocketAccess) -> Result<Self, Error> {
         // Bound at its final name (QEMU and `ss` show the name it was bound
         // with); the control socket, created after this one listens, is the
         // readiness signal, as is sd_notify.
-        let listener = Listener::from(crate::socket::bind_in_place(path, access)?);
+        let (listener, file) = crate::socket::bind_in_place(path, access)?;
         tracing::info!(socket = %path.display(), "listening for a vhost-user frontend");
         Ok(Self {
             dev,
-            listener,
+            listener: Listener::from(listener),
             path: Some(path.to_path_buf()),
+            file: Some(file),
             shutdown: ShutdownHandle::new()?,
         })
     }
@@ -147,6 +153,7 @@ impl Server {
             dev,
             listener: Listener::from(UnixListener::from(fd)),
             path: None,
+            file: None,
             shutdown: ShutdownHandle::new()?,
         })
     }
