@@ -258,13 +258,17 @@ pub fn call<T: DeserializeOwned>(path: &Path, request: Request) -> Result<T, Err
     conn.set_read_timeout(Some(TIMEOUT))
         .and_then(|()| conn.set_write_timeout(Some(TIMEOUT)))
         .map_err(|e| fail(format!("cannot set timeouts: {e}")))?;
-    conn.write_all(request.render().as_bytes())
-        .map_err(|e| fail(format!("cannot send {}: {e}", request.as_str())))?;
+    // A backend that answers before reading (busy) may have closed the
+    // connection already: its answer is still there to read.
+    let sent = conn.write_all(request.render().as_bytes());
     let mut line = Vec::new();
-    BufReader::new(conn)
+    let read = BufReader::new(conn)
         .take(MAX_REPLY_LINE as u64 + 1)
-        .read_until(b'\n', &mut line)
-        .map_err(|e| fail(format!("no reply to {}: {e}", request.as_str())))?;
+        .read_until(b'\n', &mut line);
+    if let (Err(e), true) = (&sent, line.is_empty()) {
+        return Err(fail(format!("cannot send {}: {e}", request.as_str())));
+    }
+    read.map_err(|e| fail(format!("no reply to {}: {e}", request.as_str())))?;
     if line.is_empty() {
         return Err(fail(format!(
             "the backend closed the connection without answering {}",
