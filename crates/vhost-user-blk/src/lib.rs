@@ -32,6 +32,7 @@ mod inflight;
 pub mod privileges;
 pub mod serve;
 mod server;
+mod sigbus;
 mod socket;
 pub mod stats;
 mod testonly;

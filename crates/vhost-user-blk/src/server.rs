@@ -215,6 +215,7 @@ impl Server {
     }
 
     fn serve_one(&mut self) -> Result<(), Error> {
+        crate::sigbus::install()?;
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let backend =
             BlkBackend::new(Arc::clone(&self.dev), mem.clone()).map_err(|source| Error::Io {
@@ -248,7 +249,23 @@ impl Server {
         tracing::info!("frontend connected");
         self.dev.stats().set_connected(true);
         self.shutdown.set_conn(daemon.shutdown_handle());
-        let result = daemon.wait();
+        let conn = daemon.shutdown_handle();
+        let ended = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC).map_err(|source| Error::Io {
+            what: "creating the connection's end event",
+            source,
+        });
+        let result = match ended {
+            Ok(ended) => std::thread::scope(|s| {
+                s.spawn(|| end_on_memory_fault(&ended, conn.as_ref()));
+                let result = daemon.wait();
+                let _ = ended.write(1);
+                result
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for shrunk guest memory on this connection");
+                daemon.wait()
+            }
+        };
         self.shutdown.set_conn(None);
         self.dev.set_channel(None);
         self.dev.stats().set_connected(false);
@@ -261,5 +278,54 @@ impl Server {
             Err(e) => tracing::info!(reason = %e, "frontend connection ended"),
         }
         Ok(())
+    }
+}
+
+/// Ends the connection when the frontend shrinks a file it shared (guest
+/// memory, the dirty log) under our mapping: the access that faulted was
+/// survived ([`crate::sigbus`]), but the frontend broke the protocol and
+/// its memory cannot be trusted. Returns when `ended` is signalled.
+fn end_on_memory_fault(ended: &EventFd, conn: Option<&vhost_user_backend::ShutdownHandle>) {
+    let Some(watch) = crate::sigbus::FaultWatch::claim() else {
+        tracing::warn!("cannot watch for shrunk guest memory on this connection");
+        return;
+    };
+    let before = crate::sigbus::faults();
+    let mut fds = [
+        libc::pollfd {
+            fd: watch.fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: ended.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfds during the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        if fds[0].revents != 0 {
+            watch.clear();
+            let faults = crate::sigbus::faults() - before;
+            if faults > 0 {
+                tracing::error!(
+                    faults,
+                    "the frontend shrank a file it shares with us (guest memory or the dirty log) \
+                     under our mapping; ending the connection (the frontend is broken or hostile)"
+                );
+                if let Some(h) = conn {
+                    h.shutdown();
+                }
+                return;
+            }
+        }
     }
 }

@@ -230,6 +230,10 @@ impl MmapLogReg {
     // But, since we are receiving the offset from the frontend to be used to call mmap,
     // we assume it is properly aligned (currently, qemu always send a 0 offset).
     pub(crate) fn from_file(fd: BorrowedFd, offset: u64, len: u64) -> io::Result<Self> {
+        // [extstorage patch] The log must lie inside its file: mapping past
+        // the end succeeds and the first mark there raises SIGBUS.
+        let file = std::fs::File::from(fd.try_clone_to_owned()?);
+        vhost::vhost_user::message::check_mapping_fits(&file, offset, len)?;
         let offset: isize = offset.io_try_into()?;
         let len: usize = len.io_try_into()?;
 

@@ -546,6 +546,29 @@ impl VhostUserMemoryRegion {
     }
 }
 
+// [extstorage patch] Mapping a frontend's file beyond its end succeeds,
+// and the first access there kills the backend with SIGBUS: refuse such a
+// mapping while it can still be refused with an error.
+/// Checks that `len` bytes at `offset` lie inside `file` when it is a
+/// regular file (memfd, tmpfs, hugetlbfs); other kinds (devices) are left to
+/// mmap.
+pub fn check_mapping_fits(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Ok(());
+    }
+    let size = meta.len();
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a mapping of {len} bytes at offset {offset} does not fit in its file of {size} bytes"
+            ),
+        )),
+    }
+}
+
 #[cfg(not(feature = "xen"))]
 impl VhostUserMemoryRegion {
     /// Create a new instance.
@@ -560,6 +583,9 @@ impl VhostUserMemoryRegion {
 
     /// Creates mmap region from Self.
     pub fn mmap_region<B: NewBitmap>(&self, file: File) -> Result<MmapRegion<B>> {
+        // [extstorage patch] A region must lie inside its file.
+        check_mapping_fits(&file, self.mmap_offset, self.memory_size)
+            .map_err(Error::ReqHandlerError)?;
         MmapRegion::<B>::from_file(
             FileOffset::new(file, self.mmap_offset),
             self.memory_size as usize,
