@@ -8,11 +8,13 @@
 //! | `attach_output`, `parameters_list`, `size` | [`text`] |
 //! | `uri_roundtrip` | [`uri`] |
 //! | `control_protocol` | [`control`] |
+//! | `vhost_user_protocol` | [`vhost_user`] |
 
 pub mod bytes;
 pub mod control;
 pub mod text;
 pub mod uri;
+pub mod vhost_user;
 pub mod virtio;
 
 /// Every seed input, as (target, file name, bytes).
@@ -29,6 +31,9 @@ pub fn all_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     for (name, data) in control::seeds() {
         out.push(("control_protocol", name.to_string(), data));
+    }
+    for (name, data) in vhost_user::seeds() {
+        out.push(("vhost_user_protocol", name.to_string(), data));
     }
     out
 }
