@@ -550,6 +550,18 @@ fn assert_serves(served: &Served) {
     assert_eq!(reply[4] & 0x4, 0x4, "the reply flag");
 }
 
+/// Queue 0 with 16 entries, descriptors at 0, the avail ring at 0x1000 and
+/// the used ring at `used`.
+fn queue0(used: u32) -> Op {
+    Op::Vring {
+        queue: 0,
+        size: 16,
+        desc: 0,
+        avail: 0x1000,
+        used,
+    }
+}
+
 /// What the session seed writes to the disk's sector 1.
 const SESSION_BYTE: u8 = 0xa5;
 
@@ -600,13 +612,7 @@ fn ring_session(extra: &[Op]) -> Vec<Op> {
         Op::MemTable {
             regions: vec![(0, 0, 1 << 20, 0)],
         },
-        Op::Vring {
-            queue: 0,
-            size: 16,
-            desc: 0,
-            avail: 0x1000,
-            used: 0x2000,
-        },
+        queue0(0x2000),
         // fd 1 is the kick eventfd the vring set-up made (2 is the call).
         Op::Signal { fd: 1 },
     ];
@@ -661,13 +667,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         Op::MemTable {
             regions: vec![(0, 0, 1 << 20, 0)],
         },
-        Op::Vring {
-            queue: 0,
-            size: 16,
-            desc: 0,
-            avail: 0x1000,
-            used: 0x80000,
-        },
+        queue0(0x80000),
         Op::Signal { fd: 1 },
     ];
     let offset_past = vec![
