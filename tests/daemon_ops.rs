@@ -187,9 +187,39 @@ fn socket_owner_group_and_mode_are_applied() {
         .args(["--socket-owner", "no-such-user-here"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // A bad value is a usage error (exit 2), found before anything is
+    // opened or bound.
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no user \"no-such-user-here\""), "{err}");
+    let long = format!("/tmp/{}.sock", "s".repeat(110));
+    for (extra, needle) in [
+        (["--user", "no-such-user-here"], "--user"),
+        (["--socket-group", "no-such-group-here"], "no group"),
+        (["--control-socket", long.as_str()], "--control-socket"),
+    ] {
+        let sock = d.sock.with_extension("bad.sock");
+        let out = Command::new(bin())
+            .args(["serve", "--path"])
+            .arg(&d.img)
+            .arg("--socket")
+            .arg(&sock)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert!(!sock.exists(), "{extra:?}: nothing bound");
+    }
+    let out = Command::new(bin())
+        .args(["serve", "--path"])
+        .arg(&d.img)
+        .args(["--socket", long.as_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("120 bytes"));
 }
 
 #[test]

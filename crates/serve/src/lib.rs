@@ -193,12 +193,26 @@ impl<'a> VolumeServer<'a> {
     /// attach, the volume is closed and detached again (unless
     /// `keep_attached`), so a failed start leaves nothing behind.
     pub fn start(es: &'a ExtStorage, req: ServeRequest) -> Result<VolumeServer<'a>, Error> {
+        // Every option is checked before any script runs: a provider's
+        // attach may touch shared storage (rbd) for nothing.
         req.device.validate()?;
+        req.listen.check_on_host()?;
         let mut vol = es.volume(req.volume.clone())?;
         let provider = vol.provider().name.clone();
         let volume = vol.name().to_owned();
         let key = volume_key(&provider, &volume);
         let listen = resolve_listen(req.listen, &req.run_dir, &key);
+        // Paths under the run directory fit unless the directory's own
+        // name is too long.
+        for path in [
+            listen.socket.as_ref(),
+            Some(&req.run_dir.control_socket(&key)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            extstorage_serve_api::listen::check_socket_path("run-dir", path)?;
+        }
         let separate = listen.user.is_some();
         let claim = claim::claim(&req.run_dir.claim(&key), &provider, &volume)?;
         let info = vol.attach()?;
@@ -221,6 +235,9 @@ impl<'a> VolumeServer<'a> {
                 return Err(e);
             }
             (None, None) => {
+                if !req.keep_attached {
+                    undo(&mut vol);
+                }
                 return Err(extstorage_core::Error::NoBlockDevice {
                     provider,
                     volume,
@@ -230,7 +247,12 @@ impl<'a> VolumeServer<'a> {
             }
         };
         let device_path = config.path.clone();
-        vol.open(!req.shared)?;
+        if let Err(e) = vol.open(!req.shared) {
+            if !req.keep_attached {
+                undo(&mut vol);
+            }
+            return Err(e.into());
+        }
         let control_socket = req.run_dir.control_socket(&key);
         let spec = ServeSpec {
             config,
@@ -401,8 +423,14 @@ fn rbd_source(provider: &str, volume: &str, uris: &[String]) -> Option<Result<Rb
     }))
 }
 
-/// Best-effort close and detach after a failed start.
+/// Best-effort close and detach after a failed start. A signal that
+/// interrupted the start is forgotten first, or no script would run (the
+/// error already carries it); a further one interrupts the cleanup.
 fn undo(vol: &mut Volume<'_>) {
+    if let Some(signal) = extstorage_core::interrupt::pending() {
+        tracing::info!(volume = vol.name(), %signal, "start interrupted; closing and detaching");
+        extstorage_core::interrupt::clear();
+    }
     if let Err(e) = vol.close() {
         tracing::warn!(volume = vol.name(), error = %e, "close after a failed start failed");
     }
