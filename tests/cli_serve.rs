@@ -570,3 +570,82 @@ fn an_interrupted_open_detaches() {
         assert!(!w.vols().join("vol1.img.open").exists(), "{sig}: closed");
     }
 }
+
+/// `cmd` run by a real shell under `umask 000`.
+fn under_umask_000(cmd: &Command) -> Command {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    sh
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn under_umask_000_the_cli_and_serve_set_their_modes() {
+    let w = World::new();
+    w.install("loopfile");
+    let mut create = w.cmd();
+    create.arg("create").args(vol_args(&w, "vol1"));
+    create.args(["--size", "16M"]);
+    let out = under_umask_000(&create).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let mut serve = w.cmd();
+    serve.args(["--json", "serve"]).args(vol_args(&w, "vol1"));
+    let mut child = under_umask_000(&serve)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let socket = std::path::PathBuf::from(ready["socket"].as_str().unwrap());
+    let control = std::path::PathBuf::from(ready["control_socket"].as_str().unwrap());
+    let run = w.run_dir();
+    let mut want = vec![
+        (w.logs(), 0o750),
+        (w.path("lock"), 0o700),
+        (run.clone(), 0o755),
+        (run.join("serve"), 0o755),
+        (run.join("vhost-user"), 0o755),
+        (run.join("serve/loopfile.vol1.lock"), 0o600),
+        (socket, 0o600),
+        (control, 0o600),
+    ];
+    for log in w.log_files("") {
+        want.push((log, 0o640));
+    }
+    for lock in std::fs::read_dir(w.path("lock")).unwrap() {
+        want.push((lock.unwrap().path(), 0o600));
+    }
+    assert!(want.len() > 10, "{want:?}");
+    let octal = |m: u32| format!("{m:04o}");
+    let got: Vec<_> = want
+        .iter()
+        .map(|(p, _)| (p.clone(), octal(mode_of(p))))
+        .collect();
+    let want: Vec<_> = want.into_iter().map(|(p, m)| (p, octal(m))).collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    // The shell exec'd the CLI: its exit status is the CLI's.
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(got, want);
+}

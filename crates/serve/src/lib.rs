@@ -67,6 +67,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A directory for the claim or a socket could not be created.
+    #[error(
+        "cannot create directory {path}: {source}; create it (mode 0755) or choose another with \
+         --run-dir or --socket"
+    )]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The provider's rbd URI cannot be served by the rbd engine.
     #[error("volume {volume:?} of provider {provider:?} cannot be served through librbd: {reason}")]
     RbdUri {
@@ -108,6 +120,7 @@ impl Error {
             }
             Error::Backend(_)
             | Error::Claim { .. }
+            | Error::Directory { .. }
             | Error::Cleanup { .. }
             | Error::PrivilegeSeparation(_)
             | Error::ServerDied(_) => ErrorKind::Failed,
@@ -214,6 +227,20 @@ impl<'a> VolumeServer<'a> {
             extstorage_serve_api::listen::check_socket_path("run-dir", path)?;
         }
         let separate = listen.user.is_some();
+        // Made here with their modes, whatever the umask: the backend's
+        // socket code would leave them to it.
+        let socket_dir = listen.socket.as_deref().and_then(Path::parent);
+        for dir in [Some(req.run_dir.serve_dir().as_path()), socket_dir]
+            .into_iter()
+            .flatten()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            extstorage_core::dirs::create_dir_mode(dir, extstorage_core::dirs::RUN_DIR_MODE)
+                .map_err(|source| Error::Directory {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
         let claim = claim::claim(&req.run_dir.claim(&key), &provider, &volume)?;
         let info = vol.attach()?;
         // The block device when there is one; else an RBD image named by

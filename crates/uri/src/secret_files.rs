@@ -48,8 +48,17 @@ fn ensure_dir(dir: &Path) -> Result<(), SecretFileError> {
         }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // Missing parents (e.g. /run/extstorage, which also holds the
+            // vhost-user sockets QEMU's user must reach) 0755, the
+            // directory itself 0700; explicit modes, so no umask loosens them.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)
+                    .map_err(|e| bad(format!("cannot create its parent: {e}")))?;
+            }
             fs::DirBuilder::new()
-                .recursive(true)
                 .mode(0o700)
                 .create(dir)
                 .map_err(|e| bad(format!("cannot create it: {e}")))?;

@@ -19,7 +19,14 @@ fn prepare(path: &Path) -> Result<(), Error> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir).map_err(fail)?;
+        // 0755 at most, whatever the umask: QEMU's user needs search
+        // permission, nobody else needs to write.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(fail)?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
