@@ -38,9 +38,12 @@ case "$EXTP_DIR" in
     *) die "the 'dir' parameter must be an absolute path, not '$EXTP_DIR' (scripts run in the provider directory, so a relative path would put volumes there)" ;;
 esac
 
+# Used by the scripts that source this file, not here.
+# shellcheck disable=SC2034
 VOL_FILE="$EXTP_DIR/$VOL_NAME.img"
 SOCKET="$EXTP_DIR/$VOL_NAME.nbd.sock"
 PIDFILE="$EXTP_DIR/$VOL_NAME.nbd.pid"
+# shellcheck disable=SC2034
 DAEMON_LOG="$EXTP_DIR/$VOL_NAME.nbd.log"
 
 # Prints the pid of the running qemu-nbd for this volume, if any: the pid
