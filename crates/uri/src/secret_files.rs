@@ -137,6 +137,33 @@ mod tests {
         assert!(!s.path.exists());
     }
 
+    /// This process's umask, read without changing it (which would race
+    /// other test threads).
+    fn umask() -> u32 {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+        u32::from_str_radix(line.split_whitespace().nth(1).unwrap(), 8).unwrap()
+    }
+
+    #[test]
+    fn missing_parents_stay_reachable_and_the_directory_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
+        let dir = run.join("secrets/vol");
+        let s = SecretObject {
+            id: "k".into(),
+            path: dir.join("k"),
+            format: SecretFormat::Raw,
+            data: Secret::new("pw"),
+        };
+        write_secret_files(std::slice::from_ref(&s)).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // Parents such as /run/extstorage also hold QEMU's sockets.
+        assert_eq!(mode(&run), 0o755 & !umask());
+        assert_eq!(mode(&run.join("secrets")), 0o755 & !umask());
+        assert_eq!(mode(&dir), 0o700);
+    }
+
     #[test]
     fn refuses_open_directories() {
         let tmp = tempfile::tempdir().unwrap();
