@@ -23,6 +23,9 @@ script=$repo/scripts/build-guest.sh
 
 say() { echo "build-guest: $*"; }
 skip() { echo "build-guest: SKIP: $*" >&2; exit 77; }
+# Prints the first of the paths a glob gave (sorted, as ls sorts), or
+# nothing when it matched nothing.
+first() { if [ -e "$1" ]; then printf '%s\n' "$1"; fi; }
 
 # Serialise concurrent runs on the same OUTDIR (parallel tests, two shells).
 exec 9>"$out/.lock"
@@ -65,7 +68,7 @@ fi
 [ -n "$kpkg" ] || skip "cannot find the kernel package linux-image-amd64 depends on"
 cache=$out/cache
 mkdir -p "$cache"
-deb=$(ls "$cache/${kpkg}"_*.deb 2>/dev/null | head -n1 || true)
+deb=$(first "$cache/${kpkg}"_*.deb)
 if [ -z "$deb" ]; then
     say "downloading $kpkg"
     if ! (cd "$cache" && apt-get download -q "$kpkg" 2>&1 | grep -v '^W: Download is performed unsandboxed'); then
@@ -73,7 +76,7 @@ if [ -z "$deb" ]; then
         apt-get update -qq || skip "apt-get update failed"
         (cd "$cache" && apt-get download -q "$kpkg") || skip "apt-get download $kpkg failed"
     fi
-    deb=$(ls "$cache/${kpkg}"_*.deb 2>/dev/null | head -n1 || true)
+    deb=$(first "$cache/${kpkg}"_*.deb)
     [ -n "$deb" ] || skip "apt-get download $kpkg produced no .deb"
     # Drop .debs of older kernels.
     find "$cache" -maxdepth 1 -name 'linux-image-*.deb' ! -name "$(basename "$deb")" -delete
@@ -91,7 +94,8 @@ if ! fresh "$kdir/.unpacked" "$deb"; then
         './boot/vmlinuz-*' './lib/modules/*/kernel/drivers/virtio/*' './lib/modules/*/kernel/drivers/block/virtio_blk*'
     touch "$kdir/.unpacked"
 fi
-vmlinuz_src=$(ls "$kdir"/boot/vmlinuz-* | head -n1)
+vmlinuz_src=$(first "$kdir"/boot/vmlinuz-*)
+[ -n "$vmlinuz_src" ] || { echo "build-guest: no vmlinuz in $deb" >&2; exit 1; }
 kver=${vmlinuz_src##*/vmlinuz-}
 moddir=$kdir/lib/modules/$kver/kernel
 if ! fresh "$out/vmlinuz" "$vmlinuz_src"; then

@@ -30,7 +30,8 @@ cleanup() {
     # Stop a server still running, detach anything still backed by our
     # files, then remove the tree.
     if [ -n "${serve_pid:-}" ] && kill -0 "$serve_pid" 2>/dev/null; then
-        kill -TERM "$serve_pid" && wait "$serve_pid" || true
+        kill -TERM "$serve_pid" || true
+        wait "$serve_pid" || true
     fi
     for f in "$work"/vols/*.img; do
         [ -e "$f" ] || continue

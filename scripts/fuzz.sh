@@ -125,7 +125,7 @@ case "$mode" in
         target=$mode
         all=$(targets)
         if ! grep -qx -- "$target" <<<"$all"; then
-            echo "fuzz.sh: no target $target; the targets are:" $all >&2
+            echo "fuzz.sh: no target $target; the targets are: $(tr '\n' ' ' <<<"$all")" >&2
             exit 2
         fi
         case "${args[0]:-60}" in

@@ -12,7 +12,7 @@ need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 # Packages from the main suites.
-for p in fio busybox-static cpio gzip util-linux kmod e2fsprogs iproute2 python3; do
+for p in fio busybox-static cpio gzip util-linux kmod e2fsprogs iproute2 python3 shellcheck; do
     have "$p" || need+=("$p")
 done
 # The end-to-end test guest (scripts/build-guest.sh): static C, module tools.

@@ -23,6 +23,10 @@
 #   PREFIX/share/doc/extstorage/{operations.md,serve.env.example}
 #   /etc/extstorage/serve/  (the units' environment files; never overwritten)
 set -euo pipefail
+# Every directory and file below gets its mode from install -m or chmod, and
+# whatever they leave out (parents made by install -D, redirections) from
+# this umask, not the caller's: under umask 000 they would be world-writable.
+umask 022
 
 prefix=/usr/local
 destdir=
@@ -74,7 +78,7 @@ for b in "${bins[@]}"; do
 done
 
 # Generated from the installed binaries, so pages and completions match them.
-mkdir -p "$root$mandir"
+install -d -m 0755 "$root$mandir"
 for b in "${bins[@]}"; do
     "$root$bindir/$b" man "$root$mandir" >/dev/null
 done
@@ -91,7 +95,7 @@ for b in "${bins[@]}"; do
 done
 
 for unit in "extstorage-serve@.service" "extstorage-serve@.socket"; do
-    mkdir -p "$root$unitdir"
+    install -d -m 0755 "$root$unitdir"
     sed "s|@BINDIR@|$bindir|g" "$repo/dist/systemd/$unit" >"$root$unitdir/$unit"
     chmod 0644 "$root$unitdir/$unit"
 done

@@ -20,6 +20,18 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
+echo "== shellcheck"
+# Every shell script, following the common.sh each provider script sources
+# (common.sh has no shebang: -s bash). providers/rbd, for now, without the
+# checks whose findings there are intended (a fix is for its owner, as
+# per-line directives): SC2016 the single-quoted at_exit commands expand at
+# exit, SC2034 variables set for the scripts that source common.sh or read
+# by those at_exit commands, SC2015 'A && B || die' lines where die is
+# right either way, SC2020 tr with ',;' meant as a set of characters.
+mapfile -t sh_files < <(find providers scripts -type f ! -name parameters.list ! -path 'providers/rbd/*' | sort)
+shellcheck -x -P SCRIPTDIR -s bash "${sh_files[@]}"
+mapfile -t sh_files < <(find providers/rbd -type f ! -name parameters.list | sort)
+shellcheck -x -P SCRIPTDIR -s bash -e SC2015,SC2016,SC2020,SC2034 "${sh_files[@]}"
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 results=$(mktemp)

@@ -760,3 +760,211 @@ fn backend_note_is_quoted_for_the_shell() {
     );
     run(&w, "remove", &v, &[]).ok();
 }
+
+/// A small tmpfs the test mounts (root only, as the loop devices), for a
+/// filesystem that really fills up; on drop its loop devices and qemu-nbd
+/// servers are stopped and it is unmounted.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: std::path::PathBuf, mib: u32) -> SmallFs {
+        fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0755"),
+                "tmpfs",
+            ])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs on {}", dir.display());
+        SmallFs(dir)
+    }
+
+    fn resize(&self, mib: u32) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={mib}m")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        drop(CleanVolumes(self.0.clone()));
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_snapshot_that_runs_out_of_space_leaves_nothing_and_a_retry_works() {
+    for provider in ["loopfile", "qemunbd"] {
+        let w = World::new();
+        w.install(provider);
+        let small = SmallFs::mount(w.path("small"), 12);
+        let v = vec![
+            "--provider".to_owned(),
+            provider.into(),
+            "--volume".into(),
+            "full1".into(),
+            "-p".into(),
+            format!("dir={}", small.0.display()),
+        ];
+        run(&w, "create", &v, &["--size", "16M"]).ok();
+        // 8 MiB of data in a 12 MiB filesystem: a copy cannot fit.
+        let data = pattern(3, 8 << 20);
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .open(small.0.join("full1.img"))
+                .unwrap();
+            f.write_all(&data).unwrap();
+            f.sync_all().unwrap();
+        }
+        let before = small.names();
+        for attempt in 0..2 {
+            let r = run(
+                &w,
+                "snapshot",
+                &v,
+                &["--snapshot-name", "full1-s", "--size", "16"],
+            )
+            .code(1);
+            assert_eq!(small.names(), before, "{provider} #{attempt}: left behind");
+            assert!(
+                r.stderr.contains("No space left") && r.stderr.contains("make room"),
+                "{provider} #{attempt}: {}",
+                r.stderr
+            );
+        }
+        // Room made: the retry succeeds and holds the data.
+        small.resize(64);
+        run(
+            &w,
+            "snapshot",
+            &v,
+            &["--snapshot-name", "full1-s", "--size", "16"],
+        )
+        .ok();
+        let snap = fs::read(small.0.join("full1-s.img")).unwrap();
+        assert_eq!(snap.len(), 16 << 20, "{provider}");
+        assert!(snap[..data.len()] == data[..], "{provider}: snapshot data");
+        let mut want = before.clone();
+        want.push("full1-s.img".into());
+        want.sort();
+        assert_eq!(small.names(), want, "{provider}");
+        // A second snapshot of that name is refused, changing nothing.
+        let r = run(
+            &w,
+            "snapshot",
+            &v,
+            &["--snapshot-name", "full1-s", "--size", "16"],
+        )
+        .code(1);
+        assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+        run(&w, "detach", &v, &[]).ok();
+    }
+}
+
+#[test]
+fn snapshot_scripts_check_the_name_and_size_they_are_given() {
+    // Ganeti runs the scripts directly: the provider checks what the CLI
+    // would have refused.
+    let w = World::new();
+    for provider in ["loopfile", "qemunbd"] {
+        let dir = w.install(provider);
+        fs::write(w.vols().join("v1.img"), vec![1u8; 4096]).unwrap();
+        for (name, size, needle) in [
+            ("../escape", "", "snapshot name '../escape'"),
+            ("-rf", "", "snapshot name '-rf'"),
+            ("a b", "", "snapshot name 'a b'"),
+            ("ok", "a[$(touch INJECTED)]", "is not a number of MiB"),
+        ] {
+            if provider == "qemunbd" && !size.is_empty() {
+                continue;
+            }
+            let out = Command::new(dir.join("snapshot"))
+                .current_dir(&dir)
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("VOL_NAME", "v1")
+                .env("EXTP_DIR", w.vols())
+                .env("VOL_SNAPSHOT_NAME", name)
+                .env("VOL_SNAPSHOT_SIZE", size)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{provider} {name:?}: {err}");
+            assert!(err.contains(needle), "{provider} {name:?}: {err}");
+        }
+        let mut left: Vec<_> = fs::read_dir(w.vols())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["v1.img"], "{provider}");
+        assert!(!w.path("escape.img").exists());
+        assert!(!dir.join("INJECTED").exists());
+    }
+}
+
+#[test]
+fn qemunbd_detach_matches_its_socket_exactly() {
+    let w = World::new();
+    w.install("qemunbd");
+    let vols = w.vols();
+    // A process whose argument differs from volume a.b's socket only where
+    // a regex '.' matches anything: not a.b's server, so it must survive.
+    let other = format!("--socket={}/aXb.nbd.sock", vols.display());
+    let mut bystander = Command::new("bash")
+        .args(["-c", "sleep 60; :"])
+        .arg(&other)
+        .spawn()
+        .unwrap();
+    fs::write(vols.join("a.b.img"), "").unwrap();
+    fs::write(vols.join("a.b.nbd.pid"), bystander.id().to_string()).unwrap();
+    let v = vol_args(&w, "qemunbd", "a.b");
+    run(&w, "detach", &v, &[]).ok();
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "detach killed a process that is not the volume's server"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+}
+
+#[test]
+fn qemunbd_stop_tolerates_a_server_that_exits_before_the_kill() {
+    let w = World::new();
+    let dir = w.install("qemunbd");
+    let vols = w.vols();
+    // The server exits between the check and the kill: stop still succeeds
+    // (a real shell runs the provider's own stop_server).
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("set -euo pipefail; . ./common.sh; server_pid() { echo 2147483646; }; stop_server; echo stopped-ok")
+        .current_dir(&dir)
+        .env("VOL_NAME", "gone")
+        .env("EXTP_DIR", &vols)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("stopped-ok"),
+        "{out:?}"
+    );
+}

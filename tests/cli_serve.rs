@@ -421,3 +421,231 @@ fn a_dead_io_process_leaves_the_volume_attached_and_a_dead_parent_takes_the_chil
     let again = w.serve(&strs(&vol_args(&w, "vol1"))).unwrap();
     assert_eq!(again.ready["ok"], true);
 }
+
+/// Every log file of the world's script runs, with its contents.
+fn script_logs(w: &World) -> Vec<(std::path::PathBuf, String)> {
+    w.log_files("")
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            (p, text)
+        })
+        .collect()
+}
+
+#[test]
+fn serve_checks_users_groups_and_socket_paths_before_any_script() {
+    let w = World::new();
+    w.install("loopfile");
+    create(&w, "vol1", "16M");
+    let mut detach = vec!["detach".to_owned()];
+    detach.extend(vol_args(&w, "vol1"));
+    w.run(&strs(&detach)).ok();
+    assert!(loop_devices_of(&img(&w, "vol1")).is_empty());
+    let logs = script_logs(&w);
+    let long = format!("/tmp/{}.sock", "s".repeat(110));
+    for (extra, needles) in [
+        (
+            vec!["--user", "NOSUCHUSER"],
+            vec!["--user", "no user \"NOSUCHUSER\"", "existing user"],
+        ),
+        (
+            vec!["--socket-owner", "NOSUCHUSER"],
+            vec!["--socket-owner", "no user \"NOSUCHUSER\"", "existing user"],
+        ),
+        (
+            vec!["--socket-group", "NOSUCHGROUP"],
+            vec![
+                "--socket-group",
+                "no group \"NOSUCHGROUP\"",
+                "existing group",
+            ],
+        ),
+        (
+            vec!["--socket", long.as_str()],
+            vec!["--socket", "120 bytes", "shorter path"],
+        ),
+    ] {
+        let mut args = vol_args(&w, "vol1");
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let err = w.serve(&strs(&args)).err().expect("refused");
+        assert_eq!(err.code, 2, "{extra:?}: {err:#?}");
+        for needle in needles {
+            assert!(err.stderr.contains(needle), "{extra:?}: {needle}: {err:#?}");
+        }
+    }
+    // A run directory whose sockets cannot fit is refused the same way.
+    let deep = w.path(&"d".repeat(100));
+    let err = Command::new(extstorage_testbins::path(extstorage_testbins::CLI))
+        .arg("--search-path")
+        .arg(w.providers())
+        .arg("--log-dir")
+        .arg(w.logs())
+        .arg("--lock-dir")
+        .arg(w.path("lock"))
+        .arg("--run-dir")
+        .arg(&deep)
+        .arg("serve")
+        .args(vol_args(&w, "vol1"))
+        .output()
+        .unwrap();
+    assert_eq!(err.status.code(), Some(2), "{err:?}");
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("--run-dir"),
+        "{err:?}"
+    );
+    assert!(
+        loop_devices_of(&img(&w, "vol1")).is_empty(),
+        "attach never ran"
+    );
+    assert_eq!(script_logs(&w), logs, "no provider script ran");
+}
+
+/// Replaces the installed loopfile provider's `open` script.
+fn replace_open(w: &World, body: &str) {
+    let open = w.providers().join("loopfile/open");
+    std::fs::write(&open, format!("#!/bin/bash\n{body}\n")).unwrap();
+    let mut perms = std::fs::metadata(&open).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&open, perms).unwrap();
+}
+
+#[test]
+fn a_failed_open_detaches_and_releases_the_claim() {
+    let w = World::new();
+    w.install("loopfile");
+    create(&w, "vol1", "16M");
+    replace_open(&w, "echo 'open refused by the test' >&2; exit 1");
+    let err = w
+        .serve(&strs(&vol_args(&w, "vol1")))
+        .err()
+        .expect("refused");
+    assert_eq!(err.code, 1, "{err:#?}");
+    assert!(err.stderr.contains("open refused by the test"), "{err:#?}");
+    assert!(
+        loop_devices_of(&img(&w, "vol1")).is_empty(),
+        "detached after the failed open: {err:#?}"
+    );
+    assert_eq!(w.log_files("detach-").len(), 1, "detach ran once");
+    // The claim was released: with open fixed, serve works.
+    w.install("loopfile");
+    let served = w.serve(&strs(&vol_args(&w, "vol1"))).unwrap();
+    assert_eq!(served.ready["ok"], true);
+}
+
+#[test]
+fn an_interrupted_open_detaches() {
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        let w = World::new();
+        w.install("loopfile");
+        create(&w, "vol1", "16M");
+        let started = w.vols().join("open-started");
+        replace_open(&w, &format!("touch '{}'\nexec sleep 60", started.display()));
+        let child = w
+            .cmd()
+            .arg("serve")
+            .args(vol_args(&w, "vol1"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !started.exists() {
+            assert!(start.elapsed().as_secs() < 60, "open never started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(128 + sig as i32), "{sig}: {stderr}");
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "{sig}: open was not interrupted"
+        );
+        assert!(
+            loop_devices_of(&img(&w, "vol1")).is_empty(),
+            "{sig}: detached after the interrupted open: {stderr}"
+        );
+        assert!(!w.vols().join("vol1.img.open").exists(), "{sig}: closed");
+    }
+}
+
+/// `cmd` run by a real shell under `umask 000`.
+fn under_umask_000(cmd: &Command) -> Command {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    sh
+}
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn under_umask_000_the_cli_and_serve_set_their_modes() {
+    let w = World::new();
+    w.install("loopfile");
+    let mut create = w.cmd();
+    create.arg("create").args(vol_args(&w, "vol1"));
+    create.args(["--size", "16M"]);
+    let out = under_umask_000(&create).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let mut serve = w.cmd();
+    serve.args(["--json", "serve"]).args(vol_args(&w, "vol1"));
+    let mut child = under_umask_000(&serve)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let socket = std::path::PathBuf::from(ready["socket"].as_str().unwrap());
+    let control = std::path::PathBuf::from(ready["control_socket"].as_str().unwrap());
+    let run = w.run_dir();
+    let mut want = vec![
+        (w.logs(), 0o750),
+        (w.path("lock"), 0o700),
+        (run.clone(), 0o755),
+        (run.join("serve"), 0o755),
+        (run.join("vhost-user"), 0o755),
+        (run.join("serve/loopfile.vol1.lock"), 0o600),
+        (socket, 0o600),
+        (control, 0o600),
+    ];
+    for log in w.log_files("") {
+        want.push((log, 0o640));
+    }
+    for lock in std::fs::read_dir(w.path("lock")).unwrap() {
+        want.push((lock.unwrap().path(), 0o600));
+    }
+    assert!(want.len() > 10, "{want:?}");
+    let octal = |m: u32| format!("{m:04o}");
+    let got: Vec<_> = want
+        .iter()
+        .map(|(p, _)| (p.clone(), octal(mode_of(p))))
+        .collect();
+    let want: Vec<_> = want.into_iter().map(|(p, m)| (p, octal(m))).collect();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    // The shell exec'd the CLI: its exit status is the CLI's.
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(got, want);
+}

@@ -187,9 +187,70 @@ fn socket_owner_group_and_mode_are_applied() {
         .args(["--socket-owner", "no-such-user-here"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // A bad value is a usage error (exit 2), found before anything is
+    // opened or bound.
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no user \"no-such-user-here\""), "{err}");
+    let long = format!("/tmp/{}.sock", "s".repeat(110));
+    for (extra, needle) in [
+        (["--user", "no-such-user-here"], "--user"),
+        (["--socket-group", "no-such-group-here"], "no group"),
+        (["--control-socket", long.as_str()], "--control-socket"),
+    ] {
+        let sock = d.sock.with_extension("bad.sock");
+        let out = Command::new(bin())
+            .args(["serve", "--path"])
+            .arg(&d.img)
+            .arg("--socket")
+            .arg(&sock)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert!(!sock.exists(), "{extra:?}: nothing bound");
+    }
+    let out = Command::new(bin())
+        .args(["serve", "--path"])
+        .arg(&d.img)
+        .args(["--socket", long.as_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("120 bytes"));
+
+    // Under umask 000 the socket's missing directories are 0755, not 0777.
+    let top = d.sock.with_extension("dirs");
+    let sock = top.join("a/b.sock");
+    let mut child = Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+        .arg(bin())
+        .args(["serve", "--path"])
+        .arg(&d.img)
+        .arg("--socket")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(start.elapsed().as_secs() < 30, "no socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let modes: Vec<u32> = [&top, &top.join("a")]
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().permissions().mode() & 0o777)
+        .collect();
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(modes, [0o755, 0o755]);
 }
 
 #[test]

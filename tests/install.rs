@@ -136,3 +136,50 @@ fn install_sh_refuses_bad_arguments() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// Every path under `dir` (not following symlinks) with its mode.
+fn walk(dir: &Path, out: &mut Vec<(std::path::PathBuf, u32)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        out.push((path.clone(), meta.permissions().mode() & 0o7777));
+        if meta.is_dir() {
+            walk(&path, out);
+        }
+    }
+}
+
+#[test]
+fn install_sh_under_umask_000_leaves_nothing_group_or_world_writable() {
+    let dest = tempfile::tempdir().unwrap();
+    let binaries = extstorage_testbins::path(extstorage_testbins::CLI)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    // A real shell with umask 000 runs the script, as a careless caller would.
+    let out = Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+        .arg(repo().join("scripts/install.sh"))
+        .args(["--prefix", "/opt/es", "--destdir"])
+        .arg(dest.path())
+        .arg("--binaries")
+        .arg(&binaries)
+        .current_dir(dest.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut all = Vec::new();
+    walk(dest.path(), &mut all);
+    assert!(all.len() > 40, "{all:?}");
+    let loose: Vec<_> = all.iter().filter(|(_, m)| m & 0o022 != 0).collect();
+    assert!(loose.is_empty(), "group- or world-writable: {loose:#?}");
+    // Directories are 0755, as operations.md says.
+    for (path, m) in &all {
+        if path.is_dir() {
+            assert_eq!(*m, 0o755, "{}", path.display());
+        }
+    }
+}

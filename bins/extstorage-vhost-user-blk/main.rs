@@ -118,9 +118,23 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("extstorage-vhost-user-blk: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(if is_usage(&e) { 2 } else { 1 })
         }
     }
+}
+
+/// Whether `e` is a bad option value (exit 2) rather than a runtime
+/// failure (exit 1).
+fn is_usage(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<extstorage_serve_api::Error>(),
+        Some(extstorage_serve_api::Error::InvalidOption { .. })
+    ) || matches!(
+        e.downcast_ref::<extstorage_vhost_user_blk::Error>(),
+        Some(extstorage_vhost_user_blk::Error::InvalidConfig(
+            extstorage_serve_api::Error::InvalidOption { .. }
+        ))
+    )
 }
 
 fn print_json<T: serde::de::DeserializeOwned + serde::Serialize>(
@@ -133,8 +147,13 @@ fn print_json<T: serde::de::DeserializeOwned + serde::Serialize>(
 }
 
 fn serve(args: ServeArgs) -> Result<()> {
+    // Every option is checked before anything is opened or bound.
     let device = args.device.resolve()?;
     let listen = args.listen.resolve()?;
+    listen.check_on_host()?;
+    if let Some(ctl) = &args.control_socket {
+        extstorage_serve_api::listen::check_socket_path("control-socket", ctl)?;
+    }
     let config = match (args.rbd.resolve()?, args.path) {
         (Some(src), _) => Config {
             device,

@@ -38,32 +38,45 @@ case "$EXTP_DIR" in
     *) die "the 'dir' parameter must be an absolute path, not '$EXTP_DIR' (scripts run in the provider directory, so a relative path would put volumes there)" ;;
 esac
 
+# Used by the scripts that source this file, not here.
+# shellcheck disable=SC2034
 VOL_FILE="$EXTP_DIR/$VOL_NAME.img"
 SOCKET="$EXTP_DIR/$VOL_NAME.nbd.sock"
 PIDFILE="$EXTP_DIR/$VOL_NAME.nbd.pid"
+# shellcheck disable=SC2034
 DAEMON_LOG="$EXTP_DIR/$VOL_NAME.nbd.log"
 
-# Prints the pid of the running qemu-nbd for this volume, if any.
+# Prints the pid of the running qemu-nbd for this volume, if any: the pid
+# file's process, if one of its arguments is exactly --socket=$SOCKET (a
+# whole-argument string comparison: the path is not a pattern).
 server_pid() {
     [ -f "$PIDFILE" ] || return 0
-    local pid
+    local pid arg
     pid=$(cat "$PIDFILE" 2>/dev/null || true)
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null \
-        && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "--socket=$SOCKET"; then
-        echo "$pid"
-    fi
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    kill -0 "$pid" 2>/dev/null || return 0
+    while IFS= read -r -d '' arg; do
+        if [ "$arg" = "--socket=$SOCKET" ]; then
+            echo "$pid"
+            return 0
+        fi
+    done 2>/dev/null < "/proc/$pid/cmdline" || true
 }
 
+# Stops the volume's qemu-nbd (SIGTERM, SIGKILL after 10 s). It may exit on
+# its own at any moment: a signal to a process already gone is not an error.
 stop_server() {
     local pid
     pid=$(server_pid)
     if [ -n "$pid" ]; then
-        kill "$pid"
+        kill "$pid" 2>/dev/null || true
         for _ in $(seq 100); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
         log "stopped qemu-nbd $pid"
     fi
     rm -f "$PIDFILE" "$SOCKET"

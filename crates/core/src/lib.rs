@@ -21,6 +21,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod dirs;
 pub mod error;
 pub mod interrupt;
 mod keeper;

@@ -5,9 +5,10 @@
 //! outlives a caller killed with SIGKILL until the script's group is gone.
 
 use std::cell::RefCell;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -81,7 +82,7 @@ pub fn lock_volume(
     volume: &str,
     wait: Duration,
 ) -> Result<VolumeLock> {
-    fs::create_dir_all(lock_dir).map_err(|e| {
+    crate::dirs::create_dir_mode(lock_dir, crate::dirs::LOCK_DIR_MODE).map_err(|e| {
         Error::io(
             format!(
                 "cannot create the lock directory {}; create it or choose another with --lock-dir",
@@ -107,7 +108,11 @@ pub fn lock_volume(
         }
         let file = crate::sys::open_no_follow(
             &path,
-            OpenOptions::new().create(true).truncate(false).write(true),
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(crate::dirs::LOCK_FILE_MODE),
             "lock file",
         )?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -148,6 +153,7 @@ pub fn lock_volume(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn second_holder_waits_then_fails() {

@@ -5,9 +5,10 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
@@ -309,7 +310,7 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
             ),
         });
     }
-    fs::create_dir_all(&cfg.log_dir).map_err(|e| {
+    crate::dirs::create_dir_mode(&cfg.log_dir, crate::dirs::LOG_DIR_MODE).map_err(|e| {
         Error::io(
             format!(
                 "cannot create the log directory {}; create it or choose another with --log-dir",
@@ -321,7 +322,10 @@ pub fn run_script(cfg: &RunnerConfig, run: &ScriptRun<'_>) -> Result<ScriptOutpu
     let log_path = log_path(&cfg.log_dir, run.action, provider, run.volume);
     let file = open_no_follow(
         &log_path,
-        OpenOptions::new().create(true).append(true),
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(crate::dirs::LOG_FILE_MODE),
         "log file",
     )?;
     let mut log = BoundedLog::new(file, cfg.max_log_bytes);
@@ -696,6 +700,7 @@ fn kill_group(cfg: &RunnerConfig, child: &mut Child, pgid: Pid) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     use std::os::unix::fs::PermissionsExt;
 

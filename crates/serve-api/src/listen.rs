@@ -2,7 +2,7 @@
 //! service manager), who may connect to it, and which user serves.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -132,7 +132,78 @@ impl ListenArgs {
     }
 }
 
+/// Checks a unix socket path given as `--option`: at most
+/// [`MAX_SOCKET_PATH`](crate::paths::MAX_SOCKET_PATH) bytes, the most a
+/// socket address holds.
+pub fn check_socket_path(option: &'static str, path: &Path) -> Result<(), Error> {
+    let len = path.as_os_str().len();
+    if len > crate::paths::MAX_SOCKET_PATH {
+        return Err(Error::InvalidOption {
+            option,
+            reason: format!(
+                "{} is {len} bytes, longer than a unix socket path can be ({} bytes); choose a \
+                 shorter path (e.g. under /run)",
+                path.display(),
+                crate::paths::MAX_SOCKET_PATH
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Looks up a user by name or uid on this host, as the backend will.
+fn host_user(option: &'static str, name: &str) -> Result<(), Error> {
+    use nix::unistd::{Uid, User};
+    let found = match name.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(name),
+    };
+    let reason = match found {
+        Ok(Some(_)) => return Ok(()),
+        Ok(None) => format!(
+            "no user {name:?} on this host; give an existing user name or uid (see getent passwd)"
+        ),
+        Err(e) => format!("cannot look up user {name:?}: {e}; check the host's user database"),
+    };
+    Err(Error::InvalidOption { option, reason })
+}
+
+/// Looks up a group by name on this host (a number is taken as it is, as
+/// the backend does).
+fn host_group(option: &'static str, name: &str) -> Result<(), Error> {
+    if name.parse::<u32>().is_ok() {
+        return Ok(());
+    }
+    let reason = match nix::unistd::Group::from_name(name) {
+        Ok(Some(_)) => return Ok(()),
+        Ok(None) => format!(
+            "no group {name:?} on this host; give an existing group name or gid (see getent group)"
+        ),
+        Err(e) => format!("cannot look up group {name:?}: {e}; check the host's group database"),
+    };
+    Err(Error::InvalidOption { option, reason })
+}
+
 impl ListenOptions {
+    /// Checks what only this host can tell, before anything runs: the
+    /// socket owner, group and `--user` exist here, and the socket path fits
+    /// in a unix socket address.
+    pub fn check_on_host(&self) -> Result<(), Error> {
+        if let Some(socket) = &self.socket {
+            check_socket_path("socket", socket)?;
+        }
+        if let Some(owner) = &self.access.owner {
+            host_user("socket-owner", owner)?;
+        }
+        if let Some(group) = &self.access.group {
+            host_group("socket-group", group)?;
+        }
+        if let Some(user) = &self.user {
+            host_user("user", user)?;
+        }
+        Ok(())
+    }
+
     /// The arguments that [`ListenArgs`] parses back into these options
     /// (defaults left out).
     pub fn to_args(&self) -> Vec<OsString> {
@@ -207,5 +278,44 @@ mod tests {
                 .contains("cannot be used with")
         );
         assert!(parse(&["--user=a:b".into()]).unwrap_err().contains("user"));
+    }
+
+    #[test]
+    fn host_checks_name_what_is_missing() {
+        let ok = ListenOptions {
+            socket: Some("/run/x.sock".into()),
+            access: SocketAccess {
+                owner: Some("0".into()),
+                group: Some("root".into()),
+                mode: 0o600,
+            },
+            user: Some("root".into()),
+            ..ListenOptions::default()
+        };
+        ok.check_on_host().unwrap();
+        let bad = |f: &dyn Fn(&mut ListenOptions)| {
+            let mut o = ok.clone();
+            f(&mut o);
+            o.check_on_host().unwrap_err().to_string()
+        };
+        let e = bad(&|o| o.user = Some("no-such-user-x".into()));
+        assert!(
+            e.contains("--user") && e.contains("no user \"no-such-user-x\""),
+            "{e}"
+        );
+        let e = bad(&|o| o.access.owner = Some("no-such-user-x".into()));
+        assert!(e.contains("--socket-owner"), "{e}");
+        let e = bad(&|o| o.access.group = Some("no-such-group-x".into()));
+        assert!(
+            e.contains("--socket-group") && e.contains("getent group"),
+            "{e}"
+        );
+        let e = bad(&|o| o.socket = Some(format!("/{}", "s".repeat(107)).into()));
+        assert!(e.contains("--socket") && e.contains("108 bytes"), "{e}");
+        let fits = ListenOptions {
+            socket: Some(format!("/{}", "s".repeat(106)).into()),
+            ..ListenOptions::default()
+        };
+        fits.check_on_host().unwrap();
     }
 }

@@ -38,7 +38,8 @@ pub fn claim(path: &Path, provider: &str, volume: &str) -> Result<Claim, Error> 
         source,
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io("cannot create its directory", e))?;
+        extstorage_core::dirs::create_dir_mode(dir, extstorage_core::dirs::RUN_DIR_MODE)
+            .map_err(|e| io("cannot create its directory", e))?;
     }
     let file = OpenOptions::new()
         .read(true)

@@ -67,6 +67,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A directory for the claim or a socket could not be created.
+    #[error(
+        "cannot create directory {path}: {source}; create it (mode 0755) or choose another with \
+         --run-dir or --socket"
+    )]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The provider's rbd URI cannot be served by the rbd engine.
     #[error("volume {volume:?} of provider {provider:?} cannot be served through librbd: {reason}")]
     RbdUri {
@@ -108,6 +120,7 @@ impl Error {
             }
             Error::Backend(_)
             | Error::Claim { .. }
+            | Error::Directory { .. }
             | Error::Cleanup { .. }
             | Error::PrivilegeSeparation(_)
             | Error::ServerDied(_) => ErrorKind::Failed,
@@ -193,13 +206,41 @@ impl<'a> VolumeServer<'a> {
     /// attach, the volume is closed and detached again (unless
     /// `keep_attached`), so a failed start leaves nothing behind.
     pub fn start(es: &'a ExtStorage, req: ServeRequest) -> Result<VolumeServer<'a>, Error> {
+        // Every option is checked before any script runs: a provider's
+        // attach may touch shared storage (rbd) for nothing.
         req.device.validate()?;
+        req.listen.check_on_host()?;
         let mut vol = es.volume(req.volume.clone())?;
         let provider = vol.provider().name.clone();
         let volume = vol.name().to_owned();
         let key = volume_key(&provider, &volume);
         let listen = resolve_listen(req.listen, &req.run_dir, &key);
+        // Paths under the run directory fit unless the directory's own
+        // name is too long.
+        for path in [
+            listen.socket.as_ref(),
+            Some(&req.run_dir.control_socket(&key)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            extstorage_serve_api::listen::check_socket_path("run-dir", path)?;
+        }
         let separate = listen.user.is_some();
+        // Made here with their modes, whatever the umask: the backend's
+        // socket code would leave them to it.
+        let socket_dir = listen.socket.as_deref().and_then(Path::parent);
+        for dir in [Some(req.run_dir.serve_dir().as_path()), socket_dir]
+            .into_iter()
+            .flatten()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            extstorage_core::dirs::create_dir_mode(dir, extstorage_core::dirs::RUN_DIR_MODE)
+                .map_err(|source| Error::Directory {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
         let claim = claim::claim(&req.run_dir.claim(&key), &provider, &volume)?;
         let info = vol.attach()?;
         // The block device when there is one; else an RBD image named by
@@ -221,6 +262,9 @@ impl<'a> VolumeServer<'a> {
                 return Err(e);
             }
             (None, None) => {
+                if !req.keep_attached {
+                    undo(&mut vol);
+                }
                 return Err(extstorage_core::Error::NoBlockDevice {
                     provider,
                     volume,
@@ -230,7 +274,12 @@ impl<'a> VolumeServer<'a> {
             }
         };
         let device_path = config.path.clone();
-        vol.open(!req.shared)?;
+        if let Err(e) = vol.open(!req.shared) {
+            if !req.keep_attached {
+                undo(&mut vol);
+            }
+            return Err(e.into());
+        }
         let control_socket = req.run_dir.control_socket(&key);
         let spec = ServeSpec {
             config,
@@ -401,8 +450,14 @@ fn rbd_source(provider: &str, volume: &str, uris: &[String]) -> Option<Result<Rb
     }))
 }
 
-/// Best-effort close and detach after a failed start.
+/// Best-effort close and detach after a failed start. A signal that
+/// interrupted the start is forgotten first, or no script would run (the
+/// error already carries it); a further one interrupts the cleanup.
 fn undo(vol: &mut Volume<'_>) {
+    if let Some(signal) = extstorage_core::interrupt::pending() {
+        tracing::info!(volume = vol.name(), %signal, "start interrupted; closing and detaching");
+        extstorage_core::interrupt::clear();
+    }
     if let Err(e) = vol.close() {
         tracing::warn!(volume = vol.name(), error = %e, "close after a failed start failed");
     }

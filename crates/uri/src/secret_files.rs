@@ -48,8 +48,17 @@ fn ensure_dir(dir: &Path) -> Result<(), SecretFileError> {
         }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // Missing parents (e.g. /run/extstorage, which also holds the
+            // vhost-user sockets QEMU's user must reach) 0755, the
+            // directory itself 0700; explicit modes, so no umask loosens them.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)
+                    .map_err(|e| bad(format!("cannot create its parent: {e}")))?;
+            }
             fs::DirBuilder::new()
-                .recursive(true)
                 .mode(0o700)
                 .create(dir)
                 .map_err(|e| bad(format!("cannot create it: {e}")))?;
@@ -126,6 +135,33 @@ mod tests {
         assert_eq!(dmode, 0o700);
         remove_secret_files(std::slice::from_ref(&s)).unwrap();
         assert!(!s.path.exists());
+    }
+
+    /// This process's umask, read without changing it (which would race
+    /// other test threads).
+    fn umask() -> u32 {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+        u32::from_str_radix(line.split_whitespace().nth(1).unwrap(), 8).unwrap()
+    }
+
+    #[test]
+    fn missing_parents_stay_reachable_and_the_directory_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path().join("run");
+        let dir = run.join("secrets/vol");
+        let s = SecretObject {
+            id: "k".into(),
+            path: dir.join("k"),
+            format: SecretFormat::Raw,
+            data: Secret::new("pw"),
+        };
+        write_secret_files(std::slice::from_ref(&s)).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // Parents such as /run/extstorage also hold QEMU's sockets.
+        assert_eq!(mode(&run), 0o755 & !umask());
+        assert_eq!(mode(&run.join("secrets")), 0o755 & !umask());
+        assert_eq!(mode(&dir), 0o700);
     }
 
     #[test]
