@@ -29,6 +29,10 @@ cargo test --workspace --doc 2>&1 | tee -a "$results"
 echo "== cargo test"
 cargo test --workspace --all-targets 2>&1 | tee -a "$results"
 
+# Release binaries carry no test-only fault injection (feature test-hooks).
+echo "== release binaries"
+scripts/check-release.sh
+
 # The fuzz crate (fuzz/, its own workspace): formatted, lint-free, its seeds
 # current and checked, then every target over its seeds plus a fixed number
 # of new inputs (fixed RNG seed), so the targets keep building and passing.

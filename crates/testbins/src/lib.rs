@@ -6,7 +6,8 @@
 //! the target directory of the running test or bench and, the first time it
 //! is asked in a process, runs `cargo build` for the binaries so a test never
 //! runs a stale one (a no-op when `cargo test --workspace` built them
-//! already).
+//! already), with the test-only hooks on (feature `test-hooks` of
+//! `extstorage-vhost-user-blk`).
 //!
 //! It also holds the few helpers more than one test or bench needs and no
 //! test module shares with the others: [`splitmix64`].
@@ -23,6 +24,13 @@ pub const DAEMON: &str = "extstorage-vhost-user-blk";
 
 /// The packages that own [`CLI`] and [`DAEMON`].
 const PACKAGES: [&str; 2] = ["extstorage", "extstorage-vhost-user-blk-daemon"];
+
+/// The features the tests need in the binaries: the fault-injection hooks
+/// (`EXTSTORAGE_TEST_ONLY_*`), which `cargo test` turns on through the root
+/// package's dev-dependency. Built with them here too, the binaries in the
+/// target directory are the same whichever built them last; a plain
+/// `cargo build` builds them without.
+const FEATURES: &str = "extstorage-vhost-user-blk/test-hooks";
 
 /// The profile directory (`target/debug`, `target/release`) of the running
 /// test or bench executable, which cargo puts in `<profile>/deps/`.
@@ -53,6 +61,7 @@ fn build(profile_dir: &Path) -> Result<(), String> {
     for p in PACKAGES {
         cmd.args(["--package", p]);
     }
+    cmd.args(["--features", FEATURES]);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }

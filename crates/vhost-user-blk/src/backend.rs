@@ -1203,10 +1203,10 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::LOG_SHMFD;
-        if self.inner.dev.test_options().no_inflight {
-            f
-        } else {
+        if self.inner.dev.offers_inflight() {
             f | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+        } else {
+            f
         }
     }
 

@@ -34,6 +34,7 @@ pub mod serve;
 mod server;
 mod socket;
 pub mod stats;
+#[cfg(any(test, feature = "test-hooks"))]
 mod testonly;
 pub mod threads;
 
