@@ -1595,7 +1595,10 @@ mod tests {
     #[test]
     fn good_and_bad_requests_in_one_batch_io_uring() {
         if !extstorage_blockio::UringEngine::is_supported() {
-            eprintln!("io_uring unavailable here: skipping");
+            extstorage_testbins::skip_or_fail(
+                extstorage_testbins::Facility::Uring,
+                "io_uring unavailable here",
+            );
             return;
         }
         good_and_bad_requests(crate::Engine::Uring);

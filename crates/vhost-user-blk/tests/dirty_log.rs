@@ -327,7 +327,10 @@ fn pages(addr: u64, len: u64) -> impl Iterator<Item = u64> {
 /// O_DIRECT).
 fn reads_mark_their_pages(engine: Engine, direct: bool, offset: u64) {
     if engine == Engine::Uring && !extstorage_blockio::UringEngine::is_supported() {
-        eprintln!("io_uring unavailable here: skipping");
+        extstorage_testbins::skip_or_fail(
+            extstorage_testbins::Facility::Uring,
+            "io_uring unavailable here",
+        );
         return;
     }
     let mut s = Session::start(engine, direct);
