@@ -392,7 +392,7 @@ fn kill_with_writes_completed_out_of_order_resubmits_the_held_ones() {
         o.diagnostics
     );
     eprintln!("churn: {:?}", o.report.results["churn"].fields);
-    for l in &o.resubmit_lines {
+    for l in o.first_loop_lines.iter().chain(&o.resubmit_lines) {
         eprintln!("{l}");
     }
 }
