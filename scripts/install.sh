@@ -65,6 +65,9 @@ for b in "${bins[@]}"; do
         exit 1
     }
 done
+# Binaries built for the tests (cargo test --release, cargo bench) carry the
+# test-only fault injection: never install those.
+"$repo/scripts/check-release.sh" --binaries "$binaries" >/dev/null
 
 root=${destdir%/}
 bindir=$prefix/bin

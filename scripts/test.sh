@@ -11,6 +11,11 @@ cd "$(dirname "$0")/.."
 # Tests that need the guest image, QEMU or Ceph fail instead of skipping:
 # everything they need is installed by scripts/install-deps.sh.
 export EXTSTORAGE_GUEST_E2E_REQUIRE="${EXTSTORAGE_GUEST_E2E_REQUIRE:-1}"
+# Likewise the tests that need io_uring (Docker's default seccomp profile
+# blocks it), loop devices or cachestat (Linux 6.5).
+export EXTSTORAGE_REQUIRE_URING="${EXTSTORAGE_REQUIRE_URING:-1}"
+export EXTSTORAGE_REQUIRE_LOOP_DEVICES="${EXTSTORAGE_REQUIRE_LOOP_DEVICES:-1}"
+export EXTSTORAGE_REQUIRE_CACHESTAT="${EXTSTORAGE_REQUIRE_CACHESTAT:-1}"
 
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     scripts/install-deps.sh
@@ -40,6 +45,10 @@ echo "== cargo test --doc"
 cargo test --workspace --doc 2>&1 | tee -a "$results"
 echo "== cargo test"
 cargo test --workspace --all-targets 2>&1 | tee -a "$results"
+
+# Release binaries carry no test-only fault injection (feature test-hooks).
+echo "== release binaries"
+scripts/check-release.sh
 
 # The fuzz crate (fuzz/, its own workspace): formatted, lint-free, its seeds
 # current and checked, then every target over its seeds plus a fixed number

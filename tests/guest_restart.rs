@@ -8,7 +8,9 @@
 //! on without an I/O error and find every acknowledged block intact.
 //!
 //! Completions out of order are forced with the test-only hold engine
-//! (`EXTSTORAGE_TEST_ONLY_HOLD_WRITES`); the negative control masks the
+//! (`EXTSTORAGE_TEST_ONLY_HOLD_WRITES`, which keeps the io_uring event
+//! loop; the daemon is built with feature `test-hooks` by
+//! extstorage-testbins); the negative control masks the
 //! feature (`EXTSTORAGE_TEST_ONLY_NO_INFLIGHT`) and must fail.
 
 mod guest_support;
@@ -60,6 +62,9 @@ struct Outcome {
     /// Their log lines saying what they resubmitted (queue, used index,
     /// heads).
     resubmit_lines: Vec<String>,
+    /// The first daemon's log lines saying a queue entered the io_uring
+    /// event loop.
+    first_loop_lines: Vec<String>,
     diagnostics: String,
 }
 
@@ -308,6 +313,16 @@ fn run(sc: &Scenario) -> Option<Outcome> {
                 .collect::<Vec<_>>()
         })
         .collect();
+    let first_loop_lines = daemons
+        .first()
+        .map(|d| {
+            d.log_text()
+                .lines()
+                .filter(|l| l.contains("queue event loop") && l.contains("io_uring"))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
     let mut diagnostics = format!(
         "--- guest console ---\n{}\n--- qemu stderr ---\n{}\n",
         report.console,
@@ -321,6 +336,7 @@ fn run(sc: &Scenario) -> Option<Outcome> {
         report,
         resubmitted,
         resubmit_lines,
+        first_loop_lines,
         diagnostics,
     })
 }
@@ -356,6 +372,19 @@ fn kill_with_writes_completed_out_of_order_resubmits_the_held_ones() {
     if o.resubmitted == 0 {
         problems.push("no restarted daemon resubmitted anything".to_owned());
     }
+    // The held writes go through the path production runs: the queues
+    // of the daemon that holds them run the io_uring event loop (the hold
+    // engine used to turn it off, leaving them on the epoll path).
+    if !o
+        .first_loop_lines
+        .iter()
+        .any(|l| l.contains("test-only-hold"))
+    {
+        problems.push(format!(
+            "the holding daemon's queues never ran the io_uring event loop (log lines: {:?})",
+            o.first_loop_lines
+        ));
+    }
     assert!(
         problems.is_empty(),
         "restart with held writes failed:\n  {}\n{}",
@@ -363,7 +392,7 @@ fn kill_with_writes_completed_out_of_order_resubmits_the_held_ones() {
         o.diagnostics
     );
     eprintln!("churn: {:?}", o.report.results["churn"].fields);
-    for l in &o.resubmit_lines {
+    for l in o.first_loop_lines.iter().chain(&o.resubmit_lines) {
         eprintln!("{l}");
     }
 }

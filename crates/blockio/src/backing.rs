@@ -538,7 +538,10 @@ mod tests {
         let dev = match out {
             Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap().trim().to_owned(),
             other => {
-                eprintln!("no loop device available ({other:?}): skipping");
+                extstorage_testbins::skip_or_fail(
+                    extstorage_testbins::Facility::LoopDevices,
+                    &format!("no loop device available ({other:?})"),
+                );
                 return;
             }
         };

@@ -103,7 +103,10 @@ mod tests {
     #[test]
     fn small_and_large_requests_both_complete_with_the_right_data() {
         if !UringEngine::is_supported() {
-            eprintln!("io_uring unavailable: skipping");
+            extstorage_testbins::skip_or_fail(
+                extstorage_testbins::Facility::Uring,
+                "io_uring unavailable here",
+            );
             return;
         }
         let f = tempfile::NamedTempFile::new().unwrap();

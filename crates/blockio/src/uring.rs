@@ -1191,7 +1191,10 @@ mod tests {
 
     fn engine(len: u64, direct: bool, depth: usize) -> Option<(tempfile::TempDir, UringEngine)> {
         if !UringEngine::is_supported() {
-            eprintln!("io_uring unavailable here: skipping");
+            extstorage_testbins::skip_or_fail(
+                extstorage_testbins::Facility::Uring,
+                "io_uring unavailable here",
+            );
             return None;
         }
         let (d, p) = file(len);
@@ -1485,7 +1488,10 @@ mod tests {
         let mut w = vec![vec![7u8; 8192]];
         assert_eq!(run(&mut e, Op::Write, 0, 0, &mut w).result, Ok(8192));
         let Some(dirty) = crate::testutil::dirty_pages(f.as_raw_fd()) else {
-            eprintln!("no cachestat here: skipping");
+            extstorage_testbins::skip_or_fail(
+                extstorage_testbins::Facility::Cachestat,
+                "no cachestat here",
+            );
             return;
         };
         assert!(dirty > 0, "a plain write leaves dirty pages");
@@ -1707,6 +1713,10 @@ mod tests {
     #[test]
     fn block_device_discard_and_write_zeroes() {
         if !UringEngine::is_supported() {
+            extstorage_testbins::skip_or_fail(
+                extstorage_testbins::Facility::Uring,
+                "io_uring unavailable here",
+            );
             return;
         }
         const MIB: usize = 1 << 20;
@@ -1719,7 +1729,10 @@ mod tests {
         let dev = match out {
             Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap().trim().to_owned(),
             other => {
-                eprintln!("no loop device available ({other:?}): skipping");
+                extstorage_testbins::skip_or_fail(
+                    extstorage_testbins::Facility::LoopDevices,
+                    &format!("no loop device available ({other:?})"),
+                );
                 return;
             }
         };
@@ -1962,6 +1975,10 @@ mod tests {
     #[test]
     fn random_requests_give_the_same_results_as_the_sync_engine() {
         if !UringEngine::is_supported() {
+            extstorage_testbins::skip_or_fail(
+                extstorage_testbins::Facility::Uring,
+                "io_uring unavailable here",
+            );
             return;
         }
         const SIZE: u64 = 512 * 1024;
@@ -2025,6 +2042,10 @@ mod tests {
     #[test]
     fn unaligned_memory_mixed_with_aligned_on_shared_pages_at_depth() {
         if !UringEngine::is_supported() {
+            extstorage_testbins::skip_or_fail(
+                extstorage_testbins::Facility::Uring,
+                "io_uring unavailable here",
+            );
             return;
         }
         let d = tempfile::tempdir().unwrap();

@@ -1203,10 +1203,10 @@ impl VhostUserBackend for BlkBackend {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::LOG_SHMFD;
-        if self.inner.dev.test_options().no_inflight {
-            f
-        } else {
+        if self.inner.dev.offers_inflight() {
             f | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+        } else {
+            f
         }
     }
 
@@ -1601,7 +1601,10 @@ mod tests {
     #[test]
     fn good_and_bad_requests_in_one_batch_io_uring() {
         if !extstorage_blockio::UringEngine::is_supported() {
-            eprintln!("io_uring unavailable here: skipping");
+            extstorage_testbins::skip_or_fail(
+                extstorage_testbins::Facility::Uring,
+                "io_uring unavailable here",
+            );
             return;
         }
         good_and_bad_requests(crate::Engine::Uring);

@@ -14,6 +14,7 @@ use crate::channel::ConfigChannel;
 use extstorage_serve_api::control::{ResizeReply, StatusReport};
 
 use crate::stats::DeviceStats;
+#[cfg(any(test, feature = "test-hooks"))]
 use crate::testonly::{FaultEngine, HoldEngine, TestOptions};
 use crate::{Config, Error, RbdSource, WriteCache, engine_kind};
 
@@ -128,7 +129,9 @@ pub struct Device {
     writeback: AtomicBool,
     channel: Mutex<Option<ConfigChannel>>,
     stats: DeviceStats,
-    /// `EXTSTORAGE_TEST_ONLY_*` settings (all off outside tests).
+    /// The fault-injection settings from the environment (feature
+    /// `test-hooks` only: a release build has neither them nor the code).
+    #[cfg(any(test, feature = "test-hooks"))]
     test: TestOptions,
 }
 
@@ -137,9 +140,8 @@ impl Device {
     /// Ceph cluster and opens the RBD image).
     pub fn open(cfg: Config) -> Result<Arc<Self>, Error> {
         cfg.validate()?;
-        let test = TestOptions::from_env()?;
         if let Some(src) = cfg.rbd.clone() {
-            return Self::open_rbd(cfg, &src, test);
+            return Self::open_rbd(cfg, &src);
         }
         let backing = Backing::open(
             &cfg.path,
@@ -154,7 +156,7 @@ impl Device {
         }
         let size = backing.size();
         let backing = Arc::new(backing);
-        let dev = Self::new(cfg, Store::Local(Arc::clone(&backing)), size, test);
+        let dev = Self::new(cfg, Store::Local(Arc::clone(&backing)), size)?;
         tracing::info!(
             path = %dev.cfg.path.display(),
             size,
@@ -174,27 +176,33 @@ impl Device {
         Ok(Arc::new(dev))
     }
 
-    fn new(cfg: Config, store: Store, size: u64, test: TestOptions) -> Self {
-        Self {
+    fn new(cfg: Config, store: Store, size: u64) -> Result<Self, Error> {
+        Ok(Self {
             writeback: AtomicBool::new(cfg.device.write_cache == WriteCache::Writeback),
             capacity_sectors: AtomicU64::new(size >> SECTOR_SHIFT),
             store,
             channel: Mutex::new(None),
             stats: DeviceStats::new(cfg.device.num_queues),
             cfg,
-            test,
-        }
+            #[cfg(any(test, feature = "test-hooks"))]
+            test: TestOptions::from_env()?,
+        })
     }
 
-    /// The test-only settings in force.
-    pub(crate) fn test_options(&self) -> TestOptions {
-        self.test
+    /// Whether VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD is offered: always,
+    /// unless a test masks it (feature `test-hooks`).
+    pub(crate) fn offers_inflight(&self) -> bool {
+        #[cfg(any(test, feature = "test-hooks"))]
+        if self.test.no_inflight {
+            return false;
+        }
+        true
     }
 
     /// [`open`](Self::open) for an RBD image: one image handle for every
     /// queue, and an update watch that re-reads the size when the image
     /// changes (e.g. `rbd resize` by any client) and tells the frontend.
-    fn open_rbd(cfg: Config, src: &RbdSource, test: TestOptions) -> Result<Arc<Self>, Error> {
+    fn open_rbd(cfg: Config, src: &RbdSource) -> Result<Arc<Self>, Error> {
         if cfg.device.engine != crate::Engine::Auto {
             tracing::warn!(engine = %cfg.device.engine, "--engine does not apply to an RBD image: it uses the rbd engine");
         }
@@ -208,7 +216,7 @@ impl Device {
             })??;
         let image = Arc::new(image);
         let size = image.size();
-        let dev = Arc::new(Self::new(cfg, Store::Rbd(Arc::clone(&image)), size, test));
+        let dev = Arc::new(Self::new(cfg, Store::Rbd(Arc::clone(&image)), size)?);
         tracing::info!(
             image = %spec,
             size,
@@ -324,7 +332,7 @@ impl Device {
     pub(crate) fn new_engine(&self, queue: usize) -> Box<dyn Engine> {
         let depth = usize::from(self.cfg.device.queue_size);
         let kind = engine_kind(self.cfg.device.engine);
-        let mut engine: Box<dyn Engine> = match &self.store {
+        let engine: Box<dyn Engine> = match &self.store {
             Store::Local(backing) => {
                 match extstorage_blockio::open_engine(kind, Arc::clone(backing), depth) {
                     Ok(e) => e,
@@ -342,19 +350,8 @@ impl Device {
                 }
             },
         };
-        if let Some(hold) = self.test.hold {
-            engine = match HoldEngine::new(engine, hold, queue) {
-                Ok(e) => Box::new(e),
-                Err(e) => {
-                    // The inner engine went with the failed wrapper.
-                    tracing::error!(queue, error = %e, "TEST-ONLY: cannot create the hold engine; this queue fails its requests");
-                    Box::new(FailingEngine::new(depth))
-                }
-            };
-        }
-        if let Some(fault) = self.test.fault {
-            engine = Box::new(FaultEngine::new(engine, fault, queue));
-        }
+        #[cfg(any(test, feature = "test-hooks"))]
+        let engine = self.test_engine(engine, queue, depth);
         let paths = engine.paths();
         tracing::info!(
             queue,
@@ -368,6 +365,31 @@ impl Device {
             write_through = paths.write_through,
             "queue engine"
         );
+        engine
+    }
+
+    /// Wraps a queue's engine in the fault-injection engines the
+    /// environment asks for (feature `test-hooks`).
+    #[cfg(any(test, feature = "test-hooks"))]
+    fn test_engine(
+        &self,
+        mut engine: Box<dyn Engine>,
+        queue: usize,
+        depth: usize,
+    ) -> Box<dyn Engine> {
+        if let Some(hold) = self.test.hold {
+            engine = match HoldEngine::new(engine, hold, queue) {
+                Ok(e) => Box::new(e),
+                Err(e) => {
+                    // The inner engine went with the failed wrapper.
+                    tracing::error!(queue, error = %e, "TEST-ONLY: cannot create the hold engine; this queue fails its requests");
+                    Box::new(FailingEngine::new(depth))
+                }
+            };
+        }
+        if let Some(fault) = self.test.fault {
+            engine = Box::new(FaultEngine::new(engine, fault, queue));
+        }
         engine
     }
 

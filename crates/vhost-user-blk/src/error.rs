@@ -55,7 +55,9 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
-    /// A test-only environment variable has a value it cannot take.
+    /// A test-only environment variable has a value it cannot take
+    /// (feature `test-hooks` only).
+    #[cfg(any(test, feature = "test-hooks"))]
     #[error("test-only variable {var}={value:?} is malformed: expected {expected} (or unset it)")]
     TestOption {
         /// The variable.

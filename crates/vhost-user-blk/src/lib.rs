@@ -35,6 +35,7 @@ mod server;
 mod sigbus;
 mod socket;
 pub mod stats;
+#[cfg(any(test, feature = "test-hooks"))]
 mod testonly;
 pub mod threads;
 

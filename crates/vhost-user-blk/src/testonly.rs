@@ -22,7 +22,9 @@ use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use extstorage_blockio::{Completion, Engine, EnginePaths, IoBuf, Op, Request, SubmitError};
+use extstorage_blockio::{
+    Completion, Engine, EnginePaths, EventLoop, IoBuf, Op, Request, SubmitError, Watches,
+};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -173,9 +175,11 @@ impl TestOptions {
 /// requests submitted after it complete: completions out of order, as a
 /// disk may give them, at a chosen rate.
 ///
-/// It has no io_uring event loop, so its queue runs on the epoll path; its
-/// completion fd is an epoll fd over the inner engine's and a timer that
-/// expires when the oldest held completion is due.
+/// A timer expires when the oldest held completion is due. The queue keeps
+/// the path it runs in production: over io_uring, the engine's event loop,
+/// in which the hold engine watches its timer ([`TIMER_WATCH`]); on the
+/// epoll path, its completion fd is an epoll fd over the inner engine's and
+/// the timer.
 pub(crate) struct HoldEngine {
     inner: Box<dyn Engine>,
     spec: Hold,
@@ -186,7 +190,17 @@ pub(crate) struct HoldEngine {
     held: VecDeque<(Instant, Completion)>,
     timer: TimerFd,
     wake: Epoll,
+    /// The caller's watches that fired, failed or are armed in the inner
+    /// event loop, the timer's sorted out.
+    fired: Watches,
+    failed: Watches,
+    armed: Watches,
 }
+
+/// The event-loop watch the hold engine keeps on its timer: the last one
+/// io_uring has, so the queue worker's (0-2) keep their numbers.
+pub(crate) const TIMER_WATCH: u32 = 31;
+const TIMER_BIT: Watches = 1 << TIMER_WATCH;
 
 impl std::fmt::Debug for HoldEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -222,7 +236,33 @@ impl HoldEngine {
             held: VecDeque::new(),
             timer,
             wake,
+            fired: 0,
+            failed: 0,
+            armed: 0,
         })
+    }
+
+    /// Takes what fired and failed from the inner event loop: the caller's
+    /// watches are kept for it, the timer's handled here (a fired timer is
+    /// set again, which clears its expiry: its watch may be armed again
+    /// without firing at once).
+    fn sort_watches(&mut self) {
+        let Some(el) = self.inner.event_loop() else {
+            return;
+        };
+        let (fired, failed, armed) = (el.take_fired(), el.take_failed(), el.armed());
+        self.fired |= fired & !TIMER_BIT;
+        self.failed |= failed & !TIMER_BIT;
+        self.armed = armed & !TIMER_BIT;
+        if failed & TIMER_BIT != 0 {
+            tracing::warn!(
+                queue = self.queue,
+                "test-only hold engine: its timer watch failed; armed again at the next wait"
+            );
+        }
+        if fired & TIMER_BIT != 0 {
+            self.arm();
+        }
     }
 
     /// Arms the timer for the oldest held completion (or disarms it);
@@ -315,12 +355,113 @@ impl Engine for HoldEngine {
         self.inner.in_flight() + self.held.len()
     }
 
-    fn paths(&self) -> EnginePaths {
-        EnginePaths {
-            event_loop: false,
-            ..self.inner.paths()
+    fn event_loop(&mut self) -> Option<&mut dyn EventLoop> {
+        if self.inner.event_loop().is_some() {
+            Some(self)
+        } else {
+            None
         }
     }
+
+    fn paths(&self) -> EnginePaths {
+        self.inner.paths()
+    }
+}
+
+/// The inner engine's event loop, with the timer of the held completions
+/// watched in it: a held completion falling due wakes the loop's wait as a
+/// completion would.
+impl EventLoop for HoldEngine {
+    fn watch_readable(&mut self, fd: RawFd, watch: u32) -> std::io::Result<()> {
+        if watch == TIMER_WATCH {
+            return Err(timer_watch_taken());
+        }
+        inner_loop(&mut self.inner)?.watch_readable(fd, watch)?;
+        self.armed |= 1 << watch;
+        Ok(())
+    }
+
+    fn watch_writes(&mut self, fd: RawFd, watch: u32) -> std::io::Result<()> {
+        if watch == TIMER_WATCH {
+            return Err(timer_watch_taken());
+        }
+        inner_loop(&mut self.inner)?.watch_writes(fd, watch)?;
+        self.armed |= 1 << watch;
+        Ok(())
+    }
+
+    fn wait(&mut self) -> std::io::Result<()> {
+        self.sort_watches();
+        let due = self
+            .held
+            .front()
+            .is_some_and(|&(due, _)| due <= Instant::now());
+        let waiting = !self.held.is_empty();
+        let timer = self.timer.as_raw_fd();
+        let wake_now = due || self.fired | self.failed != 0;
+        let el = inner_loop(&mut self.inner)?;
+        if wake_now {
+            // Something to hand over already: submit, do not sleep.
+            return el.poll();
+        }
+        if waiting && el.armed() & TIMER_BIT == 0 {
+            el.watch_readable(timer, TIMER_WATCH)?;
+        }
+        let res = el.wait();
+        self.sort_watches();
+        res
+    }
+
+    fn defer_submission(&mut self, on: bool) {
+        if let Some(el) = self.inner.event_loop() {
+            el.defer_submission(on);
+        }
+    }
+
+    fn poll(&mut self) -> std::io::Result<()> {
+        inner_loop(&mut self.inner)?.poll()
+    }
+
+    fn fired(&self) -> Watches {
+        self.fired
+    }
+
+    fn take_fired(&mut self) -> Watches {
+        self.sort_watches();
+        std::mem::take(&mut self.fired)
+    }
+
+    fn take_failed(&mut self) -> Watches {
+        self.sort_watches();
+        std::mem::take(&mut self.failed)
+    }
+
+    fn armed(&self) -> Watches {
+        self.armed
+    }
+
+    fn unwatch_all(&mut self) -> std::io::Result<()> {
+        let res = inner_loop(&mut self.inner)?.unwatch_all();
+        self.sort_watches();
+        res
+    }
+}
+
+/// The event loop of `inner`, which [`HoldEngine::event_loop`] checked.
+fn inner_loop(inner: &mut Box<dyn Engine>) -> std::io::Result<&mut dyn EventLoop> {
+    inner.event_loop().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "the test-only hold engine's inner engine has no event loop",
+        )
+    })
+}
+
+fn timer_watch_taken() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("event-loop watch {TIMER_WATCH} is the test-only hold engine's timer"),
+    )
 }
 
 /// An engine wrapper that spoils every `every`-th read or write: EIO after
@@ -584,6 +725,102 @@ mod tests {
         }
         assert_eq!(order, [0, 2, 1, 3]);
         assert_eq!(e.in_flight(), 0);
+        drop(data);
+    }
+
+    /// Over io_uring the hold engine keeps the engine's event loop (the
+    /// queue runs the path production runs, not the epoll one): a held
+    /// completion falling due wakes the loop's wait through the timer
+    /// watch, the caller's watches fire as they would without it, and the
+    /// timer's never reaches the caller.
+    #[test]
+    fn held_writes_keep_the_io_uring_event_loop() {
+        use extstorage_blockio::UringEngine;
+        use std::io::Write;
+        if !UringEngine::event_loop_supported() {
+            extstorage_testbins::skip_or_fail(
+                extstorage_testbins::Facility::Uring,
+                "io_uring event loop unavailable here",
+            );
+            return;
+        }
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(1 << 20).unwrap();
+        let b = Arc::new(Backing::open(f.path(), OpenOptions::default()).unwrap());
+        let spec = Hold {
+            every: 2,
+            hold: Duration::from_millis(50),
+        };
+        let inner = Box::new(UringEngine::new(b, 8).unwrap());
+        let mut e = HoldEngine::new(inner, spec, 0).unwrap();
+        assert!(e.paths().event_loop, "{:?}", e.paths());
+        let el = e
+            .event_loop()
+            .expect("the hold engine keeps io_uring's event loop");
+        let err = el.watch_readable(0, TIMER_WATCH).unwrap_err();
+        assert!(err.to_string().contains("hold engine's timer"), "{err}");
+        el.defer_submission(true);
+        let mut kick = std::fs::File::from(std::os::fd::OwnedFd::from(
+            nix::sys::eventfd::EventFd::from_value_and_flags(
+                0,
+                nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+            )
+            .unwrap(),
+        ));
+        el.watch_readable(kick.as_raw_fd(), 0).unwrap();
+        assert_eq!(el.armed(), 1);
+        let mut data = vec![7u8; 512];
+        let bufs = [IoBuf {
+            addr: data.as_mut_ptr(),
+            len: 512,
+        }];
+        for ud in 0..4u64 {
+            let req = Request {
+                op: Op::Write,
+                offset: ud * 512,
+                len: 512,
+                bufs: &bufs,
+            };
+            // SAFETY: `data` outlives every completion popped below.
+            unsafe { e.submit(&req, ud) }.unwrap();
+        }
+        e.commit().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut order = Vec::new();
+        while order.len() < 4 {
+            assert!(Instant::now() < deadline, "stuck at {order:?}");
+            let el = e.event_loop().unwrap();
+            el.wait().unwrap();
+            assert_eq!(el.take_fired(), 0, "nothing of the caller's fired");
+            assert_eq!(el.take_failed(), 0);
+            while let Some(c) = e.pop_completion() {
+                assert_eq!(c.result, Ok(512));
+                order.push(c.user_data);
+            }
+        }
+        // Writes 2 and 4 (user data 1 and 3) were held, and released
+        // through the loop's own wait (io_uring completes the others in
+        // its own order).
+        let (mut first, mut last) = (order[..2].to_vec(), order[2..].to_vec());
+        first.sort_unstable();
+        last.sort_unstable();
+        assert_eq!((first, last), (vec![0, 2], vec![1, 3]), "{order:?}");
+        assert_eq!(e.in_flight(), 0);
+        // The caller's watch fires as it would without the hold engine
+        // (sorted from the completions as they are drained).
+        kick.write_all(&1u64.to_ne_bytes()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut fired = 0;
+        while fired == 0 {
+            assert!(Instant::now() < deadline, "the kick watch never fired");
+            e.event_loop().unwrap().wait().unwrap();
+            assert!(e.pop_completion().is_none());
+            fired = e.event_loop().unwrap().take_fired();
+        }
+        assert_eq!(fired, 1, "the caller's watch, not the timer's");
+        let el = e.event_loop().unwrap();
+        el.unwatch_all().unwrap();
+        assert_eq!(el.armed(), 0);
         drop(data);
     }
 }

@@ -327,7 +327,10 @@ fn pages(addr: u64, len: u64) -> impl Iterator<Item = u64> {
 /// O_DIRECT).
 fn reads_mark_their_pages(engine: Engine, direct: bool, offset: u64) {
     if engine == Engine::Uring && !extstorage_blockio::UringEngine::is_supported() {
-        eprintln!("io_uring unavailable here: skipping");
+        extstorage_testbins::skip_or_fail(
+            extstorage_testbins::Facility::Uring,
+            "io_uring unavailable here",
+        );
         return;
     }
     let mut s = Session::start(engine, direct);
@@ -434,6 +437,13 @@ fn engine_pages_are_marked_only_while_log_all_is_acked() {
 /// bytes and the used ring are marked, never their (device-readable) data.
 #[test]
 fn writes_mark_only_status_and_used_ring() {
+    if !extstorage_blockio::UringEngine::is_supported() {
+        extstorage_testbins::skip_or_fail(
+            extstorage_testbins::Facility::Uring,
+            "io_uring unavailable here",
+        );
+        return;
+    }
     let mut s = Session::start(Engine::Uring, false);
     s.set_log();
     s.log_all(true);

@@ -44,7 +44,10 @@ impl Looped {
     /// None (skip) where io_uring or its event loop is unavailable.
     fn new(direct: bool) -> Option<Looped> {
         if !extstorage_blockio::UringEngine::event_loop_supported() {
-            eprintln!("io_uring event loop unavailable here: skipping");
+            extstorage_testbins::skip_or_fail(
+                extstorage_testbins::Facility::Uring,
+                "io_uring event loop unavailable here",
+            );
             return None;
         }
         Some(Looped::with(crate::Engine::Uring, direct, 0))

@@ -609,7 +609,10 @@ fn random_batches_of_good_and_hostile_requests() {
 #[test]
 fn random_batches_through_the_io_uring_event_loop() {
     if !extstorage_blockio::UringEngine::event_loop_supported() {
-        eprintln!("io_uring event loop unavailable here: skipping");
+        extstorage_testbins::skip_or_fail(
+            extstorage_testbins::Facility::Uring,
+            "io_uring event loop unavailable here",
+        );
         return;
     }
     run_hostile(true, 150);
