@@ -376,16 +376,16 @@ fn bad_options_fail_with_a_message() {
             .unwrap()
     };
     let out = run(&["--poll-us", "1000000"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("poll-us"));
     let out = run(&["--serial", "this-serial-is-longer-than-twenty"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("serial"));
     let out = run(&["--logical-block-size", "1000"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     // No machine here has CPU 1023 to offer.
     let out = run(&["--queue-cpus", "1023"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("CPU 1023") && err.contains("allowed"), "{err}");
     let out = std::process::Command::new(bin())
