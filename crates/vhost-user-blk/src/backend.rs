@@ -935,8 +935,25 @@ impl QueueWorker {
         }
         let mem: Arc<Mem> = gm.memory().into_inner();
         let mut st = vring.get_mut();
+        // Whatever was queued and not yet started goes first: a queued
+        // request completes only after a commit, and an engine with nothing
+        // to wait on (the sync engine) would otherwise be waited for forever.
+        if let Err(e) = self.engine.commit() {
+            tracing::error!(queue = self.index, error = %e, "engine commit failed");
+        }
         while self.engine.in_flight() > 0 {
             if self.reap(dev, &mut st) == 0 {
+                if self.engine.event_loop().is_none() && self.engine.completion_fd().is_none() {
+                    // Nothing to wait on and nothing completed: waiting
+                    // would spin for ever. (No engine leaves requests so.)
+                    tracing::error!(
+                        queue = self.index,
+                        in_flight = self.engine.in_flight(),
+                        engine = self.engine.name(),
+                        "requests still in flight after a commit, with nothing to wait on; leaving them"
+                    );
+                    break;
+                }
                 self.wait_for_completion();
             }
         }
@@ -1187,6 +1204,10 @@ impl VhostUserBackend for BlkBackend {
     fn acked_features(&self, features: u64) {
         tracing::debug!(features = format_args!("{features:#x}"), "features acked");
         let log = features & VhostUserVirtioFeatures::LOG_ALL.bits() != 0;
+        // The regions' bitmaps keep marking into the installed log until
+        // told otherwise: a migration that was cancelled drops LOG_ALL
+        // without unsetting the log.
+        dirty_log::set_marking(&self.inner.mem.memory(), log);
         if self.inner.logging.swap(log, Ordering::AcqRel) != log {
             tracing::info!(
                 logging = log,
@@ -1764,6 +1785,7 @@ mod tests {
     }
 
     mod crate_pins;
+    mod drain;
     mod event_loop;
     mod hostile;
     mod protocol;
