@@ -282,3 +282,64 @@ fn error_lines_are_rate_limited_with_a_count() {
         "{lines:?}"
     );
 }
+
+/// The same through the io_uring event loop, on a worker thread of its
+/// own kicked through a real eventfd: one valid request is served, then
+/// the guest keeps adding bad heads and kicking; the loop stops taking
+/// them, logs the stop once and keeps running until `stop_vring`.
+#[test]
+fn the_event_loop_stops_the_queue_too() {
+    assert!(
+        extstorage_blockio::UringEngine::event_loop_supported(),
+        "this test needs io_uring's event loop (kernel 6.0 or later, io_uring not disabled)"
+    );
+    let mut l = super::event_loop::Looped::with(crate::Engine::Uring, false, 0);
+    l.r.used_addr = GuestAddress(Q0_USED);
+    l.r.vring
+        .set_queue_info(0, 16 * u64::from(QSIZE), Q0_USED)
+        .unwrap();
+    let (backend, vring) = (l.r.backend.clone(), l.r.vring.clone());
+    let worker = std::thread::spawn(move || {
+        captured(|| {
+            backend
+                .handle_event(0, EventSet::IN, std::slice::from_ref(&vring), 0)
+                .unwrap();
+        })
+        .1
+    });
+    let (head, status) = l.request(0, false, 0, 0x10_0000, 4096);
+    l.publish(&[head]);
+    l.wait_used(1);
+    assert_eq!(l.status(status), Status::Ok.as_u8());
+    // Fewer than the queue holds, so the first violation is the head.
+    for k in 0..10 {
+        l.publish(&[QSIZE + k]);
+    }
+    let stats = || l.r.backend.inner.dev.stats().queue(0).snapshot(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stats().stopped.is_none() {
+        assert!(Instant::now() < deadline, "the queue never stopped");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // More kicks after the stop: consumed and ignored.
+    for k in 0..KICKS {
+        l.publish(&[QSIZE + k]);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    l.r.vring.set_queue_ready(false);
+    l.r.backend.stop_vring(0).unwrap();
+    let lines = worker.join().unwrap();
+    assert!(
+        lines.len() <= 3,
+        "{} log lines for {} kicks with bad heads through the event loop (want at most 3):\n{}",
+        lines.len(),
+        10 + KICKS,
+        lines[..lines.len().min(10)].join("\n")
+    );
+    assert!(
+        stats().stopped.unwrap().contains("names head 64"),
+        "{:?}",
+        stats().stopped
+    );
+    assert_eq!(l.used_idx(), 1, "no bad head was returned");
+}
