@@ -86,6 +86,11 @@ fn report_text(r: &StatusReport) -> String {
             latency_text(q)
         );
     }
+    for q in &r.queues {
+        if let Some(why) = &q.stopped {
+            let _ = writeln!(t, "queue {} stopped: {why}", q.index);
+        }
+    }
     t.trim_end().to_owned()
 }
 

@@ -54,7 +54,7 @@ pub enum Error {
     #[error(transparent)]
     RbdLoad(#[from] crate::rbd::LoadError),
     /// A librados/librbd call failed while opening or inspecting an image.
-    #[error("rbd image {image}: cannot {op}: {source}; {hint}")]
+    #[error("rbd image {image}: cannot {op} ({hint})")]
     Rbd {
         /// `pool/[namespace/]image[@snapshot]`.
         image: String,
@@ -66,4 +66,37 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The errno appears once when the error is printed with its chain
+    /// (as the binaries do), not in the message and again as its source.
+    #[test]
+    fn rbd_error_prints_its_errno_once() {
+        let e = Error::Rbd {
+            image: "rbd/disk0".into(),
+            op: "open the image",
+            hint: "check it exists",
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            text,
+            "rbd image rbd/disk0: cannot open the image (check it exists): No such file or directory (os error 2)"
+        );
+    }
 }

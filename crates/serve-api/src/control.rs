@@ -207,6 +207,11 @@ pub struct QueueStatus {
     /// the request being taken off the ring to its completion; buckets
     /// with no requests are left out.
     pub latency: Vec<LatencyBucket>,
+    /// Set while the queue is stopped because the guest's driver broke the
+    /// ring protocol: what it did. The queue serves again once the
+    /// frontend starts the ring again (device reset, new connection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
 }
 
 /// The `status` reply.

@@ -99,6 +99,11 @@ struct QueueWorker {
     /// of its requests' latencies (one clock read per batch, not per
     /// request; cleared at the start of each batch).
     batch_clock: Option<Instant>,
+    /// The guest's driver broke the ring protocol: nothing more is taken
+    /// off the ring until the frontend starts it again (`start_vring`).
+    stopped: Option<RingViolation>,
+    /// Rate limit of the queue's warning and error lines (error paths only).
+    log_limit: LogLimit,
     /// Tests only: runs once right after the memory table is loaded for a
     /// run of requests, so a test can act as a frontend racing the worker
     /// there.
@@ -163,6 +168,100 @@ enum Action {
     },
 }
 
+/// A breach of the split-ring protocol by the guest's driver, after which
+/// the ring's contents cannot be trusted: the queue stops (what virtio's
+/// DEVICE_NEEDS_RESET is for; vhost-user has no message for a backend to
+/// set the device status, so the queue just stays stopped until the
+/// frontend starts the ring again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RingViolation {
+    /// The avail index claims more requests than the ring holds.
+    #[error(
+        "the avail index {avail} is {ahead} entries past the next entry to take ({next}), more than the queue size {size}"
+    )]
+    AvailIndex {
+        /// The avail index read.
+        avail: u16,
+        /// The next avail entry the device takes.
+        next: u16,
+        /// How far the first is past the second.
+        ahead: u16,
+        /// The queue size.
+        size: u16,
+    },
+    /// An avail ring entry names a descriptor head past the table.
+    #[error("avail ring entry {position} names head {head}, past the queue size {size}")]
+    HeadOutOfRange {
+        /// Position of the entry (free-running avail counter).
+        position: u16,
+        /// The head it names.
+        head: u16,
+        /// The queue size.
+        size: u16,
+    },
+}
+
+/// Rate limit of a queue's warning and error lines, so a guest cannot make
+/// the daemon flood its log: the first [`LogLimit::BURST`] lines of each
+/// [`LogLimit::INTERVAL`] are written, the rest counted, and the count is
+/// written with the next line let through (or when the queue is drained).
+/// Consulted on error paths only.
+#[derive(Debug, Default)]
+struct LogLimit {
+    window: Option<Instant>,
+    written: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    const BURST: u32 = 5;
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    /// Whether a line may be written now (counts it either way).
+    #[cold]
+    fn allow(&mut self, queue: usize) -> bool {
+        let now = Instant::now();
+        if self
+            .window
+            .is_none_or(|w| now.saturating_duration_since(w) >= Self::INTERVAL)
+        {
+            self.flush(queue);
+            self.window = Some(now);
+            self.written = 0;
+        }
+        if self.written < Self::BURST {
+            self.written += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+
+    /// Writes the count of the lines left out, if any.
+    #[cold]
+    fn flush(&mut self, queue: usize) {
+        if self.suppressed > 0 {
+            tracing::warn!(
+                queue,
+                suppressed = self.suppressed,
+                interval_secs = Self::INTERVAL.as_secs(),
+                "warning and error lines of this queue left out (rate limit)"
+            );
+            self.suppressed = 0;
+        }
+    }
+}
+
+/// A warning or error line of queue worker `$w`, subject to its rate limit.
+macro_rules! limited {
+    ($w:expr, $level:ident, $($arg:tt)+) => {
+        if $w.log_limit.allow($w.index) {
+            tracing::$level!(queue = $w.index, $($arg)+);
+        }
+    };
+}
+
 #[cold]
 fn ioerr(queue: usize, reason: &'static str) -> Action {
     tracing::debug!(queue, reason, "request failed");
@@ -195,6 +294,8 @@ impl QueueWorker {
             inflight: None,
             resubmit: Vec::new(),
             batch_clock: None,
+            stopped: None,
+            log_limit: LogLimit::default(),
             #[cfg(test)]
             after_memory_load: None,
         }
@@ -391,10 +492,17 @@ impl QueueWorker {
     ) -> Arc<Mem> {
         loop {
             let loaded: Arc<Mem> = gm.memory().into_inner();
+            if self.stopped.is_some() {
+                // Kicks of a stopped queue are consumed and ignored.
+                return loaded;
+            }
             if event_idx && let Err(e) = st.get_queue_mut().disable_notification(&*loaded) {
-                tracing::warn!(queue = self.index, error = %e, "cannot disable notifications");
+                limited!(self, warn, error = %e, "cannot disable notifications");
             }
             let mem = self.process_available(dev, st, gm, loaded);
+            if self.stopped.is_some() {
+                return mem;
+            }
             if !self.poll.is_zero() {
                 // Let the guest see this batch before spinning for the next.
                 self.signal(st, &mem);
@@ -409,7 +517,7 @@ impl QueueWorker {
                 Ok(true) => continue,
                 Ok(false) => return mem,
                 Err(e) => {
-                    tracing::warn!(queue = self.index, error = %e, "cannot enable notifications");
+                    limited!(self, warn, error = %e, "cannot enable notifications");
                     return mem;
                 }
             }
@@ -500,14 +608,42 @@ impl QueueWorker {
                 let Some((idx, fresh)) = more_available(gm, st, &mem, end) else {
                     break;
                 };
+                // A driver has at most a queue's worth of requests out:
+                // an index further ahead than that past the next entry to
+                // take (itself past every returned one) is bogus. (Not
+                // measured from the used index: SET_VRING_BASE without an
+                // in-flight region moves only the next entry to take.)
+                let q = st.get_queue();
+                let ahead = (idx - Wrapping(q.next_avail())).0;
+                if ahead > q.size() {
+                    self.stop(
+                        dev,
+                        RingViolation::AvailIndex {
+                            avail: idx.0,
+                            next: q.next_avail(),
+                            ahead,
+                            size: q.size(),
+                        },
+                    );
+                    break;
+                }
                 (end, mem) = (idx, fresh);
                 #[cfg(test)]
                 if let Some(hook) = self.after_memory_load.take() {
                     hook();
                 }
             }
-            let Some(chain) = st.get_queue_mut().pop_descriptor_chain(&*mem) else {
-                break;
+            // Popped here, not by virtio-queue's iterator: that reads the
+            // avail index again (a request announced after the memory
+            // table was loaded must wait for the next run) and logs each
+            // bad index itself, unlimited.
+            let chain = match pop_chain(st, &mem) {
+                Ok(chain) => chain,
+                Err(Some(v)) => {
+                    self.stop(dev, v);
+                    break;
+                }
+                Err(None) => break,
             };
             if let Some(inflight) = self.inflight.as_mut() {
                 inflight.get(chain.head_index());
@@ -517,10 +653,30 @@ impl QueueWorker {
         // In the event loop the ring defers the submission to the next
         // wait: one `io_uring_enter` submits the batch and sleeps.
         if let Err(e) = self.engine.commit() {
-            tracing::error!(queue = self.index, error = %e, "engine commit failed");
+            limited!(self, error, error = %e, "engine commit failed");
         }
         self.reap(dev, st);
         mem
+    }
+
+    /// Stops serving the queue after the guest broke the ring protocol; says
+    /// so once (within the rate limit), and in the queue's status.
+    #[cold]
+    fn stop(&mut self, dev: &Device, v: RingViolation) {
+        if self.stopped.is_some() {
+            return;
+        }
+        self.stopped = Some(v);
+        dev.stats()
+            .queue(self.index)
+            .set_stopped(Some(v.to_string()));
+        if self.log_limit.allow(self.index) {
+            tracing::error!(
+                queue = self.index,
+                violation = %v,
+                "the guest's driver broke the virtio ring protocol: the queue is stopped until the frontend starts the ring again (a device reset or a new connection)"
+            );
+        }
     }
 
     /// Parses a chain taken off the ring and answers or submits it.
@@ -703,7 +859,7 @@ impl QueueWorker {
         used_len: u32,
     ) {
         if let Err(e) = mem.write_obj(status.as_u8(), status_addr) {
-            tracing::warn!(queue = self.index, error = %e, "cannot write the status byte");
+            limited!(self, warn, error = %e, "cannot write the status byte");
         }
         self.put_used(st, mem, head, used_len);
     }
@@ -721,7 +877,7 @@ impl QueueWorker {
                     inflight.post_put(head, q.next_used());
                 }
             }
-            Err(e) => tracing::warn!(queue = self.index, error = %e, "add_used failed"),
+            Err(e) => limited!(self, warn, error = %e, "add_used failed"),
         }
         self.pending_signal = true;
     }
@@ -790,7 +946,7 @@ impl QueueWorker {
                 Ok(()) => break,
                 Err(SubmitError::Full) => {
                     if let Err(e) = self.engine.commit() {
-                        tracing::error!(queue = self.index, error = %e, "engine commit failed");
+                        limited!(self, error, error = %e, "engine commit failed");
                     }
                     if self.reap(dev, st) == 0 {
                         self.wait_for_completion();
@@ -850,8 +1006,9 @@ impl QueueWorker {
             .ok()
             .and_then(|i| Some((i, self.slots.get_mut(i)?.take()?)))
         else {
-            tracing::error!(
-                queue = self.index,
+            limited!(
+                self,
+                error,
                 user_data = c.user_data,
                 "completion for an unknown request"
             );
@@ -877,8 +1034,9 @@ impl QueueWorker {
                 if matches!(entry.kind, Kind::Read | Kind::Write)
                     && u64::from(n) != entry.bytes =>
             {
-                tracing::error!(
-                    queue = self.index,
+                limited!(
+                    self,
+                    error,
                     transferred = n,
                     expected = entry.bytes,
                     "the I/O engine reported a short transfer; failing the request"
@@ -917,16 +1075,17 @@ impl QueueWorker {
         match st.get_queue_mut().needs_notification(mem) {
             Ok(true) => {
                 if let Err(e) = st.signal_used_queue() {
-                    tracing::warn!(queue = self.index, error = %e, "cannot signal the guest");
+                    limited!(self, warn, error = %e, "cannot signal the guest");
                 }
             }
             Ok(false) => {}
-            Err(e) => tracing::warn!(queue = self.index, error = %e, "needs_notification failed"),
+            Err(e) => limited!(self, warn, error = %e, "needs_notification failed"),
         }
     }
 
     /// Completes everything in flight (blocking), then signals.
     fn drain(&mut self, dev: &Device, gm: &Gm) {
+        self.log_limit.flush(self.index);
         let Some(vring) = self.vring.clone() else {
             return;
         };
@@ -935,8 +1094,25 @@ impl QueueWorker {
         }
         let mem: Arc<Mem> = gm.memory().into_inner();
         let mut st = vring.get_mut();
+        // Whatever was queued and not yet started goes first: a queued
+        // request completes only after a commit, and an engine with nothing
+        // to wait on (the sync engine) would otherwise be waited for forever.
+        if let Err(e) = self.engine.commit() {
+            tracing::error!(queue = self.index, error = %e, "engine commit failed");
+        }
         while self.engine.in_flight() > 0 {
             if self.reap(dev, &mut st) == 0 {
+                if self.engine.event_loop().is_none() && self.engine.completion_fd().is_none() {
+                    // Nothing to wait on and nothing completed: waiting
+                    // would spin for ever. (No engine leaves requests so.)
+                    tracing::error!(
+                        queue = self.index,
+                        in_flight = self.engine.in_flight(),
+                        engine = self.engine.name(),
+                        "requests still in flight after a commit, with nothing to wait on; leaving them"
+                    );
+                    break;
+                }
                 self.wait_for_completion();
             }
         }
@@ -963,6 +1139,38 @@ fn more_available(
     // vring runs.
     let idx = st.get_queue().avail_idx(current, Ordering::Acquire).ok()?;
     (idx != end).then(|| (idx, gm.memory().into_inner()))
+}
+
+/// Takes the next available chain off the ring (the caller knows one is
+/// available: it read the avail index). `Err(Some(_))` if the entry names
+/// a head past the queue size (the ring is not advanced), `Err(None)` if
+/// the avail ring cannot be read.
+fn pop_chain<'m>(
+    st: &mut VState,
+    mem: &'m Mem,
+) -> Result<DescriptorChain<&'m Mem>, Option<RingViolation>> {
+    let q = st.get_queue_mut();
+    let (position, size) = (q.next_avail(), q.size());
+    let slot = u64::from(position.checked_rem(size).ok_or(None)?);
+    // flags (2 bytes), idx (2 bytes), then the entries.
+    let addr = GuestAddress(q.avail_ring())
+        .checked_add(4 + 2 * slot)
+        .ok_or(None)?;
+    let head = u16::from_le(mem.load::<u16>(addr, Ordering::Acquire).map_err(|_| None)?);
+    if head >= size {
+        return Err(Some(RingViolation::HeadOutOfRange {
+            position,
+            head,
+            size,
+        }));
+    }
+    q.set_next_avail(position.wrapping_add(1));
+    Ok(DescriptorChain::new(
+        mem,
+        GuestAddress(q.desc_table()),
+        size,
+        head,
+    ))
 }
 
 thread_local! {
@@ -1187,6 +1395,10 @@ impl VhostUserBackend for BlkBackend {
     fn acked_features(&self, features: u64) {
         tracing::debug!(features = format_args!("{features:#x}"), "features acked");
         let log = features & VhostUserVirtioFeatures::LOG_ALL.bits() != 0;
+        // The regions' bitmaps keep marking into the installed log until
+        // told otherwise: a migration that was cancelled drops LOG_ALL
+        // without unsetting the log.
+        dirty_log::set_marking(&self.inner.mem.memory(), log);
         if self.inner.logging.swap(log, Ordering::AcqRel) != log {
             tracing::info!(
                 logging = log,
@@ -1246,6 +1458,13 @@ impl VhostUserBackend for BlkBackend {
         };
         w.inflight = None;
         w.resubmit.clear();
+        // The frontend starts the ring afresh: a queue stopped for a
+        // protocol violation serves again.
+        // (The counters outlive connections: cleared on every start.)
+        self.inner.dev.stats().queue(q).set_stopped(None);
+        if let Some(v) = w.stopped.take() {
+            tracing::info!(queue = q, previous = %v, "queue started again after a ring protocol violation");
+        }
         let Some(region) = region else {
             return Ok(());
         };
@@ -1773,7 +1992,9 @@ mod tests {
     }
 
     mod crate_pins;
+    mod drain;
     mod event_loop;
+    mod flood;
     mod hostile;
     mod protocol;
     mod restart;

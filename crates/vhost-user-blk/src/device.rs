@@ -300,15 +300,25 @@ impl Device {
         f
     }
 
+    /// Most data segments one request may have on this device's engine
+    /// (`None`: no limit below the queue's).
+    fn max_segments(&self) -> Option<usize> {
+        match &self.store {
+            Store::Rbd(_) => Some(RbdEngine::MAX_SEGMENTS),
+            Store::Local(_) => None,
+        }
+    }
+
     /// The config space as it is now.
     pub fn blk_config(&self) -> BlkConfig {
         let lbs = self.cfg.device.logical_block_size;
         BlkConfig {
             capacity: self.capacity_sectors(),
             size_max: 0,
-            seg_max: u32::from(self.cfg.device.queue_size)
-                .saturating_sub(2)
-                .max(1),
+            seg_max: extstorage_virtio_blk::seg_max(
+                self.cfg.device.queue_size,
+                self.max_segments(),
+            ),
             blk_size: lbs,
             physical_block_exp: 0,
             alignment_offset: 0,

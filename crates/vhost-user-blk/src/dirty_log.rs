@@ -21,9 +21,13 @@ use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, Gues
 /// check for an installed log.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LogBitmap {
-    /// A log was installed (SET_LOG_BASE): from then on writes are marked.
+    /// Writes are marked: a log is installed and logging was not withdrawn
+    /// since (VHOST_F_LOG_ALL dropped: a cancelled or failed migration).
     /// Shared by clones, as `inner`'s log is.
     logged: Arc<AtomicBool>,
+    /// A log was installed (SET_LOG_BASE), so marking can resume when
+    /// VHOST_F_LOG_ALL is acked again.
+    installed: Arc<AtomicBool>,
     inner: BitmapMmapRegion,
 }
 
@@ -57,6 +61,7 @@ impl NewBitmap for LogBitmap {
     fn with_len(len: usize) -> Self {
         Self {
             logged: Arc::new(AtomicBool::new(false)),
+            installed: Arc::new(AtomicBool::new(false)),
             inner: BitmapMmapRegion::with_len(len),
         }
     }
@@ -67,7 +72,21 @@ impl BitmapReplace for LogBitmap {
 
     fn replace(&self, bitmap: AtomicBitmapMmap) {
         self.inner.replace(bitmap);
+        self.installed.store(true, Ordering::Release);
         self.logged.store(true, Ordering::Release);
+    }
+}
+
+/// Turns marking on or off in every region of `mem`, as the frontend acks
+/// or withdraws VHOST_F_LOG_ALL. Off, writes leave the log alone (it may be
+/// gone on the frontend's side after a cancelled migration); on again, a
+/// region marks only if a log was installed in it.
+pub(crate) fn set_marking(mem: &GuestMemoryMmap<LogBitmap>, on: bool) {
+    for region in mem.iter() {
+        // The mapping's own bitmap, not a slice of it.
+        let b: &LogBitmap = std::ops::Deref::deref(region).bitmap();
+        b.logged
+            .store(on && b.installed.load(Ordering::Acquire), Ordering::Release);
     }
 }
 
@@ -117,5 +136,32 @@ mod tests {
         let c = b.clone();
         b.logged.store(true, Ordering::Release);
         assert!(c.logged());
+    }
+
+    /// Marking stops when logging is withdrawn and resumes, into the log
+    /// installed before, when it is acked again; a region without a log
+    /// never marks.
+    #[test]
+    fn marking_follows_log_all() {
+        let mem = GuestMemoryMmap::<LogBitmap>::from_ranges(&[
+            (GuestAddress(0), 1 << 20),
+            (GuestAddress(1 << 20), 1 << 20),
+        ])
+        .unwrap();
+        let first: LogBitmap = std::ops::Deref::deref(mem.iter().next().unwrap())
+            .bitmap()
+            .clone();
+        first.installed.store(true, Ordering::Release);
+        first.logged.store(true, Ordering::Release);
+        set_marking(&mem, false);
+        let logged = |m: &GuestMemoryMmap<LogBitmap>| -> Vec<bool> {
+            m.iter()
+                .map(|r| std::ops::Deref::deref(r).bitmap().logged())
+                .collect()
+        };
+        assert_eq!(logged(&mem), [false, false]);
+        set_marking(&mem, true);
+        let on = logged(&mem);
+        assert_eq!(on, [true, false]);
     }
 }

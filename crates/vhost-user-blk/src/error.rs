@@ -12,7 +12,7 @@ pub enum Error {
     #[error(transparent)]
     Backing(#[from] extstorage_blockio::Error),
     /// The requested engine cannot run here.
-    #[error("cannot start the {engine} I/O engine ({source}): use --engine sync or auto")]
+    #[error("cannot start the {engine} I/O engine (use --engine sync or auto)")]
     Engine {
         /// The engine asked for.
         engine: crate::EngineKind,
@@ -88,4 +88,44 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message and its sources joined as the binaries print them
+    /// (anyhow's `{:#}`).
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut out = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
+    }
+
+    /// The engine's failure appears once in the printed chain, not in the
+    /// message and again as its source.
+    #[test]
+    fn engine_error_prints_its_cause_once() {
+        let e = Error::Engine {
+            engine: crate::EngineKind::Uring,
+            source: extstorage_blockio::Error::Engine {
+                engine: "io_uring",
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            },
+        };
+        let text = chain(&e);
+        assert_eq!(
+            text.matches("cannot create the io_uring I/O engine")
+                .count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(text.matches("Operation not permitted").count(), 1, "{text}");
+        assert!(text.contains("use --engine sync or auto"), "{text}");
+    }
 }

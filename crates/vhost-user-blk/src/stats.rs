@@ -9,6 +9,7 @@
 //! Readers (the control thread) see values that are at most a few requests
 //! old.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,9 @@ pub struct QueueStats {
     unsupported: AtomicU64,
     in_flight: AtomicU64,
     latency: [AtomicU64; LATENCY_BUCKETS],
+    /// Why the queue is stopped (a ring protocol violation), if it is.
+    /// Written only when a queue stops or starts.
+    stopped: Mutex<Option<String>>,
 }
 
 /// Adds `n` to a counter that only one thread writes at a time.
@@ -116,6 +120,11 @@ impl QueueStats {
         }
     }
 
+    /// The queue stopped serving (`Some(why)`) or started again (`None`).
+    pub(crate) fn set_stopped(&self, why: Option<String>) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
     /// A consistent-enough copy for reporting.
     pub fn snapshot(&self, index: u16) -> QueueStatus {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -146,6 +155,11 @@ impl QueueStats {
             unsupported: get(&self.unsupported),
             in_flight: get(&self.in_flight),
             latency,
+            stopped: self
+                .stopped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }

@@ -467,3 +467,47 @@ fn writes_mark_only_status_and_used_ring() {
         .unwrap();
     assert_eq!(back, [0x77u8; 4096]);
 }
+
+/// A migration that is cancelled: the log stays installed but LOG_ALL is
+/// withdrawn. From then on nothing is marked, not even what vm-memory
+/// writes (status bytes, the used ring), and acking LOG_ALL again resumes
+/// marking into the same log.
+#[test]
+fn marking_stops_when_log_all_is_withdrawn() {
+    let mut s = Session::start(Engine::Sync, false);
+    s.set_log();
+    s.log_all(true);
+    let a = DATA;
+    let st_a = s.request(0, 0, &[(a, 4096, true)]);
+    s.run();
+    assert!(s.dirty(a) && s.dirty(st_a), "LOG_ALL acked: pages marked");
+
+    s.log_all(false);
+    s.clear_log();
+    let b = DATA + 0x1_0000;
+    let st_b = s.request(0, 8, &[(b, 4096, true)]);
+    let st_get_id = s.request(8, 0, &[(DATA + 0x2_0000, 20, true)]);
+    s.run();
+    assert_eq!(s.status(st_b), 0);
+    assert_eq!(s.status(st_get_id), 0);
+    for (what, page) in [
+        ("data", b),
+        ("status", st_b),
+        ("GET_ID buffer", DATA + 0x2_0000),
+        ("used ring", s.used_addr.0),
+    ] {
+        assert!(
+            !s.dirty(page),
+            "LOG_ALL withdrawn: the {what} page {page:#x} is still marked in the log"
+        );
+    }
+
+    s.log_all(true);
+    let c = DATA + 0x3_0000;
+    let st_c = s.request(0, 16, &[(c, 4096, true)]);
+    s.run();
+    assert!(
+        s.dirty(c) && s.dirty(st_c) && s.dirty(s.used_addr.0),
+        "LOG_ALL acked again: marking resumes"
+    );
+}

@@ -8,6 +8,16 @@ pub const CONFIG_SIZE: usize = 60;
 /// may write.
 pub const WCE_OFFSET: usize = 32;
 
+/// The `seg_max` to advertise: as many data segments as a request can
+/// have in a queue of `queue_size` descriptors (one each for the header
+/// and the status byte), at most `engine_limit` where the I/O engine takes
+/// fewer (librbd: 1024), at least 1.
+pub fn seg_max(queue_size: u16, engine_limit: Option<usize>) -> u32 {
+    let ring = u32::from(queue_size).saturating_sub(2);
+    let engine = engine_limit.map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX));
+    ring.min(engine).max(1)
+}
+
 /// The fields of `struct virtio_blk_config` this device fills in. Values in
 /// sectors are 512-byte units, as the spec says, whatever `blk_size` is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -111,6 +121,16 @@ mod tests {
         assert_eq!(u16::from_le_bytes(b[34..36].try_into().unwrap()), 3);
         assert_eq!(u32::from_le_bytes(b[40..44].try_into().unwrap()), 1);
         assert_eq!(b[56], 1);
+    }
+
+    #[test]
+    fn seg_max_is_the_ring_or_the_engine_limit() {
+        assert_eq!(seg_max(128, None), 126);
+        assert_eq!(seg_max(1024, Some(1024)), 1022);
+        assert_eq!(seg_max(4096, Some(1024)), 1024, "the engine's limit");
+        assert_eq!(seg_max(32768, None), 32766);
+        assert_eq!(seg_max(2, None), 1);
+        assert_eq!(seg_max(2, Some(0)), 1);
     }
 
     #[test]

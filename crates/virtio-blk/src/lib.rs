@@ -15,7 +15,7 @@
 mod config;
 mod request;
 
-pub use config::{BlkConfig, CONFIG_SIZE, WCE_OFFSET};
+pub use config::{BlkConfig, CONFIG_SIZE, WCE_OFFSET, seg_max};
 pub use request::{
     DISCARD_SEGMENT_SIZE, DiscardSegment, ParseError, Request, RequestType, SECTOR_SHIFT,
     SECTOR_SIZE, SERIAL_LEN, Segment,

@@ -31,6 +31,19 @@ use crate::{Completion, Engine, EnginePaths, Error, IoBuf, Op, Request, SubmitEr
 /// Most iovecs librbd takes in one vectored call (`IOV_MAX`).
 const IOV_MAX: usize = 1024;
 
+/// What a read's or write's buffers allow: `Ok(bytes)` to hand it to
+/// librbd, or `Err(result)` to complete it at once: zero bytes succeed
+/// with nothing to do (as in the other engines; librbd is not called);
+/// more than [`RbdEngine::MAX_SEGMENTS`] buffers or 4 GiB fail with EINVAL.
+fn data_plan(bufs: &[IoBuf]) -> Result<u32, Result<u32, i32>> {
+    let total: usize = bufs.iter().map(|b| b.len).sum();
+    match u32::try_from(total) {
+        Ok(0) => Err(Ok(0)),
+        Ok(n) if bufs.len() <= IOV_MAX => Ok(n),
+        _ => Err(Err(libc::EINVAL)),
+    }
+}
+
 /// Which image to open and how to reach its cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RbdSpec {
@@ -420,6 +433,11 @@ pub struct RbdEngine {
 }
 
 impl RbdEngine {
+    /// Most buffers one read or write may have: librbd takes at most
+    /// `IOV_MAX` iovecs in one call. The device advertises it as the
+    /// config space's `seg_max` when it is below `queue_size - 2`.
+    pub const MAX_SEGMENTS: usize = IOV_MAX;
+
     /// An engine for one queue with room for `depth` requests in flight.
     pub fn new(image: Arc<RbdImage>, depth: usize) -> Result<Self, Error> {
         let eventfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| {
@@ -511,22 +529,6 @@ impl Engine for RbdEngine {
             return Err(SubmitError::Full);
         }
         self.in_flight += 1;
-        let mut iov = Vec::new();
-        let mut bytes = 0u32;
-        if req.op.moves_data() {
-            let total: usize = req.bufs.iter().map(|b| b.len).sum();
-            match u32::try_from(total) {
-                Ok(n) if req.bufs.len() <= IOV_MAX && !req.bufs.is_empty() => bytes = n,
-                _ => {
-                    self.ready.push_back(Completion {
-                        user_data,
-                        result: Err(libc::EINVAL),
-                    });
-                    return Ok(());
-                }
-            }
-            iov.extend(req.bufs.iter().map(IoBuf::as_iovec));
-        }
         if req.op.is_write() && self.image.is_read_only()
             || matches!(req.op, Op::Discard | Op::WriteZeroes { .. }) && self.image.is_read_only()
         {
@@ -535,6 +537,18 @@ impl Engine for RbdEngine {
                 result: Err(libc::EROFS),
             });
             return Ok(());
+        }
+        let mut iov = Vec::new();
+        let mut bytes = 0u32;
+        if req.op.moves_data() {
+            match data_plan(req.bufs) {
+                Ok(n) => bytes = n,
+                Err(result) => {
+                    self.ready.push_back(Completion { user_data, result });
+                    return Ok(());
+                }
+            }
+            iov.extend(req.bufs.iter().map(IoBuf::as_iovec));
         }
         let stage = if req.op == Op::WriteThrough {
             Stage::WriteThenFlush { bytes }
@@ -630,5 +644,42 @@ impl Drop for RbdEngine {
                 tracing::warn!(image = %self.image.spec, in_flight = self.in_flight, "still waiting for librbd to finish requests");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bufs(n: usize, len: usize) -> Vec<IoBuf> {
+        (0..n)
+            .map(|_| IoBuf {
+                addr: std::ptr::NonNull::<u8>::dangling().as_ptr(),
+                len,
+            })
+            .collect()
+    }
+
+    /// Zero bytes complete at once with success, as in the sync and
+    /// io_uring engines, whether there are no buffers or only empty ones.
+    #[test]
+    fn zero_length_succeeds_without_librbd() {
+        assert_eq!(data_plan(&[]), Err(Ok(0)));
+        assert_eq!(data_plan(&bufs(3, 0)), Err(Ok(0)));
+    }
+
+    /// Up to MAX_SEGMENTS buffers go to librbd; one more fails with EINVAL
+    /// (the device advertises the limit in seg_max); so does 4 GiB.
+    #[test]
+    fn segment_and_size_limits() {
+        assert_eq!(
+            data_plan(&bufs(RbdEngine::MAX_SEGMENTS, 512)),
+            Ok(u32::try_from(RbdEngine::MAX_SEGMENTS * 512).unwrap())
+        );
+        assert_eq!(
+            data_plan(&bufs(RbdEngine::MAX_SEGMENTS + 1, 512)),
+            Err(Err(libc::EINVAL))
+        );
+        assert_eq!(data_plan(&bufs(2, 1 << 31)), Err(Err(libc::EINVAL)));
     }
 }
