@@ -99,11 +99,17 @@ pub enum Op {
     /// The negotiation a frontend starts with: owner, features, protocol
     /// features (the values given), asking a reply to every message.
     Handshake { features: u64, protocol: u64 },
+    /// Waits (at most [`SETTLE`]) until the used index at `offset` + 2 of
+    /// file `fd` is not zero: lets requests complete before what follows.
+    WaitUsed { fd: u8, offset: u32 },
 }
+
+/// The longest a [`Op::WaitUsed`] waits.
+const SETTLE: Duration = Duration::from_millis(200);
 
 impl Op {
     fn decode(input: &mut Input<'_>) -> Op {
-        match input.u8() % 10 {
+        match input.u8() % 11 {
             0 => {
                 let request = u32::from(input.u8());
                 let flags = input.u32();
@@ -156,9 +162,13 @@ impl Op {
                 avail: input.u32(),
                 used: input.u32(),
             },
-            _ => Op::Handshake {
+            9 => Op::Handshake {
                 features: input.u64(),
                 protocol: input.u64(),
+            },
+            _ => Op::WaitUsed {
+                fd: input.u8(),
+                offset: input.u32(),
             },
         }
     }
@@ -241,6 +251,11 @@ impl Op {
                 out.u8(9);
                 out.u64(*features);
                 out.u64(*protocol);
+            }
+            Op::WaitUsed { fd, offset } => {
+                out.u8(10);
+                out.u8(*fd);
+                out.u32(*offset);
             }
         }
     }
@@ -474,6 +489,19 @@ impl Frontend {
                     && self.message(req::SET_PROTOCOL_FEATURES, &protocol.to_le_bytes(), &[])
                     && self.message(req::GET_CONFIG, &config_request(), &[])
             }
+            Op::WaitUsed { fd, offset } => {
+                if let Some(f) = self.fd(*fd) {
+                    let start = std::time::Instant::now();
+                    let mut idx = [0u8; 2];
+                    while start.elapsed() < SETTLE
+                        && f.read_exact_at(&mut idx, u64::from(*offset) + 2).is_ok()
+                        && idx == [0, 0]
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                true
+            }
         }
     }
 
@@ -615,6 +643,10 @@ fn ring_session(extra: &[Op]) -> Vec<Op> {
         queue0(0x2000),
         // fd 1 is the kick eventfd the vring set-up made (2 is the call).
         Op::Signal { fd: 1 },
+        Op::WaitUsed {
+            fd: 0,
+            offset: 0x2000,
+        },
     ];
     ops.extend_from_slice(extra);
     ops
@@ -694,6 +726,27 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             fd: Some(0),
         },
     ];
+    // Found by the fuzzer: with EVENT_IDX, an avail index more than a
+    // queue's worth ahead made the worker spin for ever (nothing popped,
+    // re-enabling notifications said there was more), wedging the
+    // connection's end and shutdown.
+    let bogus_index = vec![
+        Op::Handshake {
+            features: (1 << 32) | (1 << 30) | (1 << 29),
+            protocol: 0x1 | 0x2 | 0x8 | 0x200 | 0x8000,
+        },
+        Op::Memfd { size: 1 << 20 },
+        Op::Write {
+            fd: 0,
+            offset: 0x1000,
+            bytes: vec![0, 0, 0, 1, 0, 0],
+        },
+        Op::MemTable {
+            regions: vec![(0, 0, 1 << 20, 0)],
+        },
+        queue0(0x2000),
+        Op::Signal { fd: 1 },
+    ];
     let lying_size = vec![Op::Raw {
         request: req::SET_MEM_TABLE,
         flags: 0x1,
@@ -709,6 +762,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("offset-past-file", encode(&offset_past)),
         ("backend-channel-eventfd", encode(&backend_channel)),
         ("lying-size", encode(&lying_size)),
+        ("spin-bogus-avail-index", encode(&bogus_index)),
         ("empty", Vec::new()),
     ]
 }
