@@ -221,6 +221,20 @@ fn serves_as_an_unprivileged_user_after_setup() {
     assert_eq!(d.file_bytes(0, 4096), vec![5u8; 4096]);
     // And the control socket still answers.
     assert_eq!(control(&d, "status")["queues"][0]["requests"]["write"], 1);
+    // Sandboxed like serve's I/O process: every thread.
+    for task in std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        for want in ["CapBnd:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t2"] {
+            assert!(status.contains(want), "{want} in {status}");
+        }
+    }
+    drop(c);
+    // The root-owned socket directory: the root helper removes both
+    // sockets, before the daemon has exited.
+    let mut d = d;
+    assert!(d.signal_and_wait(Signal::SIGTERM).success());
+    assert!(!d.sock.exists(), "{} left behind", d.sock.display());
+    assert!(!d.ctl.exists(), "{} left behind", d.ctl.display());
 }
 
 #[test]
