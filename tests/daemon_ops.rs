@@ -120,9 +120,23 @@ fn the_default_queue_count_follows_vcpus() {
 
 #[test]
 fn readiness_and_stopping_are_notified_under_systemd() {
+    notified(&[]);
+}
+
+/// Sandboxed, the daemon may still create the datagram socket it notifies
+/// through (a refused call would end it with status 159).
+#[test]
+fn readiness_and_stopping_are_notified_under_systemd_with_user() {
+    notified(&["--user", "nobody"]);
+}
+
+fn notified(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
+    // Like /run/systemd/notify: reachable and writable by the user.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let notify = dir.path().join("notify");
     let listener = UnixDatagram::bind(&notify).unwrap();
+    std::fs::set_permissions(&notify, std::fs::Permissions::from_mode(0o777)).unwrap();
     listener
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
@@ -135,6 +149,7 @@ fn readiness_and_stopping_are_notified_under_systemd() {
         .arg(&img)
         .arg("--socket")
         .arg(&sock)
+        .args(extra)
         .env("NOTIFY_SOCKET", &notify)
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

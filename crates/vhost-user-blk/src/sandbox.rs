@@ -25,7 +25,10 @@
 use std::collections::BTreeMap;
 use std::os::fd::RawFd;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 use crate::Error;
 
@@ -201,10 +204,25 @@ impl Filter {
     /// Compiles the allow-list of `profile`; calls outside it trap (or are
     /// logged, in [`Mode::Log`]).
     pub fn new(profile: Profile, mode: Mode) -> Result<Filter, Error> {
-        let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed(profile)
+        let mut rules: BTreeMap<i64, Vec<SeccompRule>> = allowed(profile)
             .into_iter()
             .map(|nr| (nr, Vec::new()))
             .collect();
+        // sd_notify (READY=1 after setup, STOPPING=1 on SIGTERM): an
+        // unbound unix datagram socket, and nothing else `socket` makes.
+        let notify = |arg: u8, value: libc::c_int| {
+            SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value as u64)
+        };
+        let conditions = vec![
+            notify(0, libc::AF_UNIX),
+            notify(1, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC),
+        ]
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail("building the seccomp filter", e.to_string()))?;
+        let rule = SeccompRule::new(conditions)
+            .map_err(|e| fail("building the seccomp filter", e.to_string()))?;
+        rules.insert(libc::SYS_socket, vec![rule]);
         let mismatch = match mode {
             Mode::Log => SeccompAction::Log,
             Mode::Enforce | Mode::Off => SeccompAction::Trap,
@@ -595,6 +613,42 @@ mod tests {
         });
         assert!(
             matches!(status, WaitStatus::Exited(_, 0)),
+            "{status:?} {err}"
+        );
+    }
+
+    #[test]
+    fn only_the_notify_socket_may_be_created() {
+        let filter = Filter::new(Profile::Uring, Mode::Enforce).unwrap();
+        let (status, err) = in_child(&filter, || {
+            // SAFETY: socket(2) with constant arguments.
+            let fd =
+                unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return 3;
+            }
+            0
+        });
+        assert!(
+            matches!(status, WaitStatus::Exited(_, 0)),
+            "{status:?} {err}"
+        );
+        let (status, err) = in_child(&filter, || {
+            // SAFETY: as above.
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            0
+        });
+        assert!(
+            matches!(status, WaitStatus::Exited(_, VIOLATION_EXIT)) && err.contains("(socket)"),
+            "{status:?} {err}"
+        );
+        let (status, err) = in_child(&filter, || {
+            // SAFETY: as above.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            0
+        });
+        assert!(
+            matches!(status, WaitStatus::Exited(_, VIOLATION_EXIT)),
             "{status:?} {err}"
         );
     }
