@@ -388,6 +388,91 @@ fn with_user_the_io_process_runs_unprivileged_and_root_cleans_up() {
     assert!(!w.vols().join("vol1.img.open").exists(), "closed");
 }
 
+/// The `key:` line of every thread of process `pid`.
+fn task_lines(pid: u32, key: &str) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| {
+            let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {status}"))
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn with_user_the_io_process_is_sandboxed_and_still_serves_io_and_grow() {
+    let w = World::new();
+    w.install("loopfile");
+    create(&w, "vol1", "16M");
+    let mut args = vol_args(&w, "vol1");
+    args.extend([
+        "--user".into(),
+        "nobody".into(),
+        "--num-queues".into(),
+        "2".into(),
+    ]);
+    let mut served = w.serve(&strs(&args)).unwrap_or_else(|r| panic!("{r:#?}"));
+    let io_pid = served_pid(&w, "vol1");
+    // Every thread: no capability can come back, and the filter is on.
+    for (key, want) in [
+        ("CapBnd:", "0000000000000000"),
+        ("CapAmb:", "0000000000000000"),
+        ("CapEff:", "0000000000000000"),
+        ("NoNewPrivs:", "1"),
+        ("Seccomp:", "2"),
+    ] {
+        let lines = task_lines(io_pid, key);
+        assert!(lines.iter().all(|l| l == want), "{key} {lines:?}");
+    }
+    // Only the fds it serves with: not the claim lock the parent holds.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{io_pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(!fds.iter().any(|f| f.ends_with(".lock")), "{fds:?}");
+    {
+        let mut c = Client::connect(&served.socket(), 2, false).unwrap();
+        let (m0, m1) = (c.mem(0), c.mem(1));
+        assert_eq!(write(&mut c.queues[0], m0, MIB, &[7; 4096]), 0);
+        assert_eq!(read(&mut c.queues[1], m1, MIB, 4096), (0, vec![7; 4096]));
+        let mut g = vec!["--json".to_owned(), "grow".into()];
+        g.extend(vol_args(&w, "vol1"));
+        g.extend(["--amount".into(), "16M".into()]);
+        let grown = w.run(&strs(&g)).ok().json();
+        assert_eq!(grown["served_size_bytes"], 32 * MIB, "{grown:#}");
+        let start = std::time::Instant::now();
+        while c.capacity() != 32 * MIB {
+            assert!(start.elapsed().as_secs() < 30, "capacity {}", c.capacity());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(
+            read(&mut c.queues[0], m0, 20 * MIB, 4096),
+            (0, vec![0; 4096])
+        );
+    }
+    // Status over the control socket, and a second frontend after the first.
+    let mut st = vec!["--json".to_owned(), "status".into()];
+    st.extend(vol_args(&w, "vol1")[..4].iter().cloned());
+    w.run(&strs(&st)).ok();
+    {
+        let mut c = Client::connect(&served.socket(), 1, false).unwrap();
+        let m0 = c.mem(0);
+        assert_eq!(read(&mut c.queues[0], m0, MIB, 4096), (0, vec![7; 4096]));
+    }
+    assert_eq!(served.stop(Signal::SIGTERM), Some(0), "{}", served.log());
+    assert!(
+        !served.log().contains("seccomp: system call"),
+        "{}",
+        served.log()
+    );
+}
+
 #[test]
 fn a_dead_io_process_leaves_the_volume_attached_and_a_dead_parent_takes_the_child_along() {
     let w = World::new();

@@ -120,9 +120,23 @@ fn the_default_queue_count_follows_vcpus() {
 
 #[test]
 fn readiness_and_stopping_are_notified_under_systemd() {
+    notified(&[]);
+}
+
+/// Sandboxed, the daemon may still create the datagram socket it notifies
+/// through (a refused call would end it with status 159).
+#[test]
+fn readiness_and_stopping_are_notified_under_systemd_with_user() {
+    notified(&["--user", "nobody"]);
+}
+
+fn notified(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
+    // Like /run/systemd/notify: reachable and writable by the user.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let notify = dir.path().join("notify");
     let listener = UnixDatagram::bind(&notify).unwrap();
+    std::fs::set_permissions(&notify, std::fs::Permissions::from_mode(0o777)).unwrap();
     listener
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
@@ -135,6 +149,7 @@ fn readiness_and_stopping_are_notified_under_systemd() {
         .arg(&img)
         .arg("--socket")
         .arg(&sock)
+        .args(extra)
         .env("NOTIFY_SOCKET", &notify)
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -282,6 +297,20 @@ fn serves_as_an_unprivileged_user_after_setup() {
     assert_eq!(d.file_bytes(0, 4096), vec![5u8; 4096]);
     // And the control socket still answers.
     assert_eq!(control(&d, "status")["queues"][0]["requests"]["write"], 1);
+    // Sandboxed like serve's I/O process: every thread.
+    for task in std::fs::read_dir(format!("/proc/{}/task", d.pid())).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        for want in ["CapBnd:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t2"] {
+            assert!(status.contains(want), "{want} in {status}");
+        }
+    }
+    drop(c);
+    // The root-owned socket directory: the root helper removes both
+    // sockets, before the daemon has exited.
+    let mut d = d;
+    assert!(d.signal_and_wait(Signal::SIGTERM).success());
+    assert!(!d.sock.exists(), "{} left behind", d.sock.display());
+    assert!(!d.ctl.exists(), "{} left behind", d.ctl.display());
 }
 
 #[test]

@@ -151,7 +151,7 @@ pub struct ServeRequest {
 /// unprivileged child.
 #[derive(Debug)]
 enum Backend {
-    InProcess(Serving),
+    InProcess(Box<Serving>),
     Child(privsep::ChildServer),
 }
 
@@ -295,7 +295,7 @@ impl<'a> VolumeServer<'a> {
             privsep::spawn(spec).map(Backend::Child)
         } else {
             Serving::start(spec)
-                .map(Backend::InProcess)
+                .map(|s| Backend::InProcess(Box::new(s)))
                 .map_err(Error::from)
         };
         let backend = match started {

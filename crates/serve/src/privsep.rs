@@ -7,11 +7,15 @@
 //! exec): the child runs the same backend crate code as the in-process
 //! server.
 //!
+//! The child keeps only the fds it serves with, and is sandboxed (no
+//! capabilities, NoNewPrivs, a seccomp allow-list: see
+//! `extstorage_vhost_user_blk::sandbox`).
+//!
 //! The child dies with the parent (PR_SET_PDEATHSIG), so a killed parent
 //! cannot leave an I/O process holding the claim.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use extstorage_vhost_user_blk::{ServeSpec, Serving};
@@ -98,6 +102,14 @@ pub(crate) fn spawn(spec: ServeSpec) -> Result<ChildServer, Error> {
 fn child_main(spec: ServeSpec, report: OwnedFd, parent: Pid) -> ! {
     let mut report = std::fs::File::from(report);
     if nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).is_err() || getppid() != parent {
+        std::process::exit(1);
+    }
+    // Only the fds it serves with: not the claim lock (the parent holds
+    // the claim) nor anything else inherited from the script runner.
+    let mut keep = vec![report.as_raw_fd()];
+    keep.extend(spec.listen.listen_fd);
+    if let Err(e) = extstorage_vhost_user_blk::sandbox::close_fds_except(&keep) {
+        let _ = writeln!(report, "error {e}");
         std::process::exit(1);
     }
     let signals = extstorage_vhost_user_blk::threads::stop_signals();

@@ -55,6 +55,14 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
+    /// The sandbox of an unprivileged server could not be set up.
+    #[error("cannot sandbox the serving process ({what}): {reason}")]
+    Sandbox {
+        /// The step that failed.
+        what: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
     /// A test-only environment variable has a value it cannot take
     /// (feature `test-hooks` only).
     #[cfg(any(test, feature = "test-hooks"))]

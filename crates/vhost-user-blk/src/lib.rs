@@ -30,6 +30,8 @@ mod dirty_log;
 mod error;
 mod inflight;
 pub mod privileges;
+pub mod sandbox;
+mod sandbox_names;
 pub mod serve;
 mod server;
 mod sigbus;

@@ -57,6 +57,7 @@ pub struct Serving {
     server: Server,
     control: Option<ControlSocket>,
     socket: Option<PathBuf>,
+    cleaner: Option<crate::sandbox::SocketCleaner>,
 }
 
 impl Serving {
@@ -71,6 +72,11 @@ impl Serving {
             Some(fd) if listen.socket.is_none() => Some(take_listening_fd(fd)?),
             _ => None,
         };
+        // Before any thread starts: threads inherit the bounding set.
+        let seccomp = crate::sandbox::Mode::from_env()?;
+        if listen.user.is_some() {
+            crate::sandbox::restrict_privileges()?;
+        }
         let dev = Device::open(spec.config)?;
         let (server, socket) = match (&listen.socket, inherited) {
             (Some(path), _) => (
@@ -97,14 +103,27 @@ impl Serving {
             )?),
             None => None,
         };
+        // Unprivileged, the server cannot unlink its sockets in a root-owned
+        // directory: a root helper does it when the server exits.
+        let cleaner = match &listen.user {
+            Some(_) => {
+                let made = [listen.socket.as_deref(), spec.control_socket.as_deref()];
+                Some(crate::sandbox::SocketCleaner::spawn(
+                    &made.into_iter().flatten().collect::<Vec<_>>(),
+                )?)
+            }
+            None => None,
+        };
         if let Some(user) = &listen.user {
             crate::privileges::drop_privileges(user)?;
         }
+        crate::sandbox::install_for(dev.config(), listen.user.is_some(), seccomp)?;
         Ok(Serving {
             dev,
             server,
             control,
             socket,
+            cleaner,
         })
     }
 
@@ -150,6 +169,7 @@ impl Serving {
         drop(stop_watch);
         let _ = watcher.join();
         drop(self.control);
+        drop(self.cleaner);
         result
     }
 }
