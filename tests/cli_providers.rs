@@ -528,6 +528,46 @@ impl Drop for Unmount {
     }
 }
 
+/// Ganeti 3.0 closes a disk only inside a live migration; shutdown and
+/// deactivate-disks only detach. Detach forgets the open state, as close
+/// does, so none is left behind a stopped instance.
+#[test]
+fn loopfile_detach_forgets_the_open_state() {
+    let w = World::new();
+    w.install("loopfile");
+    let v = vol_args(&w, "loopfile", "inst2");
+    let marker = w.vols().join("inst2.img.open");
+    run(&w, "create", &v, &["--size", "8M"]).ok();
+    for extra in [&[][..], &["--shared"][..]] {
+        // Instance start: attach, open; shutdown: detach, no close.
+        run(&w, "attach", &v, &[]).ok();
+        run(&w, "open", &v, extra).ok();
+        assert!(marker.exists(), "open {extra:?} left no marker");
+        run(&w, "detach", &v, &[]).ok();
+        assert!(
+            !marker.exists(),
+            "detach after open {extra:?} left {}",
+            marker.display()
+        );
+        assert_eq!(
+            loop_devices_of(&w.vols().join("inst2.img")),
+            Vec::<String>::new()
+        );
+    }
+    // Idempotent, also run directly as Ganeti's retry would (no attach).
+    run(&w, "detach", &v, &[]).ok();
+    let r = run_script(
+        &w.providers().join("loopfile"),
+        "detach",
+        &[
+            ("VOL_NAME", "inst2"),
+            ("EXTP_DIR", w.vols().to_str().unwrap()),
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:#?}");
+    run(&w, "remove", &v, &[]).ok();
+}
+
 #[test]
 fn loopfile_refuses_to_detach_or_remove_a_device_in_use() {
     let w = World::new();
@@ -536,6 +576,9 @@ fn loopfile_refuses_to_detach_or_remove_a_device_in_use() {
     let file = w.vols().join("busy.img");
     let info = run(&w, "create", &v, &["--size", "8M"]).ok().json();
     let dev = info["dev_path"].as_str().unwrap().to_owned();
+    // Open (an instance runs): a refused detach keeps the open state.
+    run(&w, "open", &v, &[]).ok();
+    let marker = w.vols().join("busy.img.open");
     let holder = Holder::new(&dev);
     let pid = holder.0.id();
     for cmd in ["remove", "detach"] {
@@ -551,6 +594,7 @@ fn loopfile_refuses_to_detach_or_remove_a_device_in_use() {
         assert!(file.exists(), "{cmd} deleted the file of a device in use");
         assert_eq!(loop_devices_of(&file), vec![dev.clone()], "{cmd}");
         assert_eq!(backing_file(&dev).as_deref(), Some(file.to_str().unwrap()));
+        assert!(marker.exists(), "{cmd} refused but forgot the open state");
     }
     drop(holder);
     // A mounted file system is a user too.

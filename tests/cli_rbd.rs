@@ -481,6 +481,34 @@ fn node(name: &str) -> World {
     w
 }
 
+/// The image's open records: node to mode.
+fn open_records(c: &Cluster, spec: &str) -> BTreeMap<String, String> {
+    meta(c, spec)
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("extstorage.open.")?.to_string(), v)))
+        .collect()
+}
+
+/// Open records as [`open_records`] gives them.
+fn want(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The addresses of the image's watchers (clients that have it open).
+fn watchers(c: &Cluster, spec: &str) -> Vec<String> {
+    let out = ok(c.rbd().args(["status", "--format=json", spec]));
+    let v: Value = serde_json::from_str(&out).expect("rbd status JSON");
+    v["watchers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["address"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn rbd_open_records_follow_ganetis_migration_sequence() {
     let c = shared();
@@ -488,18 +516,7 @@ fn rbd_open_records_follow_ganetis_migration_sequence() {
     let v = vol(c, "mig1", &[]);
     let spec = "rbd/mig1";
     es(&a, false, "create", &v, &["--size", "8"]).ok();
-    let records = || -> BTreeMap<String, String> {
-        meta(c, spec)
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix("extstorage.open.")?.to_string(), v)))
-            .collect()
-    };
-    let want = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
+    let records = || open_records(c, spec);
     let refused = |w: &World, extra: &[&str], needle: &str| {
         let r = es(w, false, "open", &v, extra).code(1);
         assert!(r.stderr.contains(needle), "{}", r.stderr);
@@ -533,6 +550,10 @@ fn rbd_open_records_follow_ganetis_migration_sequence() {
     es(&a, false, "close", &v, &[]).ok();
     es(&b, false, "open", &v, &[]).ok();
     assert_eq!(records(), want(&[("node-b", "exclusive")]));
+    // Ganeti then unmaps the disks from the source (detach there): it
+    // drops only the source's own record, never the target's.
+    es(&a, false, "detach", &v, &[]).ok();
+    assert_eq!(records(), want(&[("node-b", "exclusive")]));
     // Opening again in the same mode is a no-op.
     es(&b, false, "open", &v, &[]).ok();
     refused(&a, &["--shared"], "it is open on node-b (exclusive)");
@@ -540,7 +561,7 @@ fn rbd_open_records_follow_ganetis_migration_sequence() {
     refused(
         &a,
         &[],
-        "rbd image-meta remove rbd/mig1 extstorage.open.NODE",
+        "remove its record with 'rbd image-meta remove rbd/mig1 extstorage.open.node-b'",
     );
 
     // A failed migration back: close on the target, exclusive on the source.
@@ -551,6 +572,199 @@ fn rbd_open_records_follow_ganetis_migration_sequence() {
     es(&b, false, "close", &v, &[]).ok();
     es(&b, false, "close", &v, &[]).ok();
     assert_eq!(records(), want(&[]));
+    es(&a, false, "remove", &v, &[]).ok();
+}
+
+/// Ganeti 3.0 never closes a disk outside a live migration: shutdown,
+/// deactivate-disks and failover only detach. A failover after a shutdown
+/// (detach on node-a, then attach and open exclusive on node-b) must work.
+#[test]
+fn rbd_failover_after_a_shutdown_opens_on_the_other_node() {
+    let c = shared();
+    let (a, b) = (node("node-a"), node("node-b"));
+    let v = vol(c, "fo1", &[]);
+    let spec = "rbd/fo1";
+    es(&a, false, "create", &v, &["--size", "8"]).ok();
+
+    // The instance runs on node-a: open there, its QEMU writes...
+    es(&a, false, "open", &v, &[]).ok();
+    {
+        let mut q = qemu_for(&a, &v);
+        device_write(&mut q, MIB, KIB64, 0x11);
+    }
+    // ...and is shut down: QEMU gone, the disk detached, never closed.
+    es(&a, false, "detach", &v, &[]).ok();
+    assert_eq!(open_records(c, spec), want(&[]), "detach left a record");
+
+    // Failover: node-b attaches and opens it exclusively and its QEMU
+    // finds node-a's data.
+    es(&b, false, "attach", &v, &[]).ok();
+    es(&b, false, "open", &v, &[]).ok();
+    assert_eq!(open_records(c, spec), want(&[("node-b", "exclusive")]));
+    {
+        let mut q = qemu_for(&b, &v);
+        q.assert_pattern("disk0", MIB as u64, KIB64 as u64, 0x11);
+    }
+    // node-a detaching again (Ganeti's failover shuts the disks down on
+    // the old primary too) leaves node-b's record alone; node-a cannot
+    // start the instance meanwhile.
+    es(&a, false, "detach", &v, &[]).ok();
+    assert_eq!(open_records(c, spec), want(&[("node-b", "exclusive")]));
+    let r = es(&a, false, "open", &v, &[]).code(1);
+    assert!(
+        r.stderr.contains("it is open on node-b (exclusive)"),
+        "{}",
+        r.stderr
+    );
+    // And back: shutdown on node-b, start on node-a.
+    es(&b, false, "detach", &v, &[]).ok();
+    es(&a, false, "open", &v, &[]).ok();
+    assert_eq!(open_records(c, spec), want(&[("node-a", "exclusive")]));
+    es(&a, false, "detach", &v, &[]).ok();
+    assert_eq!(open_records(c, spec), want(&[]));
+    // A detach that cannot reach the cluster fails (a record it could not
+    // remove would refuse the next open elsewhere) and says why.
+    let r = es(&a, false, "detach", &vol(c, "fo1", &["pool=nopool"]), &[]).code(1);
+    assert!(
+        r.stderr.contains("pool 'nopool' does not exist"),
+        "{}",
+        r.stderr
+    );
+    es(&a, false, "remove", &v, &[]).ok();
+}
+
+/// A node that dies holding an image open leaves its record (nothing ran
+/// detach there): the other node is refused with what to do, the operator
+/// removes the record, and librbd fences the dead client when the new one
+/// takes the exclusive lock (it breaks the lock and blocklists the dead
+/// client once its watch has expired).
+#[test]
+fn rbd_a_dead_node_keeps_its_record_until_the_operator_removes_it() {
+    let c = shared();
+    let (a, b) = (node("node-a"), node("node-b"));
+    let v = vol(c, "dead1", &[]);
+    let spec = "rbd/dead1";
+    es(&a, false, "create", &v, &["--size", "8"]).ok();
+    es(&a, false, "open", &v, &[]).ok();
+    let mut q = qemu_for(&a, &v);
+    device_write(&mut q, 0, KIB64, 0x22);
+    let dead = watchers(c, spec);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let locks = ok(c.rbd().args(["lock", "ls", "--format=json", spec]));
+    assert!(locks.contains(&dead[0]), "QEMU holds no lock: {locks}");
+    // node-a dies: its QEMU is killed, nothing detaches or closes.
+    q.kill();
+
+    // node-b may attach (attach does not look at records), but not open.
+    // Writing its record is a metadata update, which librbd has the lock
+    // holder make: it waits until Ceph drops the dead client's watch (up to
+    // 30 s), then breaks the dead client's lock and blocklists it. The
+    // refusal names the dead node, the exact command that removes its
+    // record, and who has the image open now: nobody.
+    let attached = es(&b, true, "attach", &v, &[]).ok().json();
+    let uri = attached["uris"][0]
+        .as_str()
+        .unwrap()
+        .strip_prefix("kvm:")
+        .unwrap()
+        .to_string();
+    // (A short 'timeout' must not cut that wait short: it bounds Ceph's
+    // answers, not a lock holder's death.)
+    let t = std::time::Instant::now();
+    let r = es(&b, false, "open", &vol(c, "dead1", &["timeout=5"]), &[]).code(1);
+    eprintln!(
+        "node-b's open after node-a died took {:.1} s (the dead client's watch expiring)",
+        t.elapsed().as_secs_f64()
+    );
+    for needle in [
+        "cannot open rbd/dead1 exclusive on node-b: it is open on node-a (exclusive)",
+        "make sure it is down",
+        "'rbd image-meta remove rbd/dead1 extstorage.open.node-a'",
+        "(clients with the image open now: none)",
+    ] {
+        assert!(r.stderr.contains(needle), "{needle:?} not in: {}", r.stderr);
+    }
+    assert_eq!(open_records(c, spec), want(&[("node-a", "exclusive")]));
+    // The fence: the dead client could no longer write if it came back.
+    let blocklist = ok(c.ceph().args(["osd", "blocklist", "ls"]));
+    assert!(
+        blocklist.contains(&dead[0]),
+        "the dead client {} was not blocklisted: {blocklist}",
+        dead[0]
+    );
+    assert_eq!(watchers(c, spec), Vec::<String>::new());
+
+    // The operator, having made sure node-a is down, runs that command;
+    // node-b opens and writes.
+    ok(c.rbd()
+        .args(["image-meta", "remove", spec, "extstorage.open.node-a"]));
+    es(&b, false, "open", &v, &[]).ok();
+    assert_eq!(open_records(c, spec), want(&[("node-b", "exclusive")]));
+    qemu_io(&["-f", "raw", "-c", "write -P 0x33 1M 64k", &uri]);
+    assert!(export(c, spec, MIB, KIB64).iter().all(|&b| b == 0x33));
+    es(&b, false, "detach", &v, &[]).ok();
+    assert_eq!(open_records(c, spec), want(&[]));
+    es(&b, false, "remove", &v, &[]).ok();
+}
+
+/// `rbd copy` copies image metadata: a snapshot taken while the instance
+/// runs must not carry the source's open records, or opening the snapshot
+/// on another node would be refused.
+#[test]
+fn rbd_snapshot_carries_no_open_records() {
+    let c = shared();
+    let (a, b) = (node("node-a"), node("node-b"));
+    let v = vol(c, "snapsrc", &[]);
+    let spec = "rbd/snapsrc";
+    es(&a, false, "create", &v, &["--size", "8"]).ok();
+    // A record of each kind on the source: node-a exclusive, then (during
+    // a migration) both shared.
+    for (opens, name) in [
+        (&[("node-a", "exclusive")][..], "snapsrc.s1"),
+        (
+            &[("node-a", "shared"), ("node-b", "shared")][..],
+            "snapsrc.s2",
+        ),
+    ] {
+        for (n, mode) in opens {
+            let w = if *n == "node-a" { &a } else { &b };
+            let extra: &[&str] = if *mode == "shared" {
+                &["--shared"]
+            } else {
+                &[]
+            };
+            es(w, false, "open", &v, extra).ok();
+        }
+        es(
+            &a,
+            false,
+            "snapshot",
+            &v,
+            &["--size", "8", "--snapshot-name", name],
+        )
+        .ok();
+        assert_eq!(
+            open_records(c, spec),
+            want(opens),
+            "the source lost its records"
+        );
+        let snap = format!("rbd/{name}");
+        let m = meta(c, &snap);
+        assert_eq!(open_records(c, &snap), want(&[]), "{m:?}");
+        assert_eq!(
+            m.get("extstorage.snapshot-of").map(String::as_str),
+            Some(spec)
+        );
+        // Another node opens (and exports) the copy as its own volume.
+        let sv = vol(c, name, &[]);
+        es(&b, false, "attach", &sv, &[]).ok();
+        es(&b, false, "open", &sv, &[]).ok();
+        es(&b, false, "detach", &sv, &[]).ok();
+        es(&b, false, "remove", &sv, &[]).ok();
+    }
+    es(&a, false, "detach", &v, &[]).ok();
+    es(&b, false, "detach", &v, &[]).ok();
+    assert_eq!(open_records(c, spec), want(&[]));
     es(&a, false, "remove", &v, &[]).ok();
 }
 

@@ -165,16 +165,25 @@ rbd_what() {
 }
 
 # Runs rbd with the cluster options. The whole command is bounded too
-# (timeout + 10 s, then SIGKILL 5 s later), in case some wait is not covered
-# by Ceph's own timeouts. --foreground keeps rbd in our process group, so
-# the caller's timeout and signals reach it. Sets RBD_OUT (stdout) and
-# RBD_RC; stderr is kept in RBD_ERRFILE. Never exits.
+# (timeout + 10 s, plus RBD_LOCK_WAIT s when set, then SIGKILL 5 s later), in
+# case some wait is not covered by Ceph's own timeouts. --foreground keeps
+# rbd in our process group, so the caller's timeout and signals reach it.
+# Sets RBD_OUT (stdout), RBD_RC and RBD_BOUND (the bound); stderr is kept in
+# RBD_ERRFILE. Never exits.
 rbd_run() {
     rbd_what "$@"
     RBD_RC=0
-    RBD_OUT=$(timeout --foreground --kill-after=5 $((TIMEOUT + 10)) \
+    RBD_BOUND=$((TIMEOUT + 10 + ${RBD_LOCK_WAIT:-0}))
+    RBD_OUT=$(timeout --foreground --kill-after=5 "$RBD_BOUND" \
         rbd "${CEPH_OPTS[@]}" "$@" 2>"$RBD_ERRFILE" </dev/null) || RBD_RC=$?
 }
+
+# Extra seconds for metadata updates of an image (RBD_LOCK_WAIT): librbd has
+# the holder of the image's exclusive lock (a QEMU) make them. When that
+# holder died, librbd waits until Ceph drops its watch (the OSDs'
+# osd_client_watch_timeout, 30 s by default), then breaks its lock and
+# blocklists it; Ceph's own op timeouts do not cut that wait short.
+LOCK_WAIT=35
 
 # Like rbd_run, for commands that move data (copy, remove): their length
 # grows with the image, so only Ceph's per-operation timeouts bound them
@@ -217,7 +226,10 @@ rbd_fail() {
     last=$(rbd_stderr | tail -n 1)
     case "$RBD_RC" in
         124|137)
-            die "'$RBD_WHAT' did not finish within $((TIMEOUT + 10)) s: the Ceph cluster ($CLUSTER_DESC) is not answering; check that it is up ('ceph -s') and reachable from this node, or raise the 'timeout' parameter" ;;
+            if [ "${RBD_LOCK_WAIT:-0}" -gt 0 ]; then
+                die "'$RBD_WHAT' did not finish within $RBD_BOUND s: the Ceph cluster ($CLUSTER_DESC) is not answering, or the client holding image $SPEC's exclusive lock died and Ceph keeps its watch longer than $LOCK_WAIT s; check the cluster ('ceph -s', 'rbd status $SPEC'), then retry"
+            fi
+            die "'$RBD_WHAT' did not finish within $RBD_BOUND s: the Ceph cluster ($CLUSTER_DESC) is not answering; check that it is up ('ceph -s') and reachable from this node, or raise the 'timeout' parameter" ;;
         110)
             die "the Ceph cluster ($CLUSTER_DESC) did not answer within $TIMEOUT s ('$RBD_WHAT': connection timed out): check that its monitors and OSDs are up ('ceph -s') and reachable from this node, or raise the 'timeout' parameter" ;;
         2)
@@ -273,10 +285,11 @@ image_watchers() {
 }
 
 # Sets metadata key $1 to $2 ('--': a value may start with '-').
-meta_set() { rbd_ok image-meta set "${IMAGE_OPTS[@]}" -- "$1" "$2"; }
+meta_set() { RBD_LOCK_WAIT=$LOCK_WAIT rbd_ok image-meta set "${IMAGE_OPTS[@]}" -- "$1" "$2"; }
 
 # Removes metadata key $1; a missing key is fine.
 meta_remove() {
+    local RBD_LOCK_WAIT=$LOCK_WAIT
     rbd_run image-meta remove "${IMAGE_OPTS[@]}" "$1"
     if [ "$RBD_RC" = 2 ] && rbd_said "no existing metadata key"; then
         return 0
@@ -391,6 +404,23 @@ OPEN_KEY=$OPEN_PREFIX$NODE
 open_records() {
     rbd_ok image-meta list "${IMAGE_OPTS[@]}" --format=json
     json_eval '[k[len("'"$OPEN_PREFIX"'"):] + " " + v for k, v in sorted(d.items()) if k.startswith("'"$OPEN_PREFIX"'")]' <<<"$RBD_OUT"
+}
+
+# Removes this node's open record (close, and detach: Ganeti closes only
+# inside a migration, and a node that detached a disk no longer uses it).
+# No record, or no image any more, is success.
+drop_open_record() {
+    local RBD_LOCK_WAIT=$LOCK_WAIT
+    rbd_run image-meta remove "${IMAGE_OPTS[@]}" "$OPEN_KEY"
+    if [ "$RBD_RC" = 0 ]; then
+        log "$SPEC closed on $NODE"
+    elif [ "$RBD_RC" = 2 ] && rbd_said "no existing metadata key"; then
+        log "$SPEC has no open record of $NODE"
+    elif image_missing; then
+        log "image $SPEC does not exist: no open record to remove"
+    else
+        rbd_fail
+    fi
 }
 
 # Checks a VOL_NAME-like name (VOL_SNAPSHOT_NAME): letters, digits, _ . + -

@@ -274,6 +274,13 @@ impl Qemu {
             .unwrap_or_else(|| panic!("no block node {name} in {nodes:#}"))
     }
 
+    /// Kills QEMU with SIGKILL and reaps it, as a node dying would: nothing
+    /// is closed or flushed; its Ceph clients' watches and locks stay behind.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The `inserted` part of `query-block` for drive `id`.
     pub fn drive(&mut self, id: &str) -> Value {
         let blocks = self
