@@ -105,7 +105,7 @@ pub enum Op {
 }
 
 /// The longest a [`Op::WaitUsed`] waits.
-const SETTLE: Duration = Duration::from_millis(200);
+const SETTLE: Duration = Duration::from_millis(50);
 
 impl Op {
     fn decode(input: &mut Input<'_>) -> Op {
