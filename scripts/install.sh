@@ -5,12 +5,16 @@
 # serve environment file.
 #
 #   scripts/install.sh [--prefix DIR] [--destdir DIR] [--binaries DIR]
+#                      [--allow-test-hooks]
 #
 #   --prefix DIR    where things go at run time (default /usr/local)
 #   --destdir DIR   stage the files under DIR instead of / (for packaging);
 #                   paths inside the files still name the prefix
 #   --binaries DIR  install the binaries already built in DIR (e.g.
 #                   target/release) instead of running cargo build --release
+#   --allow-test-hooks  install binaries built for the tests, which carry
+#                   fault injection (feature test-hooks): only for the
+#                   project's own install tests, never for a node
 #
 # Layout (PREFIX=/usr/local):
 #   PREFIX/bin/extstorage, PREFIX/bin/extstorage-vhost-user-blk
@@ -31,6 +35,7 @@ umask 022
 prefix=/usr/local
 destdir=
 binaries=
+allow_test_hooks=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --prefix) prefix=${2:?--prefix needs a directory}; shift 2 ;;
@@ -39,6 +44,7 @@ while [ $# -gt 0 ]; do
         --destdir=*) destdir=${1#*=}; shift ;;
         --binaries) binaries=${2:?--binaries needs a directory}; shift 2 ;;
         --binaries=*) binaries=${1#*=}; shift ;;
+        --allow-test-hooks) allow_test_hooks=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "install.sh: unknown argument '$1'; see --help" >&2; exit 2 ;;
     esac
@@ -66,8 +72,11 @@ for b in "${bins[@]}"; do
     }
 done
 # Binaries built for the tests (cargo test --release, cargo bench) carry the
-# test-only fault injection: never install those.
-"$repo/scripts/check-release.sh" --binaries "$binaries" >/dev/null
+# test-only fault injection: never install those (unless the project's
+# install tests say so).
+if [ "$allow_test_hooks" != 1 ]; then
+    "$repo/scripts/check-release.sh" --binaries "$binaries" >/dev/null
+fi
 
 root=${destdir%/}
 bindir=$prefix/bin

@@ -25,14 +25,25 @@ fn install_sh_stages_everything_under_destdir() {
         .parent()
         .unwrap()
         .to_path_buf();
-    let out = Command::new(repo().join("scripts/install.sh"))
-        .args(["--prefix", "/opt/es", "--destdir"])
-        .arg(dest.path())
-        .arg("--binaries")
-        .arg(&binaries)
-        .current_dir(dest.path())
-        .output()
-        .unwrap();
+    // The tests' binaries carry the test hooks: refused unless allowed.
+    let install = |extra: &[&str]| {
+        Command::new(repo().join("scripts/install.sh"))
+            .args(["--prefix", "/opt/es", "--destdir"])
+            .arg(dest.path())
+            .arg("--binaries")
+            .arg(&binaries)
+            .args(extra)
+            .current_dir(dest.path())
+            .output()
+            .unwrap()
+    };
+    let refused = install(&[]);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("test-only hooks"),
+        "{refused:?}"
+    );
+    let out = install(&["--allow-test-hooks"]);
     assert!(out.status.success(), "{out:?}");
     let root = dest.path().join("opt/es");
 
@@ -167,6 +178,7 @@ fn install_sh_under_umask_000_leaves_nothing_group_or_world_writable() {
         .arg(dest.path())
         .arg("--binaries")
         .arg(&binaries)
+        .arg("--allow-test-hooks")
         .current_dir(dest.path())
         .output()
         .unwrap();
