@@ -632,10 +632,7 @@ fn an_interrupted_open_detaches() {
             .spawn()
             .unwrap();
         let start = std::time::Instant::now();
-        while !started.exists() {
-            assert!(start.elapsed().as_secs() < 60, "open never started");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        vhost_support::wait_until_exists(&started, 60, "open never started");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
