@@ -10,6 +10,15 @@ use std::process::{Command, Stdio};
 
 use common_cli::{World, loop_devices_of};
 
+/// A world with `provider` installed, and the arguments naming its volume
+/// `vol`.
+fn provider_volume(provider: &str, vol: &str) -> (World, Vec<String>) {
+    let w = World::new();
+    w.install(provider);
+    let v = vol_args(&w, provider, vol);
+    (w, v)
+}
+
 fn vol_args(w: &World, provider: &str, vol: &str) -> Vec<String> {
     vec![
         "--provider".into(),
@@ -36,9 +45,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 
 #[test]
 fn loopfile_lifecycle_on_real_loop_devices() {
-    let w = World::new();
-    w.install("loopfile");
-    let v = vol_args(&w, "loopfile", "inst1.ext.disk0");
+    let (w, v) = provider_volume("loopfile", "inst1.ext.disk0");
     let file = w.vols().join("inst1.ext.disk0.img");
 
     let info = run(&w, "create", &v, &["--size", "64M"]).ok().json();
@@ -229,9 +236,7 @@ fn loopfile_scripts_print_usage_and_source_settings() {
 
 #[test]
 fn qemunbd_serves_userspace_only_volumes_over_a_real_socket() {
-    let w = World::new();
-    w.install("qemunbd");
-    let v = vol_args(&w, "qemunbd", "nbd1");
+    let (w, v) = provider_volume("qemunbd", "nbd1");
     let file = w.vols().join("nbd1.img");
     let sock = w.vols().join("nbd1.nbd.sock");
 
@@ -419,9 +424,7 @@ fn grow_with_a_stale_size_never_shrinks_a_loopfile_volume() {
 
 #[test]
 fn grow_with_a_stale_size_never_shrinks_a_qemunbd_volume() {
-    let w = World::new();
-    w.install("qemunbd");
-    let v = vol_args(&w, "qemunbd", "g2");
+    let (w, v) = provider_volume("qemunbd", "g2");
     let file = w.vols().join("g2.img");
     run(&w, "create", &v, &["--size", "64M"]).ok();
     let uri = run(&w, "uri-lookup", &v, &[]).ok().json()["uri"]
@@ -471,6 +474,16 @@ fn backing_file(dev: &str) -> Option<String> {
 struct DetachIfOurs {
     dev: String,
     file: String,
+}
+
+impl DetachIfOurs {
+    /// Guards loop device `dev` of volume file `file`.
+    fn new(dev: &str, file: &std::path::Path) -> DetachIfOurs {
+        DetachIfOurs {
+            dev: dev.to_owned(),
+            file: file.display().to_string(),
+        }
+    }
 }
 
 impl Drop for DetachIfOurs {
@@ -533,9 +546,7 @@ impl Drop for Unmount {
 /// does, so none is left behind a stopped instance.
 #[test]
 fn loopfile_detach_forgets_the_open_state() {
-    let w = World::new();
-    w.install("loopfile");
-    let v = vol_args(&w, "loopfile", "inst2");
+    let (w, v) = provider_volume("loopfile", "inst2");
     let marker = w.vols().join("inst2.img.open");
     run(&w, "create", &v, &["--size", "8M"]).ok();
     for extra in [&[][..], &["--shared"][..]] {
@@ -570,9 +581,7 @@ fn loopfile_detach_forgets_the_open_state() {
 
 #[test]
 fn loopfile_refuses_to_detach_or_remove_a_device_in_use() {
-    let w = World::new();
-    w.install("loopfile");
-    let v = vol_args(&w, "loopfile", "busy");
+    let (w, v) = provider_volume("loopfile", "busy");
     let file = w.vols().join("busy.img");
     let info = run(&w, "create", &v, &["--size", "8M"]).ok().json();
     let dev = info["dev_path"].as_str().unwrap().to_owned();
@@ -624,16 +633,11 @@ fn loopfile_refuses_to_detach_or_remove_a_device_in_use() {
 
 #[test]
 fn loopfile_volume_whose_file_was_deleted_is_released_with_force() {
-    let w = World::new();
-    w.install("loopfile");
-    let v = vol_args(&w, "loopfile", "gone");
+    let (w, v) = provider_volume("loopfile", "gone");
     let file = w.vols().join("gone.img");
     let info = run(&w, "create", &v, &["--size", "8M"]).ok().json();
     let dev = info["dev_path"].as_str().unwrap().to_owned();
-    let _guard = DetachIfOurs {
-        dev: dev.clone(),
-        file: file.display().to_string(),
-    };
+    let _guard = DetachIfOurs::new(&dev, &file);
     fs::remove_file(&file).unwrap();
     let deleted = format!("{} (deleted)", file.display());
     assert_eq!(backing_file(&dev), Some(deleted.clone()));
@@ -665,10 +669,7 @@ fn loopfile_volume_whose_file_was_deleted_is_released_with_force() {
     // remove --force does the same in one step.
     run(&w, "create", &v, &["--size", "8M"]).ok();
     let dev = loop_devices_of(&file).pop().unwrap();
-    let _guard2 = DetachIfOurs {
-        dev: dev.clone(),
-        file: file.display().to_string(),
-    };
+    let _guard2 = DetachIfOurs::new(&dev, &file);
     fs::remove_file(&file).unwrap();
     run(&w, "remove", &v, &["--force"]).ok();
     assert_ne!(backing_file(&dev), Some(deleted));
@@ -733,9 +734,7 @@ fn reference_providers_refuse_a_relative_dir() {
 
 #[test]
 fn kvm_args_checks_its_options_before_attach_starts_a_daemon() {
-    let w = World::new();
-    w.install("qemunbd");
-    let v = vol_args(&w, "qemunbd", "k1");
+    let (w, v) = provider_volume("qemunbd", "k1");
     run(&w, "create", &v, &["--size", "8M"]).ok();
     run(&w, "detach", &v, &[]).ok();
     let pidfile = w.vols().join("k1.nbd.pid");
@@ -757,9 +756,7 @@ fn kvm_args_checks_its_options_before_attach_starts_a_daemon() {
 
 #[test]
 fn backend_note_is_quoted_for_the_shell() {
-    let w = World::new();
-    w.install("loopfile");
-    let v = vol_args(&w, "loopfile", "q1");
+    let (w, v) = provider_volume("loopfile", "q1");
     run(&w, "create", &v, &["--size", "8M"]).ok();
     let sock = w.path("s $(touch INJECTED).sock");
     let sock = sock.to_str().unwrap();
@@ -869,6 +866,15 @@ fn a_snapshot_that_runs_out_of_space_leaves_nothing_and_a_retry_works() {
             format!("dir={}", small.0.display()),
         ];
         run(&w, "create", &v, &["--size", "16M"]).ok();
+        // Snapshot full1 as full1-s, 16 MiB.
+        let snapshot = || {
+            run(
+                &w,
+                "snapshot",
+                &v,
+                &["--snapshot-name", "full1-s", "--size", "16"],
+            )
+        };
         // 8 MiB of data in a 12 MiB filesystem: a copy cannot fit.
         let data = pattern(3, 8 << 20);
         {
@@ -881,13 +887,7 @@ fn a_snapshot_that_runs_out_of_space_leaves_nothing_and_a_retry_works() {
         }
         let before = small.names();
         for attempt in 0..2 {
-            let r = run(
-                &w,
-                "snapshot",
-                &v,
-                &["--snapshot-name", "full1-s", "--size", "16"],
-            )
-            .code(1);
+            let r = snapshot().code(1);
             assert_eq!(small.names(), before, "{provider} #{attempt}: left behind");
             assert!(
                 r.stderr.contains("No space left") && r.stderr.contains("make room"),
@@ -897,13 +897,7 @@ fn a_snapshot_that_runs_out_of_space_leaves_nothing_and_a_retry_works() {
         }
         // Room made: the retry succeeds and holds the data.
         small.resize(64);
-        run(
-            &w,
-            "snapshot",
-            &v,
-            &["--snapshot-name", "full1-s", "--size", "16"],
-        )
-        .ok();
+        snapshot().ok();
         let snap = fs::read(small.0.join("full1-s.img")).unwrap();
         assert_eq!(snap.len(), 16 << 20, "{provider}");
         assert!(snap[..data.len()] == data[..], "{provider}: snapshot data");
@@ -912,13 +906,7 @@ fn a_snapshot_that_runs_out_of_space_leaves_nothing_and_a_retry_works() {
         want.sort();
         assert_eq!(small.names(), want, "{provider}");
         // A second snapshot of that name is refused, changing nothing.
-        let r = run(
-            &w,
-            "snapshot",
-            &v,
-            &["--snapshot-name", "full1-s", "--size", "16"],
-        )
-        .code(1);
+        let r = snapshot().code(1);
         assert!(r.stderr.contains("already exists"), "{}", r.stderr);
         run(&w, "detach", &v, &[]).ok();
     }

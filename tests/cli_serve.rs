@@ -349,21 +349,32 @@ fn served_pid(w: &World, vol: &str) -> u32 {
     v["pid"].as_u64().unwrap() as u32
 }
 
+/// Installs loopfile in `w`, creates its 16 MiB volume vol1 and serves it
+/// with `--user nobody` and `extra`; returns the server and the pid of its
+/// I/O process.
+fn serve_vol1_as_nobody(w: &World, extra: &[&str]) -> (common_cli::Served, u32) {
+    w.install("loopfile");
+    create(w, "vol1", "16M");
+    let served = w
+        .serve(&strs(&vol1_as_nobody(w, extra)))
+        .unwrap_or_else(|r| panic!("{r:#?}"));
+    let io_pid = served_pid(w, "vol1");
+    (served, io_pid)
+}
+
+/// The arguments serving `w`'s volume vol1 with `--user nobody` and `extra`.
+fn vol1_as_nobody(w: &World, extra: &[&str]) -> Vec<String> {
+    let mut args = vol_args(w, "vol1");
+    args.extend(["--user".into(), "nobody".into()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 #[test]
 fn with_user_the_io_process_runs_unprivileged_and_root_cleans_up() {
     let w = World::new();
-    w.install("loopfile");
-    create(&w, "vol1", "16M");
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
-    let mut args = vol_args(&w, "vol1");
-    args.extend([
-        "--user".into(),
-        "nobody".into(),
-        "--num-queues".into(),
-        "2".into(),
-    ]);
-    let mut served = w.serve(&strs(&args)).unwrap_or_else(|r| panic!("{r:#?}"));
-    let io_pid = served_pid(&w, "vol1");
+    let (mut served, io_pid) = serve_vol1_as_nobody(&w, &["--num-queues", "2"]);
     assert_ne!(io_pid, served.pid() as u32, "a separate I/O process");
     assert_eq!(
         ids(io_pid),
@@ -407,17 +418,7 @@ fn task_lines(pid: u32, key: &str) -> Vec<String> {
 #[test]
 fn with_user_the_io_process_is_sandboxed_and_still_serves_io_and_grow() {
     let w = World::new();
-    w.install("loopfile");
-    create(&w, "vol1", "16M");
-    let mut args = vol_args(&w, "vol1");
-    args.extend([
-        "--user".into(),
-        "nobody".into(),
-        "--num-queues".into(),
-        "2".into(),
-    ]);
-    let mut served = w.serve(&strs(&args)).unwrap_or_else(|r| panic!("{r:#?}"));
-    let io_pid = served_pid(&w, "vol1");
+    let (mut served, io_pid) = serve_vol1_as_nobody(&w, &["--num-queues", "2"]);
     // Every thread: no capability can come back, and the filter is on.
     for (key, want) in [
         ("CapBnd:", "0000000000000000"),
@@ -476,12 +477,7 @@ fn with_user_the_io_process_is_sandboxed_and_still_serves_io_and_grow() {
 #[test]
 fn a_dead_io_process_leaves_the_volume_attached_and_a_dead_parent_takes_the_child_along() {
     let w = World::new();
-    w.install("loopfile");
-    create(&w, "vol1", "16M");
-    let mut args = vol_args(&w, "vol1");
-    args.extend(["--user".into(), "nobody".into()]);
-    let mut served = w.serve(&strs(&args)).unwrap();
-    let io_pid = served_pid(&w, "vol1");
+    let (mut served, io_pid) = serve_vol1_as_nobody(&w, &[]);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(io_pid as i32), Signal::SIGKILL).unwrap();
     assert_eq!(served.stop(Signal::SIGCONT), Some(1), "{}", served.log());
     assert!(
@@ -492,7 +488,7 @@ fn a_dead_io_process_leaves_the_volume_attached_and_a_dead_parent_takes_the_chil
     assert_eq!(loop_devices_of(&img(&w, "vol1")).len(), 1, "still attached");
 
     // A killed parent: its I/O process stops too, releasing the claim.
-    let mut served = w.serve(&strs(&args)).unwrap();
+    let mut served = w.serve(&strs(&vol1_as_nobody(&w, &[]))).unwrap();
     let io_pid = served_pid(&w, "vol1");
     assert_eq!(served.stop(Signal::SIGKILL), None);
     let start = std::time::Instant::now();
@@ -636,10 +632,7 @@ fn an_interrupted_open_detaches() {
             .spawn()
             .unwrap();
         let start = std::time::Instant::now();
-        while !started.exists() {
-            assert!(start.elapsed().as_secs() < 60, "open never started");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        vhost_support::wait_until_exists(&started, 60, "open never started");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -250,11 +250,7 @@ fn socket_owner_group_and_mode_are_applied() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let start = std::time::Instant::now();
-    while !sock.exists() {
-        assert!(start.elapsed().as_secs() < 30, "no socket");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until_exists(&sock, 30, "no socket");
     let modes: Vec<u32> = [&top, &top.join("a")]
         .iter()
         .map(|p| std::fs::metadata(p).unwrap().permissions().mode() & 0o777)

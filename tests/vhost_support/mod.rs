@@ -160,6 +160,16 @@ impl Daemon {
     }
 }
 
+/// Waits until `path` exists, polling every 20 ms; fails with `what` once
+/// `secs` seconds have passed.
+pub fn wait_until_exists(path: &Path, secs: u64, what: &str) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed().as_secs() < secs, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn wait_exit(child: &mut Child, log: &Path) -> ExitStatus {
     let start = Instant::now();
     loop {

@@ -580,6 +580,45 @@ mod tests {
     use extstorage_blockio::{Backing, IoBuf, Op, OpenOptions, SyncEngine};
     use std::sync::Arc;
 
+    /// The hold the hold-engine tests use: every second write, for 50 ms.
+    const EVERY_SECOND_HELD: Hold = Hold {
+        every: 2,
+        hold: Duration::from_millis(50),
+    };
+
+    /// A 1 MiB scratch file and its backing (keep the file while the
+    /// backing is used).
+    fn scratch_backing() -> (tempfile::NamedTempFile, Arc<Backing>) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(1 << 20).unwrap();
+        let b = Arc::new(Backing::open(f.path(), OpenOptions::default()).unwrap());
+        (f, b)
+    }
+
+    /// Submits four 512-byte writes of `data` (user data 0 to 3, at
+    /// offsets 0, 512, 1024, 1536) and commits them.
+    ///
+    /// # Safety
+    ///
+    /// `data` must outlive every completion of these writes.
+    unsafe fn submit_four_writes(e: &mut dyn Engine, data: &mut [u8]) {
+        let bufs = [IoBuf {
+            addr: data.as_mut_ptr(),
+            len: 512,
+        }];
+        for ud in 0..4u64 {
+            let req = Request {
+                op: Op::Write,
+                offset: ud * 512,
+                len: 512,
+                bufs: &bufs,
+            };
+            // SAFETY: the caller keeps `data` alive past the completions.
+            unsafe { e.submit(&req, ud) }.unwrap();
+        }
+        e.commit().unwrap();
+    }
+
     #[test]
     fn options_parse_and_bad_values_say_what_is_expected() {
         assert_eq!(
@@ -626,9 +665,7 @@ mod tests {
 
     #[test]
     fn the_fault_engine_fails_or_halves_every_nth_data_request() {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        f.as_file().set_len(1 << 20).unwrap();
-        let b = Arc::new(Backing::open(f.path(), OpenOptions::default()).unwrap());
+        let (_f, b) = scratch_backing();
         for kind in [FaultKind::Eio, FaultKind::Short] {
             let spec = Fault { kind, every: 2 };
             let mut e = FaultEngine::new(Box::new(SyncEngine::new(Arc::clone(&b), 8)), spec, 0);
@@ -686,30 +723,12 @@ mod tests {
 
     #[test]
     fn every_nth_write_completes_after_the_later_ones() {
-        let f = tempfile::NamedTempFile::new().unwrap();
-        f.as_file().set_len(1 << 20).unwrap();
-        let b = Arc::new(Backing::open(f.path(), OpenOptions::default()).unwrap());
-        let spec = Hold {
-            every: 2,
-            hold: Duration::from_millis(50),
-        };
+        let (_f, b) = scratch_backing();
+        let spec = EVERY_SECOND_HELD;
         let mut e = HoldEngine::new(Box::new(SyncEngine::new(b, 8)), spec, 0).unwrap();
         let mut data = vec![7u8; 512];
-        let bufs = [IoBuf {
-            addr: data.as_mut_ptr(),
-            len: 512,
-        }];
-        for ud in 0..4u64 {
-            let req = Request {
-                op: Op::Write,
-                offset: ud * 512,
-                len: 512,
-                bufs: &bufs,
-            };
-            // SAFETY: `data` outlives every completion popped below.
-            unsafe { e.submit(&req, ud) }.unwrap();
-        }
-        e.commit().unwrap();
+        // SAFETY: `data` outlives every completion popped below.
+        unsafe { submit_four_writes(&mut e, &mut data) };
         let mut order = Vec::new();
         while let Some(c) = e.pop_completion() {
             order.push(c.user_data);
@@ -744,13 +763,8 @@ mod tests {
             );
             return;
         }
-        let f = tempfile::NamedTempFile::new().unwrap();
-        f.as_file().set_len(1 << 20).unwrap();
-        let b = Arc::new(Backing::open(f.path(), OpenOptions::default()).unwrap());
-        let spec = Hold {
-            every: 2,
-            hold: Duration::from_millis(50),
-        };
+        let (_f, b) = scratch_backing();
+        let spec = EVERY_SECOND_HELD;
         let inner = Box::new(UringEngine::new(b, 8).unwrap());
         let mut e = HoldEngine::new(inner, spec, 0).unwrap();
         assert!(e.paths().event_loop, "{:?}", e.paths());
@@ -770,21 +784,8 @@ mod tests {
         el.watch_readable(kick.as_raw_fd(), 0).unwrap();
         assert_eq!(el.armed(), 1);
         let mut data = vec![7u8; 512];
-        let bufs = [IoBuf {
-            addr: data.as_mut_ptr(),
-            len: 512,
-        }];
-        for ud in 0..4u64 {
-            let req = Request {
-                op: Op::Write,
-                offset: ud * 512,
-                len: 512,
-                bufs: &bufs,
-            };
-            // SAFETY: `data` outlives every completion popped below.
-            unsafe { e.submit(&req, ud) }.unwrap();
-        }
-        e.commit().unwrap();
+        // SAFETY: `data` outlives every completion popped below.
+        unsafe { submit_four_writes(&mut e, &mut data) };
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut order = Vec::new();
         while order.len() < 4 {
