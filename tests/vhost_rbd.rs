@@ -86,8 +86,9 @@ fn rbd_args(c: &Cluster, spec: &str) -> Vec<OsString> {
     ]
 }
 
-/// Starts the daemon and expects it to fail on its own; returns its log.
-fn serve_fails(source: &[OsString], env: &[(&str, &str)], extra: &[&str]) -> String {
+/// Starts the daemon and expects it to fail on its own with `code` (1: the
+/// image or cluster failed; 2: an option value is wrong); returns its log.
+fn serve_fails(code: i32, source: &[OsString], env: &[(&str, &str)], extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("vhost.sock");
     let mut cmd = Command::new(vhost_support::bin());
@@ -112,7 +113,7 @@ fn serve_fails(source: &[OsString], env: &[(&str, &str)], extra: &[&str]) -> Str
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{cmd:?}: {out:?}");
+    assert_eq!(out.status.code(), Some(code), "{cmd:?}: {out:?}");
     assert!(!sock.exists(), "a failed start left a socket");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -301,7 +302,7 @@ fn rbd_snapshot_is_served_read_only() {
     assert_eq!(write(&mut cl.queues[0], mem, 0, &pattern(6, 65536)), 0);
 
     // Without --read-only: refused with what to add.
-    let err = serve_fails(&rbd_args(c, "snapped@s1"), &[], &[]);
+    let err = serve_fails(2, &rbd_args(c, "snapped@s1"), &[], &[]);
     assert!(err.contains("add --read-only"), "{err}");
 
     let s = serve(c, "snapped@s1", &["--num-queues=1", "--read-only"]);
@@ -325,14 +326,14 @@ fn rbd_errors_say_what_is_wrong_and_do_not_hang() {
             format!("--rbd-conf={conf}").into(),
         ]
     };
-    let err = serve_fails(&args("nopool/img", &conf), &[], &[]);
+    let err = serve_fails(1, &args("nopool/img", &conf), &[], &[]);
     assert!(err.contains("pool does not exist"), "{err}");
-    let err = serve_fails(&args("rbd/noimage", &conf), &[], &[]);
+    let err = serve_fails(1, &args("rbd/noimage", &conf), &[], &[]);
     assert!(
         err.contains("image (or snapshot, or namespace) does not exist"),
         "{err}"
     );
-    let err = serve_fails(&args("rbd/noimage", "/nonexistent/ceph.conf"), &[], &[]);
+    let err = serve_fails(1, &args("rbd/noimage", "/nonexistent/ceph.conf"), &[], &[]);
     assert!(err.contains("--rbd-conf"), "{err}");
 
     // A cluster nobody answers for: a monitor address where nothing listens.
@@ -349,6 +350,7 @@ fn rbd_errors_say_what_is_wrong_and_do_not_hang() {
     )
     .unwrap();
     let err = serve_fails(
+        1,
         &args("rbd/img", dead.to_str().unwrap()),
         &[],
         &["--rbd-timeout=3"],
@@ -357,6 +359,7 @@ fn rbd_errors_say_what_is_wrong_and_do_not_hang() {
 
     // No librbd on this node: the package to install.
     let err = serve_fails(
+        1,
         &args("rbd/img", &conf),
         &[("EXTSTORAGE_LIBRBD", "/nonexistent/librbd.so.1")],
         &[],
@@ -364,7 +367,7 @@ fn rbd_errors_say_what_is_wrong_and_do_not_hang() {
     assert!(err.contains("install the librbd1 package"), "{err}");
 
     // Bad options never reach Ceph.
-    let err = serve_fails(&[OsString::from("--rbd=img")], &[], &[]);
+    let err = serve_fails(2, &[OsString::from("--rbd=img")], &[], &[]);
     assert!(err.contains("POOL/IMAGE"), "{err}");
 }
 
