@@ -180,35 +180,19 @@ impl Server {
 
     /// Waits until a frontend connects (true) or shutdown is requested (false).
     fn wait_for_frontend(&self) -> Result<bool, Error> {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.shutdown.state.wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
         loop {
-            // SAFETY: `fds` is a valid array of two pollfds during the call.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-            if rc < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Error::Io {
-                    what: "waiting for a frontend",
-                    source: e,
-                });
-            }
-            if fds[1].revents != 0 || self.shutdown.is_requested() {
+            let (frontend, stop) = wait_readable(
+                self.listener.as_raw_fd(),
+                self.shutdown.state.wake.as_raw_fd(),
+            )
+            .map_err(|source| Error::Io {
+                what: "waiting for a frontend",
+                source,
+            })?;
+            if stop || self.shutdown.is_requested() {
                 return Ok(false);
             }
-            if fds[0].revents != 0 {
+            if frontend {
                 return Ok(true);
             }
         }
@@ -291,28 +275,14 @@ fn end_on_memory_fault(ended: &EventFd, conn: Option<&vhost_user_backend::Shutdo
         return;
     };
     let before = crate::sigbus::faults();
-    let mut fds = [
-        libc::pollfd {
-            fd: watch.fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: ended.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
     loop {
-        // SAFETY: `fds` is a valid array of two pollfds during the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+        let Ok((fault, end)) = wait_readable(watch.fd().as_raw_fd(), ended.as_raw_fd()) else {
+            return;
+        };
+        if end {
             return;
         }
-        if fds[1].revents != 0 {
-            return;
-        }
-        if fds[0].revents != 0 {
+        if fault {
             watch.clear();
             let faults = crate::sigbus::faults() - before;
             if faults > 0 {
@@ -326,6 +296,25 @@ fn end_on_memory_fault(ended: &EventFd, conn: Option<&vhost_user_backend::Shutdo
                 }
                 return;
             }
+        }
+    }
+}
+
+/// Waits until `a` or `b` is readable (retrying on EINTR); says which are.
+fn wait_readable(a: std::os::fd::RawFd, b: std::os::fd::RawFd) -> std::io::Result<(bool, bool)> {
+    let mut fds = [a, b].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfds during the call.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } >= 0 {
+            return Ok((fds[0].revents != 0, fds[1].revents != 0));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
